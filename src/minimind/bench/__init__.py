@@ -1,0 +1,1 @@
+"""Benchmarks behind `minimind bench ...`; results are recorded in docs/benchmarks.md."""

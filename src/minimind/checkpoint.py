@@ -1,0 +1,138 @@
+"""Model checkpoints on disk: a folder with the config as JSON and the weights as safetensors.
+
+Contract:
+- A *model checkpoint* is a folder holding `model_config.json` (a `ModelConfig`) and
+  `model.safetensors`, plus the tokenizer files it was trained with when known
+  (`tokenizer.json`, `tokenizer_config.json`). Everything else (optimizer, RNG, data position)
+  belongs to the trainer and lives beside these files.
+- A *run directory* holds `checkpoints/<name>/` folders and `checkpoints/latest`, a text file
+  naming the newest; wherever a checkpoint is asked for, a run directory means its latest.
+- `save_model` writes each file to a temporary name and renames it into place, so a crash
+  never leaves a half-written file under the real name. Loading never unpickles (safetensors).
+- `load_model` accepts our checkpoints, run directories and Hugging Face folders of the
+  architectures `minimind.interop` understands.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .config import ModelConfig
+from .errors import UserError
+from .model import MiniMindLM
+
+CONFIG_NAME = "model_config.json"
+WEIGHTS_NAME = "model.safetensors"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+
+
+class CheckpointError(UserError):
+    """A path is not a loadable checkpoint; the message says what was expected there."""
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call write(tmp_path) then rename tmp over `path`: readers see the old file or the new."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def model_state_dict(model: MiniMindLM) -> dict[str, torch.Tensor]:
+    """The weights to store: tied lm_head is dropped (it *is* the embedding), tensors made contiguous."""
+    sd = model.state_dict()
+    if model.config.tie_word_embeddings:
+        sd.pop("lm_head.weight", None)
+    return {k: v.detach().contiguous() for k, v in sd.items()}
+
+
+def save_model(model: MiniMindLM, out_dir: str | Path, tokenizer_dir: str | Path | None = None,
+               state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write a model checkpoint folder; `state_dict` overrides the model's own (e.g. gathered FSDP)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sd = state_dict if state_dict is not None else model_state_dict(model)
+    sd = {k: v.detach().cpu().contiguous() for k, v in sd.items()}
+    atomic_write(out / WEIGHTS_NAME, lambda p: save_file(sd, str(p), metadata={"format": "pt"}))
+    atomic_write(out / CONFIG_NAME, lambda p: model.config.save(p))
+    if tokenizer_dir is not None:
+        copy_tokenizer(tokenizer_dir, out)
+    return out
+
+
+def copy_tokenizer(src: str | Path, dst: str | Path) -> None:
+    src, dst = Path(src), Path(dst)
+    if src.resolve() == dst.resolve():
+        return
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file():
+            atomic_write(dst / name, lambda p, f=src / name: shutil.copyfile(f, p))
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """Map a run directory to its latest checkpoint folder; return checkpoint folders unchanged."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{p}: no such file or directory")
+    if (p / CONFIG_NAME).is_file():
+        return p
+    latest = p / "checkpoints" / "latest"
+    if latest.is_file():
+        target = p / "checkpoints" / latest.read_text().strip()
+        if (target / CONFIG_NAME).is_file():
+            return target
+        raise CheckpointError(f"{latest} names {target.name}, which is not a complete checkpoint")
+    raise CheckpointError(
+        f"{p}: not a MiniMind checkpoint (no {CONFIG_NAME}) nor a run directory (no checkpoints/latest)"
+    )
+
+
+def is_hf_folder(path: Path) -> bool:
+    config = path / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        return "model_type" in json.loads(config.read_text())
+    except json.JSONDecodeError:
+        return False
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> MiniMindLM:
+    """Build and load a model from a checkpoint folder, a run directory or a Hugging Face folder."""
+    p = Path(path)
+    if p.is_dir() and not (p / CONFIG_NAME).is_file() and is_hf_folder(p):
+        from .interop import load_hf_model
+
+        model = load_hf_model(p)
+    else:
+        ckpt = resolve_checkpoint(p)
+        config = ModelConfig.load(ckpt / CONFIG_NAME)
+        weights = ckpt / WEIGHTS_NAME
+        if not weights.is_file():
+            raise CheckpointError(f"{ckpt}: {WEIGHTS_NAME} is missing")
+        model = MiniMindLM(config)
+        load_weights(model, load_file(str(weights)), source=str(weights))
+    model.eval()
+    return model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
+
+
+def load_weights(model: MiniMindLM, sd: dict[str, torch.Tensor], source: str) -> None:
+    """Load a state dict strictly, allowing only the tied lm_head to be absent."""
+    try:
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise CheckpointError(f"{source}: weights do not fit the config: {str(err).splitlines()[-1].strip()}") from None
+    if model.config.tie_word_embeddings:
+        missing = [k for k in missing if k != "lm_head.weight"]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{source}: weights do not match the config (missing: {missing[:5]}, unexpected: {unexpected[:5]})"
+        )

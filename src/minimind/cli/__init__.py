@@ -1,0 +1,47 @@
+"""The `minimind` command line: one entry point, one subcommand per job.
+
+Contract: each `*_cmds` module in this package exposes `register(subparsers)`, which adds its
+subcommands and sets `func` on their parsers; `main` dispatches to `func(args)`, whose return
+value is the exit status. A `UserError` (bad flag, file or record) is printed as
+`error: ...` with exit status 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ..errors import UserError
+
+# Order = order in `minimind --help`. A module that is missing (not written yet) is skipped.
+COMMAND_MODULES = ("model_cmds", "tokenizer_cmds", "data_cmds", "train_cmds", "infer_cmds", "bench_cmds")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="minimind", description="Train, fine-tune, chat with, serve and export small language models."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as err:
+            if err.name == f"{__name__}.{name}":
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,58 @@
+"""Grouped-query self-attention with RoPE, optional QK-norm and a KV cache.
+
+Contract: `Attention(config)(x, cos, sin, mask, layer_idx, cache)` maps [B, T, h] -> [B, T, h].
+`mask` is None for plain causal attention, else a boolean [B, 1, T, S] (True = may attend),
+built once per forward by the model and shared by all layers.
+
+GQA: n_heads query heads share n_kv_heads key/value heads (groups of n_heads/n_kv_heads), which
+cuts the KV cache by that factor at almost no quality cost. PyTorch's SDPA broadcasts the
+shared heads itself (`enable_gqa`), and on a GPU dispatches to flash / memory-efficient kernels.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+from .kv_cache import KVCache
+from .layers import RMSNorm
+from .rope import apply_rope
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        h, d = config.hidden_size, config.head_dim
+        self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, config.num_kv_heads, d
+        self.q_proj = nn.Linear(h, config.num_heads * d, bias=config.qkv_bias)
+        self.k_proj = nn.Linear(h, config.num_kv_heads * d, bias=config.qkv_bias)
+        self.v_proj = nn.Linear(h, config.num_kv_heads * d, bias=config.qkv_bias)
+        self.o_proj = nn.Linear(config.num_heads * d, h, bias=config.o_bias)
+        # QK-norm (Qwen3): normalising each head's q and k bounds the attention logits, which
+        # keeps training stable at high learning rates.
+        self.q_norm = RMSNorm(d, config.rms_norm_eps) if config.qk_norm else None
+        self.k_norm = RMSNorm(d, config.rms_norm_eps) if config.qk_norm else None
+        self.dropout = config.dropout
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
+                layer_idx: int = 0, cache: KVCache | None = None) -> torch.Tensor:
+        B, T, _ = x.shape
+        # [B, T, H*D] -> [B, H, T, D]
+        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(layer_idx, k, v)  # now [B, Hkv, S, D] with S = past + T
+        out = F.scaled_dot_product_attention(
+            q, k, v,
+            attn_mask=mask,
+            is_causal=mask is None and T > 1,  # one new token may see every cached one
+            dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=self.num_heads != self.num_kv_heads,
+        )
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))

@@ -1,0 +1,74 @@
+"""Mixture-of-experts feed-forward layer: a softmax router picks top-k SwiGLU experts per token.
+
+Contract: `MoE(config)(x, token_mask)` returns (y [B, T, h], aux_loss scalar).
+- Router: p = softmax(x W_r^T) over the E routed experts (computed in float32); each token goes
+  to its k most probable experts, weighted by their probabilities (renormalised to sum to 1
+  when `norm_topk_prob`).
+- Shared experts see every token and are added unweighted. Several shared experts are stored as
+  one SwiGLU of width n_shared * I: the sum of n MLPs equals one MLP with their rows stacked.
+- Dispatch sorts the (token, expert) assignments by expert, so each expert runs one matmul on a
+  contiguous slice: the Python loop is over experts (a handful), never over tokens.
+- aux_loss is the Switch-Transformer load-balancing loss E * sum_e f_e * P_e, with f_e the share
+  of assignments that went to expert e and P_e its mean router probability. It is exactly 1.0
+  for perfectly balanced routing and grows to E when every token picks the same expert; it is
+  returned unweighted (multiply by `config.aux_loss_coef`). With aux_loss_level "seq" it is
+  computed per sequence and averaged, with "batch" over all tokens of the batch at once.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+from .layers import SwiGLU
+
+
+class MoE(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        h, inner = config.hidden_size, config.moe_intermediate_size
+        self.num_experts, self.top_k = config.num_experts, config.num_experts_per_tok
+        self.norm_topk_prob, self.aux_level = config.norm_topk_prob, config.aux_loss_level
+        self.gate = nn.Linear(h, config.num_experts, bias=False)  # the router
+        self.experts = nn.ModuleList(SwiGLU(h, inner) for _ in range(config.num_experts))
+        self.shared_experts = SwiGLU(h, inner * config.num_shared_experts) if config.num_shared_experts else None
+
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [N, h] -> router probabilities [N, E], top-k weights [N, k] and expert ids [N, k]."""
+        probs = F.softmax(F.linear(x.float(), self.gate.weight.float()), dim=-1)
+        weights, experts = probs.topk(self.top_k, dim=-1)
+        if self.norm_topk_prob:
+            weights = weights / weights.sum(-1, keepdim=True)
+        return probs, weights, experts
+
+    def forward(self, x: torch.Tensor, token_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        B, T, h = x.shape
+        flat = x.reshape(-1, h)
+        probs, weights, experts = self.route(flat)
+
+        # Sort the N*k assignments by expert id; counts[e] assignments then sit contiguously.
+        assigned_expert = experts.reshape(-1)  # [N*k]
+        order = assigned_expert.argsort(stable=True)
+        token_of = order // self.top_k  # which token each sorted assignment came from
+        counts = torch.bincount(assigned_expert, minlength=self.num_experts).tolist()
+        inputs = flat[token_of]
+        outputs = [expert(chunk) for expert, chunk in zip(self.experts, inputs.split(counts)) if chunk.numel()]
+        outputs = torch.cat(outputs) * weights.reshape(-1)[order].unsqueeze(-1).to(flat.dtype)
+        # Scatter-add each weighted expert output back onto its token.
+        y = torch.zeros_like(flat).index_add_(0, token_of, outputs.to(flat.dtype))
+        if self.shared_experts is not None:
+            y = y + self.shared_experts(flat)
+        return y.view(B, T, h), self.balance_loss(probs.view(B, T, -1), experts.view(B, T, -1), token_mask)
+
+    def balance_loss(self, probs: torch.Tensor, experts: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
+        """E * sum_e f_e P_e over real (unpadded) tokens; probs [B, T, E], experts [B, T, k]."""
+        B, T, E = probs.shape
+        m = torch.ones(B, T, 1, device=probs.device) if token_mask is None else token_mask.float().unsqueeze(-1)
+        picks = F.one_hot(experts, E).sum(2).float() * m  # [B, T, E]: times each token chose e
+        dims = (0, 1) if self.aux_level == "batch" else (1,)
+        n = m.sum(dims).clamp(min=1)  # real tokens per group: [1] or [B, 1]
+        f = picks.sum(dims) / (n * self.top_k)  # share of assignments per expert
+        p = (probs * m).sum(dims) / n  # mean router probability per expert
+        return (E * (f * p).sum(-1)).mean()

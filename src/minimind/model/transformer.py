@@ -1,0 +1,155 @@
+"""The MiniMind decoder-only transformer and its causal-LM head.
+
+Contract:
+- `MiniMindLM(config)` builds the model; `model(input_ids, labels=None, attention_mask=None,
+  position_ids=None, kv_cache=None, logits_to_keep=0)` returns a `CausalLMOutput` with
+  `.logits` [B, T, V], `.loss` (mean next-token cross-entropy over labels != -100, labels
+  aligned with input_ids and shifted inside, as in transformers) and `.aux_loss` (the unweighted
+  MoE balance loss averaged over MoE layers, 0 for dense models).
+- Parameter names follow Llama/Qwen (`embed_tokens`, `layers.N.self_attn.q_proj`, ...), so
+  export to Hugging Face is a prefix plus, for MoE, a few renames.
+
+One block is pre-norm: x = x + attn(norm(x)); x = x + mlp(norm(x)). Normalising the input of
+each sub-layer (not its output) keeps the residual stream an untouched sum, which is what lets
+deep stacks train without warmup tricks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+from .attention import Attention
+from .kv_cache import KVCache
+from .layers import RMSNorm, SwiGLU
+from .moe import MoE
+from .rope import RotaryTables
+
+
+@dataclass
+class CausalLMOutput:
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+    aux_loss: torch.Tensor | None = None
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MoE(config) if config.is_moe else SwiGLU(config.hidden_size, config.intermediate_size)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, cos, sin, mask, layer_idx, cache, token_mask):
+        x = x + self.dropout(self.self_attn(self.input_layernorm(x), cos, sin, mask, layer_idx, cache))
+        h = self.post_attention_layernorm(x)
+        if isinstance(self.mlp, MoE):
+            h, aux = self.mlp(h, token_mask)
+        else:
+            h, aux = self.mlp(h), None
+        return x + self.dropout(h), aux
+
+
+class MiniMindLM(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            # One matrix both embeds tokens and scores them: saves V*h parameters (12% of `small`).
+            self.lm_head.weight = self.embed_tokens.weight
+        self.rope = RotaryTables(config.head_dim, config.max_seq_len, config.rope_theta, config.rope_scaling)
+        self.apply(self._init_weights)
+        # Residual-branch outputs get std / sqrt(2 * layers) (GPT-2): each layer adds two such
+        # terms to the residual stream, and this keeps its variance independent of depth.
+        for name, p in self.named_parameters():
+            if name.endswith(("o_proj.weight", "down_proj.weight")):
+                nn.init.normal_(p, std=config.initializer_range / math.sqrt(2 * config.num_layers))
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=self.config.initializer_range)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def new_kv_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
+        """A cache for `batch_size` rows of up to `max_len` tokens, on the model's device."""
+        w = self.embed_tokens.weight
+        return KVCache(self.config, batch_size, max_len or self.config.max_seq_len, w.device, dtype or w.dtype)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        logits_to_keep: int = 0,
+    ) -> CausalLMOutput:
+        B, T = input_ids.shape
+        past = kv_cache.length if kv_cache is not None else 0
+        if kv_cache is not None:
+            cache_pos = kv_cache.begin(T, attention_mask)
+            position_ids = cache_pos if position_ids is None else position_ids
+            key_valid = kv_cache.valid[:, : past + T]
+            need_mask = kv_cache.padded or (past > 0 and T > 1)
+        else:
+            key_valid = attention_mask.bool() if attention_mask is not None else None
+            need_mask = attention_mask is not None
+            if position_ids is None:
+                if attention_mask is None:
+                    position_ids = torch.arange(T, device=input_ids.device).expand(B, T)
+                else:  # left padding: count only real tokens
+                    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        if past + T > self.config.max_seq_len:  # positions never exceed slots, so this bounds them
+            raise ValueError(f"sequence of {past + T} tokens exceeds max_seq_len {self.config.max_seq_len}")
+        mask = self._mask(key_valid, past, T) if need_mask else None
+
+        x = self.embed_tokens(input_ids)
+        cos, sin = self.rope(position_ids, x.dtype)
+        aux_losses = []
+        for i, layer in enumerate(self.layers):
+            x, aux = layer(x, cos, sin, mask, i, kv_cache, attention_mask)
+            if aux is not None:
+                aux_losses.append(aux)
+        if kv_cache is not None:
+            kv_cache.commit(T)
+        x = self.norm(x)
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
+        logits = self.lm_head(x)
+
+        loss = None
+        if labels is not None:
+            # Position t predicts token t+1: drop the last logit and the first label.
+            loss = F.cross_entropy(
+                logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100
+            )
+        aux_loss = torch.stack(aux_losses).mean() if aux_losses else logits.new_zeros((), dtype=torch.float32)
+        return CausalLMOutput(logits=logits, loss=loss, aux_loss=aux_loss)
+
+    @staticmethod
+    def _mask(key_valid: torch.Tensor | None, past: int, T: int) -> torch.Tensor:
+        """Boolean [B, 1, T, S] mask: query slot past+i may see key slot j <= past+i if j is real.
+
+        Every query may also see itself, so no row is fully masked (a fully masked row gives
+        NaN in softmax, and a NaN in a padding slot would leak into real rows via 0 * NaN).
+        """
+        S = past + T
+        device = key_valid.device
+        q_slot = torch.arange(past, S, device=device).view(T, 1)
+        k_slot = torch.arange(S, device=device).view(1, S)
+        causal = k_slot <= q_slot  # [T, S]
+        allowed = causal.unsqueeze(0) & key_valid[:, None, :]  # [B, T, S]
+        allowed = allowed | (k_slot == q_slot).unsqueeze(0)
+        return allowed.unsqueeze(1)
