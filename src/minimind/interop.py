@@ -255,7 +255,9 @@ def hf_to_config(hf: dict[str, Any]) -> ModelConfig:
     if arch == "qwen3_moe":
         if hf.get("mlp_only_layers") or hf.get("decoder_sparse_step", 1) != 1:
             raise UserError("Qwen3-MoE with dense layers (mlp_only_layers / decoder_sparse_step) is not supported")
-        kw.update(num_experts=hf["num_experts"], num_experts_per_tok=hf["num_experts_per_tok"],
+        # transformers 5.x calls it num_local_experts; 4.x folders say num_experts.
+        num_experts = hf.get("num_experts", hf.get("num_local_experts"))
+        kw.update(num_experts=num_experts, num_experts_per_tok=hf["num_experts_per_tok"],
                   moe_intermediate_size=hf["moe_intermediate_size"], norm_topk_prob=hf.get("norm_topk_prob", False),
                   aux_loss_coef=hf.get("router_aux_loss_coef", 0.001))
     if arch == "ernie4_5_moe":
