@@ -1,0 +1,1 @@
+"""Data: demo data, formats and validation, prepared shards, loaders, cleaning."""
