@@ -1,0 +1,221 @@
+"""Loss functions of the post-training stages: sequence log-probs, DPO, distillation, GRPO.
+
+Contract:
+- Pure tensor math: no model, no data, no I/O. Every function takes tensors and returns a
+  scalar loss plus a dict of *detached* 0-dim tensors for logging (the trainer turns them into
+  floats when it logs, so no device sync happens inside the loss).
+- Labels follow the model's convention: `labels` is aligned with `input_ids`, -100 marks
+  positions without loss, and logits at position t predict the label at t+1.
+- Log-probabilities are always computed in float32, whatever the logits' dtype.
+
+The math, in one line each (pi = policy, ref = frozen reference, y_w/y_l = chosen/rejected):
+- DPO (sigmoid):  -log sigmoid(beta * [(log pi(y_w) - log ref(y_w)) - (log pi(y_l) - log ref(y_l))])
+- IPO:            (h - 1/(2 beta))^2 with h the same log-ratio difference
+- Distillation:   alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, labels)
+- GRPO:           -min(r A, clip(r, 1-eps, 1+eps) A) + beta * k3, with r = exp(new - old) and
+                  k3 = exp(ref - new) - (ref - new) - 1, averaged over all completion tokens.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import UserError
+
+IGNORE_INDEX = -100
+
+
+class TokenLogprobs(NamedTuple):
+    """Result of `sequence_logprobs`; all tensors are float32 except `mask` (bool)."""
+
+    token_logps: torch.Tensor  # [B, T-1]: log p(labels[:, t+1] | prefix), 0 where masked
+    mask: torch.Tensor  # [B, T-1]: True where labels[:, t+1] != -100
+    seq_logps: torch.Tensor  # [B]: sum of token_logps over the mask
+
+
+def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> TokenLogprobs:
+    """Per-token log-probabilities of `labels` under `logits`, and their masked sum per row.
+
+    log p(y) = logit_y - logsumexp(logits). Computing it this way instead of
+    `log_softmax(logits).gather(y)` never builds a [B, T, V] log-softmax tensor: logsumexp
+    reduces the vocabulary to one number per position, and the gather reads one logit per
+    position. Rows are processed one at a time so the float32 upcast of bf16 logits exists
+    for one row at a time in the forward pass (autograd still keeps what backward needs).
+    """
+    if logits.dim() != 3 or labels.shape != logits.shape[:2]:
+        raise ValueError(f"expected logits [B,T,V] and labels [B,T], got {tuple(logits.shape)} and {tuple(labels.shape)}")
+    logits = logits[:, :-1]  # position t predicts t+1
+    targets = labels[:, 1:]
+    mask = targets != IGNORE_INDEX
+    safe_targets = targets.masked_fill(~mask, 0)  # any valid index; masked out below
+    rows = []
+    for b in range(logits.shape[0]):
+        row = logits[b].float()  # [T-1, V]
+        picked = row.gather(-1, safe_targets[b].unsqueeze(-1)).squeeze(-1)
+        rows.append(picked - torch.logsumexp(row, dim=-1))
+    token_logps = torch.stack(rows) * mask  # multiply (not masked_fill) keeps it differentiable
+    return TokenLogprobs(token_logps, mask, token_logps.sum(-1))
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of x over the True entries of mask; 0 when the mask is empty (no division by 0)."""
+    mask = mask.to(x.dtype)
+    return (x * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+# ----------------------------------------------------------------------------- DPO
+
+
+def dpo_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    beta: float,
+    label_smoothing: float = 0.0,
+    loss_type: str = "sigmoid",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Direct Preference Optimisation loss over a batch of [B] sequence log-probs.
+
+    The implicit reward of a response is beta * (log pi(y) - log ref(y)); DPO is a logistic
+    regression saying the chosen reward should beat the rejected one. `label_smoothing` eps
+    assumes the preference label is flipped with probability eps (conservative DPO):
+    loss = -(1-eps) log sigmoid(beta h) - eps log sigmoid(-beta h). `loss_type="ipo"` regresses
+    h onto 1/(2 beta) instead, which does not push the margin to infinity on clean data.
+    """
+    if beta <= 0:
+        raise UserError(f"dpo beta must be > 0, got {beta}")
+    if not 0.0 <= label_smoothing < 0.5:
+        raise UserError(f"dpo label_smoothing must be in [0, 0.5), got {label_smoothing}")
+    chosen_ratio = policy_chosen_logps.float() - ref_chosen_logps.float()
+    rejected_ratio = policy_rejected_logps.float() - ref_rejected_logps.float()
+    h = chosen_ratio - rejected_ratio
+    if loss_type == "sigmoid":
+        # logsigmoid is the stable form of log(sigmoid(x)): no overflow for large |x|.
+        losses = -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
+    elif loss_type == "ipo":
+        losses = (h - 1 / (2 * beta)) ** 2
+    else:
+        raise UserError(f"dpo loss_type must be 'sigmoid' or 'ipo', got {loss_type!r}")
+    chosen_rewards = beta * chosen_ratio.detach()
+    rejected_rewards = beta * rejected_ratio.detach()
+    metrics = {
+        "rewards/chosen": chosen_rewards.mean(),
+        "rewards/rejected": rejected_rewards.mean(),
+        "rewards/accuracy": (chosen_rewards > rejected_rewards).float().mean(),
+        "rewards/margin": (chosen_rewards - rejected_rewards).mean(),
+    }
+    return losses.mean(), metrics
+
+
+# ----------------------------------------------------------------------------- distillation
+
+
+def distill_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float = 1.0,
+    alpha: float = 0.5,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """White-box distillation: match the teacher's softened token distribution, plus CE.
+
+    Only positions whose next label is not -100 count (assistant tokens in SFT data). The KL
+    term is scaled by T^2 because softening by T shrinks its gradients by 1/T^2 (Hinton et
+    al.); the scaling keeps the balance with the CE term independent of T. The teacher gets no
+    gradient: its logits are detached here, so callers may pass them straight from a forward.
+    """
+    if student_logits.shape[-1] != teacher_logits.shape[-1]:
+        raise UserError(
+            f"distillation needs the same vocabulary: student has {student_logits.shape[-1]} tokens, "
+            f"teacher has {teacher_logits.shape[-1]}; train both with the same tokenizer"
+        )
+    if student_logits.shape[:2] != teacher_logits.shape[:2]:
+        raise ValueError(f"student/teacher logits differ in [B,T]: {tuple(student_logits.shape)} vs {tuple(teacher_logits.shape)}")
+    if temperature <= 0:
+        raise UserError(f"distill temperature must be > 0, got {temperature}")
+    if not 0.0 <= alpha <= 1.0:
+        raise UserError(f"distill alpha must be in [0, 1], got {alpha}")
+    mask = labels[:, 1:] != IGNORE_INDEX
+    # Select the counted positions first: the softmaxes below then cost [N, V], not [B, T, V].
+    s = student_logits[:, :-1][mask].float()  # [N, V]
+    t = teacher_logits[:, :-1][mask].detach().float()
+    targets = labels[:, 1:][mask]
+    if s.shape[0] == 0:  # no supervised token in the batch: a zero that still has a graph
+        zero = student_logits.sum() * 0.0
+        return zero, {"kl": zero.detach(), "ce": zero.detach()}
+    log_ps = F.log_softmax(s / temperature, dim=-1)
+    log_pt = F.log_softmax(t / temperature, dim=-1)
+    # KL(p_t || p_s) = sum_v p_t (log p_t - log p_s), per token, then mean over tokens.
+    kl = (log_pt.exp() * (log_pt - log_ps)).sum(-1).mean()
+    ce = F.cross_entropy(s, targets)
+    loss = alpha * temperature**2 * kl + (1 - alpha) * ce
+    return loss, {"kl": kl.detach(), "ce": ce.detach()}
+
+
+# ----------------------------------------------------------------------------- GRPO
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4) -> torch.Tensor:
+    """Group-relative advantages: (r - mean_group) / (std_group + eps), shape [B*G] -> [B*G].
+
+    The G completions of one prompt sit next to each other. Normalising inside the group
+    replaces PPO's learned value baseline: a completion is good if it beats its siblings. The
+    std is the population std (G in the denominator) so G=1 is defined. A group whose rewards
+    are all equal carries no signal and gets exactly zero advantage.
+    """
+    if group_size < 1 or rewards.numel() % group_size:
+        raise UserError(f"{rewards.numel()} rewards cannot be split into groups of {group_size}")
+    r = rewards.float().view(-1, group_size)
+    mean = r.mean(dim=1, keepdim=True)
+    std = r.std(dim=1, keepdim=True, correction=0)
+    adv = (r - mean) / (std + eps)
+    # Rounding in the mean can leave tiny non-zero values in a constant group; zero them.
+    constant = (r == r[:, :1]).all(dim=1, keepdim=True)
+    return adv.masked_fill(constant, 0.0).view(-1)
+
+
+def grpo_loss(
+    logps_new: torch.Tensor,
+    logps_old: torch.Tensor,
+    logps_ref: torch.Tensor | None,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_eps: float | tuple[float, float] = 0.2,
+    beta_kl: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped policy-gradient loss with a k3 KL penalty, normalised over all tokens.
+
+    Shapes: logps_* [N, L] (per-token log-probs of the sampled completions), advantages [N]
+    (one per completion, broadcast over its tokens), mask [N, L] (1 on completion tokens).
+    `logps_old` are the log-probs of the policy that sampled (detached); with one update per
+    batch they equal `logps_new.detach()`, the ratio is 1 and the gradient is A * grad log pi.
+    `clip_eps` may be a pair (low, high): DAPO's "clip higher" lets unlikely tokens grow more.
+    Token-level normalisation (sum over every token of the batch / number of tokens, DAPO)
+    weights each token equally, so long completions are not down-weighted per token as they
+    are with GRPO's per-sequence mean.
+    """
+    eps_low, eps_high = (clip_eps, clip_eps) if isinstance(clip_eps, (int, float)) else clip_eps
+    mask = mask.to(torch.bool)
+    adv = advantages.float().unsqueeze(-1)  # [N, 1]
+    ratio = torch.exp(logps_new.float() - logps_old.float().detach())
+    unclipped = ratio * adv
+    clipped = ratio.clamp(1 - eps_low, 1 + eps_high) * adv
+    per_token = -torch.minimum(unclipped, clipped)
+    metrics: dict[str, torch.Tensor] = {}
+    if logps_ref is not None:
+        # k3 estimator of KL(pi || ref) from samples of pi: unbiased, always >= 0 (x - 1 >= log x).
+        d = logps_ref.float().detach() - logps_new.float()
+        kl = torch.exp(d) - d - 1
+        if beta_kl != 0.0:
+            per_token = per_token + beta_kl * kl
+        metrics["kl"] = masked_mean(kl.detach(), mask)
+    # A token is clipped when the clipped branch is the one min() picked and it has no gradient.
+    is_clipped = ((ratio < 1 - eps_low) & (adv < 0)) | ((ratio > 1 + eps_high) & (adv > 0))
+    metrics["clip_fraction"] = masked_mean(is_clipped.float(), mask)
+    metrics["ratio"] = masked_mean(ratio.detach(), mask)
+    loss = masked_mean(per_token, mask)
+    return loss, metrics
