@@ -1,0 +1,245 @@
+"""ChatML rendering: a conversation -> token ids and a 0/1 loss mask, and generation prompts.
+
+Contract (see docs/architecture.md). The format is Qwen3-style ChatML; each turn is
+`<|im_start|>{role}\\n{content}<|im_end|>\\n`, with these conventions (one of each, chosen here and
+mirrored exactly by CHAT_TEMPLATE, the Jinja template saved in tokenizer_config.json):
+
+- System: `messages[0]` with role "system" opens the conversation. Tool definitions (the `tools`
+  argument, else `messages[0]["tools"]`: a list or a JSON string) are appended to it as a "# Tools"
+  section with one JSON object per line inside `<tools></tools>`; with tools but no system
+  message, the section forms a system turn of its own.
+- Assistant: *every* assistant turn carries a think block, `<think>\\n{reasoning}\\n</think>\\n\\n{answer}`,
+  empty (`<think>\\n\\n</think>\\n\\n`) when there is no `reasoning_content`. So the generation prompt
+  with thinking off (an empty think block) is exactly what training showed, and with thinking on
+  (an open `<think>\\n`) it is a prefix of it. Reasoning written inline in `content` as
+  `<think>...</think>` is split out. Reasoning and answer are stripped of surrounding whitespace.
+  Tool calls follow the answer, one per `<tool_call>\\n{"name": ..., "arguments": ...}\\n</tool_call>`,
+  separated from the answer and from each other by a newline.
+- Tool results: role "tool" messages become `<tool_response>\\n{content}\\n</tool_response>`
+  blocks; consecutive ones share a single *user* turn (the Qwen convention).
+- Loss mask: 1 exactly on the assistant content (think block, answer, tool calls) and its closing
+  `<|im_end|>`; 0 on `<|im_start|>assistant\\n`, on the "\\n" after `<|im_end|>`, and everywhere else.
+
+Why the mask is exact *and* the ids equal encoding the whole rendered string: we encode piece by
+piece, and every boundary between a masked and an unmasked piece sits right after
+`assistant\\n` before `<think>`, or right after `<|im_end|>`. Those are added tokens, and a
+`tokenizers` tokenizer cuts the text at added tokens before anything else, so the pieces on either
+side are encoded independently in both cases (tests check ids == encode(render_text(...)) and
+parity with `transformers.apply_chat_template`).
+
+Jinja parity needs parsed values: the template cannot parse JSON, so `tools` / `tool_calls`
+stored as JSON strings (the upstream data format) are handled here but must be `json.loads`-ed
+before calling `apply_chat_template`.
+"""
+
+from __future__ import annotations
+
+import json
+
+from .errors import UserError
+from .tokenizer import EOS_TOKEN, BOS_TOKEN, THINK_END, THINK_START, Tokenizer
+
+ROLES = ("system", "user", "assistant", "tool")
+EMPTY_THINK = f"{THINK_START}\n\n{THINK_END}\n\n"
+
+TOOLS_INTRO = (
+    "# Tools\n\nYou may call the functions below. Their signatures, one JSON object per line, "
+    "are inside <tools></tools>:\n<tools>"
+)
+TOOLS_OUTRO = (
+    "\n</tools>\n\nTo call a function, answer with a JSON object "
+    '{"name": <function name>, "arguments": <arguments object>} inside <tool_call></tool_call> tags. '
+    "Results come back inside <tool_response></tool_response> tags."
+)
+
+# The same rendering in Jinja for transformers' apply_chat_template. Keep the two in lock-step:
+# tests/test_chat.py compares their ids on many conversations. `{% generation %}` marks the
+# trained span, so `return_assistant_tokens_mask=True` reproduces our loss mask too.
+CHAT_TEMPLATE = (
+    "{%- macro text(c) -%}{%- if c is string -%}{{- c -}}{%- elif c is none -%}{%- else -%}{{- c | tojson -}}"
+    "{%- endif -%}{%- endmacro -%}"
+    "{%- if not tools and messages and messages[0].role == 'system' and messages[0].tools -%}"
+    "{%- set tools = messages[0].tools -%}{%- endif -%}"
+    "{%- if tools -%}"
+    "{{- '<|im_start|>system\\n' -}}"
+    "{%- if messages and messages[0].role == 'system' and text(messages[0].content) -%}"
+    "{{- text(messages[0].content) + '\\n\\n' -}}{%- endif -%}"
+    "{{- " + json.dumps(TOOLS_INTRO) + " -}}"
+    "{%- for tool in tools -%}{{- '\\n' + (tool | tojson) -}}{%- endfor -%}"
+    "{{- " + json.dumps(TOOLS_OUTRO) + " + '<|im_end|>\\n' -}}"
+    "{%- endif -%}"
+    "{%- for message in messages -%}"
+    "{%- set content = text(message.content) -%}"
+    "{%- if message.role == 'system' and loop.first and tools -%}"
+    "{%- elif message.role == 'assistant' -%}"
+    "{%- if message.reasoning_content is string -%}{%- set reasoning = message.reasoning_content -%}"
+    "{%- elif '</think>' in content -%}"
+    "{%- set reasoning = content.split('</think>', 1)[0].split('<think>')[-1] -%}"
+    "{%- set content = content.split('</think>', 1)[1] -%}"
+    "{%- else -%}{%- set reasoning = '' -%}{%- endif -%}"
+    "{%- set content = content.strip() -%}"
+    "{{- '<|im_start|>assistant\\n' -}}"
+    "{%- generation -%}"
+    "{{- '<think>\\n' + reasoning.strip() + '\\n</think>\\n\\n' + content -}}"
+    "{%- for call in (message.tool_calls or []) -%}"
+    "{%- if call.function -%}{%- set call = call.function -%}{%- endif -%}"
+    "{%- if content or not loop.first -%}{{- '\\n' -}}{%- endif -%}"
+    "{{- '<tool_call>\\n{\"name\": \"' + call.name + '\", \"arguments\": ' -}}"
+    "{%- if call.arguments is string -%}{{- call.arguments -}}{%- else -%}{{- (call.arguments or {}) | tojson -}}"
+    "{%- endif -%}"
+    "{{- '}\\n</tool_call>' -}}"
+    "{%- endfor -%}"
+    "{{- '<|im_end|>' -}}"
+    "{%- endgeneration -%}"
+    "{{- '\\n' -}}"
+    "{%- elif message.role == 'tool' -%}"
+    "{%- if loop.first or messages[loop.index0 - 1].role != 'tool' -%}{{- '<|im_start|>user' -}}{%- endif -%}"
+    "{{- '\\n<tool_response>\\n' + content + '\\n</tool_response>' -}}"
+    "{%- if loop.last or messages[loop.index0 + 1].role != 'tool' -%}{{- '<|im_end|>\\n' -}}{%- endif -%}"
+    "{%- else -%}"
+    "{{- '<|im_start|>' + message.role + '\\n' + content + '<|im_end|>\\n' -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}"
+    "{{- '<|im_start|>assistant\\n' -}}"
+    "{%- if enable_thinking is defined and enable_thinking is false -%}{{- '<think>\\n\\n</think>\\n\\n' -}}"
+    "{%- else -%}{{- '<think>\\n' -}}{%- endif -%}"
+    "{%- endif -%}"
+)
+
+
+def split_reasoning(text: str) -> tuple[str | None, str]:
+    """Split generated text into (reasoning, answer): "<think>r</think>a" -> ("r", "a").
+
+    The opening <think> may be missing (the generation prompt already holds it). Without a
+    closing </think> there is no reasoning: (None, text stripped).
+    """
+    if THINK_END not in text:
+        return None, text.strip()
+    before, _, after = text.partition(THINK_END)
+    return before.split(THINK_START)[-1].strip(), after.strip()
+
+
+def _text(value) -> str:
+    # Message content: a string as it is, nothing as "", anything else (a tool's JSON result) as JSON.
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _parse_json_field(value, what: str):
+    if isinstance(value, str):
+        try:
+            return json.loads(value) if value.strip() else []
+        except json.JSONDecodeError as err:
+            raise UserError(f"{what} is not valid JSON ({err.msg})") from None
+    return value
+
+
+def _assistant_body(msg: dict) -> str:
+    """The trained part of an assistant turn: think block, answer, tool calls (no <|im_end|>)."""
+    content = _text(msg.get("content"))
+    reasoning = msg.get("reasoning_content")
+    if not isinstance(reasoning, str):
+        split, content = split_reasoning(content)  # inline <think>...</think> in content
+        reasoning = split or ""
+    content = content.strip()
+    body = f"{THINK_START}\n{reasoning.strip()}\n{THINK_END}\n\n{content}"
+    calls = _parse_json_field(msg.get("tool_calls"), "assistant tool_calls") or []
+    if not isinstance(calls, list):
+        raise UserError(f"assistant tool_calls must be a list, got {type(calls).__name__}")
+    for i, call in enumerate(calls):
+        if not isinstance(call, dict):
+            raise UserError(f"tool call {i} must be an object, got {type(call).__name__}")
+        call = call.get("function") or call  # OpenAI style {"type": "function", "function": {...}}
+        name = call.get("name")
+        if not isinstance(name, str):
+            raise UserError(f"tool call {i} has no function name")
+        args = call.get("arguments")
+        args = args if isinstance(args, str) else json.dumps(args or {}, ensure_ascii=False)
+        if content or i > 0:
+            body += "\n"
+        body += f'<tool_call>\n{{"name": "{name}", "arguments": {args}}}\n</tool_call>'
+    return body
+
+
+def render_pieces(messages: list[dict], tools=None) -> list[tuple[str, int]]:
+    """The conversation as (text, trainable) pieces; joined, they are the rendered string."""
+    if not isinstance(messages, list) or not messages:
+        raise UserError("a conversation must be a non-empty list of messages")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ROLES:
+            role = m.get("role") if isinstance(m, dict) else m
+            raise UserError(f"message {i}: role must be one of {', '.join(ROLES)}, got {role!r}")
+    first = messages[0]
+    if not tools and first["role"] == "system" and first.get("tools"):
+        tools = first["tools"]
+    tools = _parse_json_field(tools, "system tools") if tools else None
+    if tools is not None and not isinstance(tools, list):
+        raise UserError(f"tools must be a list of function definitions, got {type(tools).__name__}")
+
+    pieces: list[tuple[str, int]] = []
+    if tools:
+        system = _text(first.get("content")) if first["role"] == "system" else ""
+        listing = "".join("\n" + json.dumps(t, ensure_ascii=False) for t in tools)
+        pieces.append((f"{BOS_TOKEN}system\n{system + chr(10) * 2 if system else ''}"
+                       f"{TOOLS_INTRO}{listing}{TOOLS_OUTRO}{EOS_TOKEN}\n", 0))
+    for i, msg in enumerate(messages):
+        role = msg["role"]
+        if role == "system" and i == 0 and tools:
+            continue  # already rendered with the tool section
+        if role == "assistant":
+            pieces.append((f"{BOS_TOKEN}assistant\n", 0))
+            pieces.append((_assistant_body(msg) + EOS_TOKEN, 1))
+            pieces.append(("\n", 0))
+        elif role == "tool":
+            opens = i == 0 or messages[i - 1]["role"] != "tool"
+            closes = i == len(messages) - 1 or messages[i + 1]["role"] != "tool"
+            pieces.append(((f"{BOS_TOKEN}user" if opens else "")
+                           + f"\n<tool_response>\n{_text(msg.get('content'))}\n</tool_response>"
+                           + (f"{EOS_TOKEN}\n" if closes else ""), 0))
+        else:
+            pieces.append((f"{BOS_TOKEN}{role}\n{_text(msg.get('content'))}{EOS_TOKEN}\n", 0))
+    return pieces
+
+
+def generation_prompt(thinking: bool = True) -> str:
+    return f"{BOS_TOKEN}assistant\n" + (f"{THINK_START}\n" if thinking else EMPTY_THINK)
+
+
+def render_text(messages: list[dict], tools=None, add_generation_prompt: bool = False,
+                thinking: bool = True) -> str:
+    """The rendered conversation as a string (what the Jinja template produces)."""
+    text = "".join(t for t, _ in render_pieces(messages, tools))
+    return text + generation_prompt(thinking) if add_generation_prompt else text
+
+
+def render_conversation(tok: Tokenizer, messages: list[dict], tools=None) -> tuple[list[int], list[int]]:
+    """Token ids and a 0/1 loss mask of the same length (1 = assistant content + its <|im_end|>)."""
+    # Merge neighbouring pieces with the same mask: fewer encode calls, and the only cuts left
+    # are the masked/unmasked boundaries, which sit at added tokens (see the module docstring).
+    merged: list[list] = []
+    for text, m in render_pieces(messages, tools):
+        if merged and merged[-1][1] == m:
+            merged[-1][0] += text
+        else:
+            merged.append([text, m])
+    ids: list[int] = []
+    mask: list[int] = []
+    for text, m in merged:
+        piece = tok.encode(text)
+        ids.extend(piece)
+        mask.extend([m] * len(piece))
+    return ids, mask
+
+
+def render_prompt(tok: Tokenizer, messages: list[dict], tools=None, thinking: bool = True) -> list[int]:
+    """Ids of the conversation so far plus the assistant generation prompt."""
+    return tok.encode(render_text(messages, tools, add_generation_prompt=True, thinking=thinking))
+
+
+def check_chatml(tok: Tokenizer) -> None:
+    """Raise UserError unless `tok` has the ChatML turn tokens this renderer writes."""
+    missing = [t for t in (BOS_TOKEN, EOS_TOKEN) if tok.token_to_id(t) is None]
+    if missing:
+        raise UserError(f"{tok.path}: tokenizer lacks {', '.join(missing)}; chat rendering needs ChatML tokens")

@@ -1,0 +1,269 @@
+"""Byte-level BPE tokenizer: train one, load one, and the default one shipped with MiniMind.
+
+Contract (see docs/architecture.md):
+- A tokenizer lives in a Hugging Face folder: `tokenizer.json` (the `tokenizers` model) and
+  `tokenizer_config.json` (special tokens + the Jinja `chat_template`). `transformers.AutoTokenizer`
+  loads the folders we write, and `load_tokenizer` loads any such folder (a 6k or a 150k vocabulary).
+- Our own tokenizers put the special tokens first: id 0 `<|endoftext|>` (padding / unknown),
+  1 `<|im_start|>` (beginning of a turn, our BOS), 2 `<|im_end|>` (end of a turn, our EOS), then
+  `<think>`, `</think>`, `<tool_call>`, `</tool_call>`, `<tool_response>`, `</tool_response>` and
+  spare `<|reserved_N|>` tokens a later version can give a meaning without resizing the model.
+- `encode` recognises special tokens written in the text (so a rendered chat string encodes to the
+  same ids as the renderer builds); `decode` is the exact inverse for any text (byte-level BPE).
+- Training streams its input: files are read line by line and never held whole in memory.
+
+Why byte-level BPE: every string (any script, emoji, binary junk) maps to bytes first, so there is
+no unknown token and decode(encode(s)) == s always. Chinese characters are 3 bytes in UTF-8; BPE
+learns merges for the frequent ones, rarer ones stay as 2-3 byte tokens.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer as _HFTokenizer
+
+from .errors import UserError
+
+PAD_TOKEN = "<|endoftext|>"
+BOS_TOKEN = "<|im_start|>"
+EOS_TOKEN = "<|im_end|>"
+THINK_START, THINK_END = "<think>", "</think>"
+TOOL_CALL_START, TOOL_CALL_END = "<tool_call>", "</tool_call>"
+TOOL_RESPONSE_START, TOOL_RESPONSE_END = "<tool_response>", "</tool_response>"
+NUM_RESERVED = 7  # spare tokens: 9 named + 7 reserved = 16 ids set aside before the learned vocabulary
+
+# "special=True" tokens are control tokens: skip_special_tokens removes them when decoding.
+# The think/tool markers are part of what the model *says*, so like Qwen3 we keep them as
+# added (always-atomic) tokens that decoding never drops: split_reasoning needs to see them.
+SPECIAL_TOKENS: tuple[tuple[str, bool], ...] = (
+    (PAD_TOKEN, True), (BOS_TOKEN, True), (EOS_TOKEN, True),
+    (THINK_START, False), (THINK_END, False),
+    (TOOL_CALL_START, False), (TOOL_CALL_END, False),
+    (TOOL_RESPONSE_START, False), (TOOL_RESPONSE_END, False),
+) + tuple((f"<|reserved_{i}|>", True) for i in range(NUM_RESERVED))
+
+# Pre-tokenisation regex (the widely used GPT-4/Qwen-style split): words with one leading
+# non-letter, *single digits* (so numbers are read digit by digit, which makes arithmetic
+# learnable for a small model), punctuation runs, newlines, and spaces. Written as a Rust-regex
+# string for `tokenizers`.
+SPLIT_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
+@dataclass
+class Tokenizer:
+    """A `tokenizers.Tokenizer` plus the facts the rest of MiniMind needs about it."""
+
+    path: Path
+    backend: _HFTokenizer
+    pad_id: int
+    bos_id: int
+    eos_id: int
+    chat_template: str
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> list[int]:
+        return self.backend.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Encode many texts at once (the Rust side uses all cores)."""
+        return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.backend.token_to_id(token)
+
+    def id_to_token(self, i: int) -> str | None:
+        return self.backend.id_to_token(i)
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+
+def default_tokenizer_dir() -> Path:
+    """The folder of the 6400-token tokenizer shipped inside the package."""
+    return Path(str(resources.files("minimind") / "assets" / "tokenizer"))
+
+
+def _token_str(value) -> str | None:
+    # tokenizer_config.json stores a token either as "<|x|>" or as {"content": "<|x|>", ...}.
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def load_tokenizer(path: str | Path | None = None) -> Tokenizer:
+    """Load a Hugging Face tokenizer folder (or a tokenizer.json file); None -> the shipped default.
+
+    Special ids come from tokenizer_config.json (`eos_token`, `bos_token`, `pad_token`); where
+    the config does not name them, ChatML conventions fill in: BOS = <|im_start|>, pad =
+    <|endoftext|>. An EOS is required: generation and packing cannot work without one.
+    """
+    folder = Path(path) if path is not None else default_tokenizer_dir()
+    file = folder if folder.is_file() else folder / "tokenizer.json"
+    if not file.is_file():
+        raise UserError(f"{folder}: no tokenizer.json there (expected a Hugging Face tokenizer folder)")
+    folder = file.parent
+    try:
+        backend = _HFTokenizer.from_file(str(file))
+    except Exception as err:  # the Rust side raises a bare Exception on malformed JSON
+        raise UserError(f"{file}: not a valid tokenizers file ({err})") from None
+    config: dict = {}
+    config_file = folder / "tokenizer_config.json"
+    if config_file.is_file():
+        try:
+            config = json.loads(config_file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise UserError(f"{config_file}: invalid JSON ({err})") from None
+    chat_template = config.get("chat_template") or ""
+    jinja = folder / "chat_template.jinja"  # newer transformers write the template beside the config
+    if jinja.is_file():
+        chat_template = jinja.read_text(encoding="utf-8")
+
+    def lookup(key: str, fallbacks: tuple[str, ...]) -> int | None:
+        for name in (_token_str(config.get(key)), *fallbacks):
+            if name is not None and backend.token_to_id(name) is not None:
+                return backend.token_to_id(name)
+        return None
+
+    eos_id = lookup("eos_token", (EOS_TOKEN,))
+    if eos_id is None:
+        raise UserError(f"{folder}: no end-of-sequence token: set eos_token in tokenizer_config.json "
+                        f"(or add {EOS_TOKEN} to the vocabulary)")
+    bos_id = lookup("bos_token", (BOS_TOKEN,))
+    pad_id = lookup("pad_token", (PAD_TOKEN,))
+    return Tokenizer(path=folder, backend=backend, eos_id=eos_id,
+                     bos_id=eos_id if bos_id is None else bos_id,
+                     pad_id=eos_id if pad_id is None else pad_id,
+                     chat_template=chat_template)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def iter_texts(files: Iterable[str | Path]) -> Iterator[str]:
+    """Stream the text of each file: plain text by line, or JSONL records (optionally gzipped).
+
+    From JSONL it takes `text` (pretraining), every message's `content` / `reasoning_content`
+    (`conversations`, `chosen`, `rejected`), so SFT and DPO files can feed the tokenizer too.
+    """
+    for f in files:
+        path = Path(f)
+        if not path.is_file():
+            raise UserError(f"{path}: no such file")
+        name = path.name.removesuffix(".gz")
+        opener = gzip.open if path.name.endswith(".gz") else open
+        with opener(path, "rt", encoding="utf-8") as fh:
+            if not name.endswith((".jsonl", ".json")):
+                yield from fh  # plain text: one line at a time
+                continue
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise UserError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
+                if not isinstance(record, dict):
+                    raise UserError(f"{path}:{lineno}: expected a JSON object")
+                if isinstance(record.get("text"), str):
+                    yield record["text"]
+                for key in ("conversations", "chosen", "rejected"):
+                    for msg in record.get(key) or []:
+                        if isinstance(msg, dict):
+                            for field in ("reasoning_content", "content"):
+                                if isinstance(msg.get(field), str) and msg[field]:
+                                    yield msg[field]
+
+
+def train_tokenizer(files, vocab_size: int, out_dir) -> Tokenizer:
+    """Train a byte-level BPE tokenizer of at most `vocab_size` ids (specials included) on `files`.
+
+    Merges need a pair seen at least twice, so a small corpus may stop short of `vocab_size`.
+
+    Writes tokenizer.json, tokenizer_config.json (with our ChatML chat_template) and
+    special_tokens_map.json into `out_dir` and returns the loaded tokenizer.
+    """
+    files = [Path(f) for f in ([files] if isinstance(files, (str, Path)) else files)]
+    if not files:
+        raise UserError("no training files given")
+    for f in files:
+        if not f.is_file():
+            raise UserError(f"{f}: no such file")
+    min_vocab = len(SPECIAL_TOKENS) + 256  # specials + the 256 byte symbols
+    if vocab_size < min_vocab:
+        raise UserError(f"--vocab-size {vocab_size} is too small: need at least {min_vocab} "
+                        f"({len(SPECIAL_TOKENS)} special tokens + 256 bytes)")
+
+    tok = _HFTokenizer(models.BPE())
+    # Split by the regex first, then map every byte to a printable symbol (GPT-2's byte table);
+    # the ByteLevel step must not split again (use_regex=False) or it would undo our pattern.
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[AddedToken(t, special=s, normalized=False) for t, s in SPECIAL_TOKENS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        min_frequency=2,
+        show_progress=False,
+    )
+    tok.train_from_iterator(iter_texts(files), trainer=trainer)
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    # The trainer registers every special token as special=True; mark the think/tool markers
+    # as ordinary added tokens (see SPECIAL_TOKENS) by editing the serialised form.
+    data = json.loads(tok.to_str())
+    flags = dict(SPECIAL_TOKENS)
+    for entry in data["added_tokens"]:
+        entry["special"] = flags.get(entry["content"], entry["special"])
+    (out / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
+    write_tokenizer_config(out)
+    return load_tokenizer(out)
+
+
+def write_tokenizer_config(out_dir: str | Path) -> None:
+    """Write tokenizer_config.json + special_tokens_map.json for our special-token layout."""
+    from .chat import CHAT_TEMPLATE  # chat.py owns the template; imported late (chat imports us)
+
+    out = Path(out_dir)
+    added = {
+        str(i): {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
+                 "single_word": False, "special": s}
+        for i, (t, s) in enumerate(SPECIAL_TOKENS)
+    }
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": BOS_TOKEN,
+        "eos_token": EOS_TOKEN,
+        "pad_token": PAD_TOKEN,
+        "unk_token": PAD_TOKEN,
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": 32768,
+        "added_tokens_decoder": added,
+        "additional_special_tokens": [t for t, s in SPECIAL_TOKENS[3:] if s],
+        "chat_template": CHAT_TEMPLATE,
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(config, ensure_ascii=False, indent=2) + "\n",
+                                               encoding="utf-8")
+    specials = {"bos_token": BOS_TOKEN, "eos_token": EOS_TOKEN, "pad_token": PAD_TOKEN, "unk_token": PAD_TOKEN}
+    (out / "special_tokens_map.json").write_text(json.dumps(specials, indent=2) + "\n", encoding="utf-8")

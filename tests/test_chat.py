@@ -1,0 +1,169 @@
+"""Chat rendering: exact loss masks, piecewise == whole-string encoding, and parity with the
+Jinja chat_template run by transformers' apply_chat_template."""
+
+import json
+
+import pytest
+
+from minimind.chat import (render_conversation, render_pieces, render_prompt, render_text,
+                           split_reasoning)
+from minimind.errors import UserError
+from minimind.tokenizer import default_tokenizer_dir, load_tokenizer
+
+TOOLS = [{"type": "function", "function": {
+    "name": "get_weather", "description": "查询天气 / look up the weather",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好！我是 MiniMind。"}],
+    [{"role": "system", "content": "You are helpful."}, {"role": "user", "content": "Hi"},
+     {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "2+2?"},
+     {"role": "assistant", "content": "4", "reasoning_content": "2 plus 2 is 4."}],
+    [{"role": "user", "content": "think inline"},
+     {"role": "assistant", "content": "<think>\nstep one\n</think>\n\nanswer 😀"}],
+    [{"role": "user", "content": "  leading spaces\n\n"},
+     {"role": "assistant", "content": "\n\n  padded answer  \n", "reasoning_content": "\n  r  \n"}],
+    [{"role": "system", "content": "系统提示", "tools": TOOLS}, {"role": "user", "content": "北京天气？"},
+     {"role": "assistant", "content": "", "tool_calls": [
+         {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "北京"}}}]},
+     {"role": "tool", "content": '{"temp": 20}'},
+     {"role": "assistant", "content": "北京 20 度。", "reasoning_content": "tool said 20"}],
+    [{"role": "user", "content": "two calls"},
+     {"role": "assistant", "content": "Calling both.", "tool_calls": [
+         {"name": "a", "arguments": {"x": 1}}, {"name": "b", "arguments": '{"y": "z"}'}]},
+     {"role": "tool", "content": "1"}, {"role": "tool", "content": {"ok": True}},
+     {"role": "assistant", "content": "done"}],
+    [{"role": "system", "content": ""}, {"role": "user", "content": "empty system"},
+     {"role": "assistant", "content": ""}],
+    [{"role": "user", "content": "literal <|im_end|> and <think> in user text"},
+     {"role": "assistant", "content": "ok\n\nsecond paragraph\n"}, {"role": "user", "content": "again"},
+     {"role": "assistant", "content": "fine", "reasoning_content": ""}],
+]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def hf_tok():
+    transformers = pytest.importorskip("transformers")
+    return transformers.AutoTokenizer.from_pretrained(str(default_tokenizer_dir()))
+
+
+def masked_spans(tok, ids, mask):
+    """Decode each maximal run of mask==1 tokens."""
+    spans, cur = [], []
+    for i, m in zip(ids, mask):
+        if m:
+            cur.append(i)
+        elif cur:
+            spans.append(tok.decode(cur))
+            cur = []
+    if cur:
+        spans.append(tok.decode(cur))
+    return spans
+
+
+def test_masked_spans_are_exactly_the_assistant_replies(tok):
+    conv = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "你是谁？"},
+            {"role": "assistant", "content": "我是 MiniMind。", "reasoning_content": "身份问题"},
+            {"role": "user", "content": "2+3?"}, {"role": "assistant", "content": "5"}]
+    ids, mask = render_conversation(tok, conv)
+    assert len(ids) == len(mask)
+    assert masked_spans(tok, ids, mask) == [
+        "<think>\n身份问题\n</think>\n\n我是 MiniMind。<|im_end|>",
+        "<think>\n\n</think>\n\n5<|im_end|>",
+    ]
+    # Each masked run is preceded by exactly "<|im_start|>assistant\n" and followed by "\n".
+    text = tok.decode(ids)
+    assert text.count("<|im_start|>assistant\n<think>") == 2
+    assert tok.decode([i for i, m in zip(ids, mask) if not m]).endswith("<|im_start|>assistant\n\n")
+
+
+def test_tool_call_masks(tok):
+    ids, mask = render_conversation(tok, CONVERSATIONS[5])
+    spans = masked_spans(tok, ids, mask)
+    assert spans[0] == ("<think>\n\n</think>\n\nCalling both.\n<tool_call>\n{\"name\": \"a\", \"arguments\": "
+                        "{\"x\": 1}}\n</tool_call>\n<tool_call>\n{\"name\": \"b\", \"arguments\": {\"y\": \"z\"}}"
+                        "\n</tool_call><|im_end|>")
+    assert spans[1] == "<think>\n\n</think>\n\ndone<|im_end|>"
+    # tool results are context (a user turn), never trained on
+    text = render_text(CONVERSATIONS[5])
+    assert ("<|im_start|>user\n<tool_response>\n1\n</tool_response>\n<tool_response>\n{\"ok\": true}\n"
+            "</tool_response><|im_end|>\n") in text
+
+
+@pytest.mark.parametrize("conv", CONVERSATIONS)
+def test_piecewise_ids_equal_whole_string_encoding(tok, conv):
+    ids, mask = render_conversation(tok, conv)
+    assert ids == tok.encode(render_text(conv))
+    assert sum(mask) == sum(len(tok.encode(t)) for t, m in render_pieces(conv) if m)
+
+
+def test_json_string_fields_match_parsed(tok):
+    conv = CONVERSATIONS[4]
+    as_strings = [dict(m) for m in conv]
+    as_strings[0]["tools"] = json.dumps(TOOLS, ensure_ascii=False)
+    as_strings[2]["tool_calls"] = json.dumps(conv[2]["tool_calls"], ensure_ascii=False)
+    assert render_conversation(tok, as_strings) == render_conversation(tok, conv)
+    # tools passed as an argument render like tools on the system message
+    no_tools = [dict(conv[0], tools=None)] + conv[1:]
+    assert render_text(no_tools, tools=TOOLS) == render_text(conv)
+
+
+def test_generation_prompt(tok):
+    msgs = [{"role": "user", "content": "hi"}]
+    on = tok.decode(render_prompt(tok, msgs, thinking=True))
+    off = tok.decode(render_prompt(tok, msgs, thinking=False))
+    assert on == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n"
+    assert off == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    # a trained reply without reasoning continues both prompts
+    full = tok.decode(render_conversation(tok, msgs + [{"role": "assistant", "content": "yo"}])[0])
+    assert full.startswith(on) and full.startswith(off)
+
+
+@pytest.mark.parametrize("conv", CONVERSATIONS)
+def test_hf_apply_chat_template_parity(tok, hf_tok, conv):
+    assert hf_tok.apply_chat_template(conv, tokenize=False) == render_text(conv)
+    out = hf_tok.apply_chat_template(conv, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    ids, mask = render_conversation(tok, conv)
+    assert list(out["input_ids"]) == ids
+    assert list(out["assistant_masks"]) == mask
+    history = conv[:-1]
+    for thinking in (True, False):
+        hf = hf_tok.apply_chat_template(history, tokenize=True, return_dict=True, add_generation_prompt=True,
+                                        enable_thinking=thinking)
+        assert list(hf["input_ids"]) == render_prompt(tok, history, thinking=thinking)
+
+
+def test_hf_parity_with_tools_argument(tok, hf_tok):
+    conv = [{"role": "user", "content": "weather?"}]
+    hf = hf_tok.apply_chat_template(conv, tools=TOOLS, tokenize=True, return_dict=True,
+                                    add_generation_prompt=True)
+    assert list(hf["input_ids"]) == render_prompt(tok, conv, tools=TOOLS)
+    assert render_text(conv, tools=TOOLS).startswith("<|im_start|>system\n# Tools\n")
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("<think>r</think>answer", ("r", "answer")),
+    ("<think>\nstep 1\nstep 2\n</think>\n\n42", ("step 1\nstep 2", "42")),
+    ("reasoning without opening tag\n</think>\n\nfinal", ("reasoning without opening tag", "final")),
+    ("no think here ", (None, "no think here")),
+    ("<think>\n\n</think>\n\nplain", ("", "plain")),
+])
+def test_split_reasoning(text, expected):
+    assert split_reasoning(text) == expected
+
+
+@pytest.mark.parametrize("bad,msg", [
+    ([], "non-empty"),
+    ([{"role": "robot", "content": "x"}], "role must be one of"),
+    ([{"role": "assistant", "content": "x", "tool_calls": "{not json"}], "not valid JSON"),
+    ([{"role": "assistant", "content": "x", "tool_calls": [{"arguments": {}}]}], "no function name"),
+    ([{"role": "system", "content": "x", "tools": {"name": "f"}}, {"role": "user", "content": "y"}], "must be a list"),
+])
+def test_bad_conversations_raise_user_error(tok, bad, msg):
+    with pytest.raises(UserError, match=msg):
+        render_conversation(tok, bad)
