@@ -1,1 +1,21 @@
-"""Data: demo data, formats and validation, prepared shards, loaders, cleaning."""
+"""Data: demo data, formats and validation, prepared shards, loaders, cleaning.
+
+Modules:
+    formats  read JSONL / .jsonl.gz / Parquet in upstream MiniMind's shapes; validate records
+    prepare  `data prepare`: streaming, multi-process tokenisation into memory-mapped shards
+    store    random access to tokenised docs (a prepared directory, or raw files in RAM)
+    loader   `make_loader`: packed / padded batches, deterministic, resumable, rank-sharded
+    clean    normalise, filter, dedup (exact + MinHash) and mix sources
+    demo     the embedded demo data set (`write_demo`)
+"""
+
+from .clean import CleanConfig, CleanReport, clean
+from .formats import KINDS, ReadStats, iter_examples, normalize_record
+from .loader import IGNORE, Loader, make_loader
+from .prepare import PrepareResult, prepare, read_meta
+from .store import DocStore, open_store
+
+__all__ = [
+    "KINDS", "IGNORE", "CleanConfig", "CleanReport", "DocStore", "Loader", "PrepareResult", "ReadStats",
+    "clean", "iter_examples", "make_loader", "normalize_record", "open_store", "prepare", "read_meta",
+]

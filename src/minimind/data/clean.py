@@ -1,0 +1,338 @@
+"""Data cleaning: normalise, filter, deduplicate (exact and MinHash) and mix several sources.
+
+Contract:
+- `clean(paths, out, config, weights=None) -> CleanReport` streams every record of every source
+  through the steps below, in this order, and writes the survivors as one JSONL file (atomically):
+    1. normalise  Unicode normalisation (NFKC by default) and whitespace: CRLF -> LF, control and
+                  zero-width characters removed, runs of spaces/tabs -> one space, trailing spaces
+                  and 3+ blank lines trimmed. Changes text, removes nothing.
+    2. too_short / too_long   fewer than `min_chars` (or more than `max_chars`) characters.
+    3. repetitive the share of repeated character 10-grams exceeds `max_repetition`.
+    4. low_letters letters (any script: `str.isalpha`, so CJK counts) are under `min_letter_ratio`
+                  of the non-space characters.
+    5. exact_dup  the normalised text was already seen (a 16-byte BLAKE2 digest per document).
+    6. near_dup   MinHash over character n-gram shingles (works for Chinese, which has no spaces)
+                  finds an earlier document with estimated Jaccard >= `minhash_threshold`
+                  (datasketch MinHashLSH). Dedup is global across sources, first one wins.
+    7. mix        with `weights`, source i gets share w_i / sum(w) of the output, whose size is the
+                  number of surviving documents; a source below its share is repeated, one above
+                  it is subsampled evenly. Sources are interleaved deterministically (each next
+                  document comes from the source furthest behind its share), so every prefix of
+                  the output is already mixed in the right proportions. No randomness.
+- Records may be in any shape of `minimind.data.formats` ({"text"}, conversations, DPO pairs, RL
+  prompts): the strings inside (text, message contents, reasoning) are normalised in place and
+  their concatenation is what the filters and dedup look at. Fields we do not know are kept.
+- A record without any text, or a line that is not JSON, is an error naming `file:line`, or with
+  `skip_bad=True` is counted under `bad` in the report. The report counts, for each source and
+  step, how many documents the step removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import unicodedata
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..errors import UserError
+from .formats import RecordError, check_files, iter_raw, parse_payload
+
+STEPS = ("bad", "too_short", "too_long", "repetitive", "low_letters", "exact_dup", "near_dup")
+
+
+@dataclass
+class CleanConfig:
+    """Thresholds of the cleaning steps (see the module docstring for what each does)."""
+
+    unicode_form: str = "NFKC"        # "NFKC", "NFC" or "none"
+    min_chars: int = 20
+    max_chars: int = 0                # 0 = no upper limit
+    max_repetition: float = 0.5       # share of repeated char 10-grams above which a doc is dropped
+    min_letter_ratio: float = 0.5
+    minhash_threshold: float = 0.8    # 0 or >= 1 turns near-dup removal off
+    num_perm: int = 128
+    shingle_chars: int = 5
+    skip_bad: bool = False
+
+
+@dataclass
+class CleanReport:
+    sources: list[str]
+    read: list[int]
+    removed: dict[str, list[int]]      # step -> per-source count
+    kept: list[int]
+    written: list[int]                 # after mixing, per source
+    normalised_changed: list[int] = field(default_factory=list)
+
+    def table(self) -> str:
+        """A per-step table: one column per source and a total."""
+        names = [Path(s).name for s in self.sources]
+        w = max([10] + [len(n) for n in names])
+        head = f"{'step':<14}" + "".join(f"{n:>{w + 2}}" for n in names) + f"{'total':>{w + 2}}"
+        lines = [head, "-" * len(head)]
+
+        def row(label: str, vals: list[int]) -> str:
+            return f"{label:<14}" + "".join(f"{v:>{w + 2}}" for v in vals) + f"{sum(vals):>{w + 2}}"
+
+        lines.append(row("read", self.read))
+        lines.append(row("(normalised)", self.normalised_changed))
+        for step in STEPS:
+            lines.append(row(f"- {step}", self.removed[step]))
+        lines.append(row("kept", self.kept))
+        lines.append(row("written (mix)", self.written))
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Step 1: normalisation
+
+_CONTROL = re.compile(r"[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f\u200b-\u200d\u2060\ufeff]")
+_HSPACE = re.compile(r"[ \t\u00a0\u3000]+")
+_TRAILING = re.compile(r" +\n")
+_BLANKS = re.compile(r"\n{3,}")
+
+
+def normalize_text(text: str, unicode_form: str = "NFKC") -> str:
+    """Unicode + whitespace normalisation (step 1). NFKC folds full-width letters and digits to
+    ASCII (and full-width punctuation such as '，' to ','), so look-alike strings compare equal."""
+    if unicode_form != "none":
+        text = unicodedata.normalize(unicode_form, text)
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = _CONTROL.sub("", text)
+    text = _HSPACE.sub(" ", text)
+    text = _TRAILING.sub("\n", text)
+    text = _BLANKS.sub("\n\n", text)
+    return text.strip()
+
+
+def _map_strings(rec: dict, fn) -> list[str]:
+    """Apply fn to every text string of a record in place; return the new strings in order."""
+    out: list[str] = []
+
+    def visit_msgs(msgs: Any) -> None:
+        if isinstance(msgs, list):
+            for m in msgs:
+                if isinstance(m, dict):
+                    for k in ("content", "reasoning_content"):
+                        if isinstance(m.get(k), str):
+                            m[k] = fn(m[k])
+                            out.append(m[k])
+
+    for k in ("text", "prompt", "answer"):
+        if isinstance(rec.get(k), str):
+            rec[k] = fn(rec[k])
+            out.append(rec[k])
+    for k in ("conversations", "chosen", "rejected"):
+        visit_msgs(rec.get(k))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Steps 2-4: quality filters
+
+
+def repetition_ratio(text: str, n: int = 10) -> float:
+    """1 - distinct/total character n-grams: ~0 for prose, -> 1 for 'hahahaha...' or copy-paste loops."""
+    total = len(text) - n + 1
+    if total <= 1:
+        return 0.0
+    return 1.0 - len({text[i:i + n] for i in range(total)}) / total
+
+
+def letter_ratio(text: str) -> float:
+    """Letters (Latin, CJK, any script) over non-whitespace characters."""
+    chars = [c for c in text if not c.isspace()]
+    if not chars:
+        return 0.0
+    return sum(c.isalpha() for c in chars) / len(chars)
+
+
+def quality_verdict(text: str, cfg: CleanConfig) -> str | None:
+    """The name of the first filter that rejects `text`, or None if it passes."""
+    if len(text) < cfg.min_chars:
+        return "too_short"
+    if cfg.max_chars and len(text) > cfg.max_chars:
+        return "too_long"
+    if repetition_ratio(text) > cfg.max_repetition:
+        return "repetitive"
+    if letter_ratio(text) < cfg.min_letter_ratio:
+        return "low_letters"
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Steps 5-6: deduplication
+
+
+class Deduplicator:
+    """Exact (digest set) and near-duplicate (MinHash LSH) detection over a stream of texts."""
+
+    def __init__(self, threshold: float = 0.8, num_perm: int = 128, shingle_chars: int = 5):
+        from datasketch import MinHashLSH
+
+        self.seen: set[bytes] = set()
+        self.num_perm, self.k = num_perm, shingle_chars
+        self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm) if 0 < threshold < 1 else None
+        self.count = 0
+
+    def shingles(self, text: str) -> set[bytes]:
+        """Character k-grams of the lower-cased text without whitespace: language independent."""
+        t = "".join(text.lower().split())
+        if len(t) <= self.k:
+            return {t.encode("utf-8")}
+        return {t[i:i + self.k].encode("utf-8") for i in range(len(t) - self.k + 1)}
+
+    def minhash(self, text: str):
+        from datasketch import MinHash
+
+        # crc32 is a fast, deterministic 32-bit hash (Python's hash() is salted per process).
+        m = MinHash(num_perm=self.num_perm, seed=1, hashfunc=zlib.crc32)
+        m.update_batch(list(self.shingles(text)))
+        return m
+
+    def check(self, text: str) -> str | None:
+        """'exact_dup' / 'near_dup' if text repeats an earlier one, else None (and remember it)."""
+        digest = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+        if digest in self.seen:
+            return "exact_dup"
+        self.seen.add(digest)
+        if self.lsh is not None:
+            m = self.minhash(text)
+            if self.lsh.query(m):
+                return "near_dup"
+            self.lsh.insert(str(self.count), m)
+            self.count += 1
+        return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Step 7: mixing
+
+
+def mix_quotas(counts: list[int], weights: list[float] | None) -> list[int]:
+    """How many documents each source contributes: its count, or its share of the total."""
+    if weights is None:
+        return list(counts)
+    if len(weights) != len(counts):
+        raise UserError(f"--weights has {len(weights)} values for {len(counts)} data files")
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise UserError("--weights must be non-negative and not all zero")
+    total, wsum = sum(counts), sum(weights)
+    quotas = [int(round(total * w / wsum)) for w in weights]
+    for i, (q, c) in enumerate(zip(quotas, counts)):
+        if q > 0 and c == 0:
+            raise UserError(f"source {i + 1} has weight {weights[i]} but no documents survived cleaning")
+    return quotas
+
+
+def even_pick(n: int, q: int) -> np.ndarray:
+    """q indices into range(n) spread evenly, in order: full passes first, then an even stride.
+
+    e.g. n=4, q=6 -> [0 1 2 3 | 1 3]: one full pass (upsampling), then 2 of 4 evenly.
+    """
+    full, rem = divmod(q, n) if n else (0, 0)
+    # index j is picked in the last pass when floor((j+1)*rem/n) steps past floor(j*rem/n)
+    j = np.arange(n)
+    part = j[((j + 1) * rem) // n > (j * rem) // n]
+    return np.concatenate([np.tile(j, full), part]).astype(np.int64)
+
+
+def interleave_schedule(quotas: list[int]) -> Iterator[int]:
+    """Source index of each output document: always the one furthest behind its share."""
+    total = sum(quotas)
+    taken = [0] * len(quotas)
+    for k in range(total):
+        # deficit = where source i should be after k+1 documents minus where it is
+        i = max(range(len(quotas)), key=lambda s: (quotas[s] * (k + 1) / total - taken[s], -s))
+        taken[i] += 1
+        yield i
+
+
+# ----------------------------------------------------------------------------------------------
+# The whole pipeline
+
+
+def clean(paths: list[str | Path], out: str | Path, cfg: CleanConfig | None = None,
+          weights: list[float] | None = None) -> CleanReport:
+    """Run steps 1-7 over `paths` and write the cleaned, mixed JSONL to `out`."""
+    cfg = cfg or CleanConfig()
+    if cfg.unicode_form not in ("NFKC", "NFC", "none"):
+        raise UserError(f"unknown Unicode form {cfg.unicode_form!r}; use NFKC, NFC or none")
+    files = check_files(paths)
+    if weights is not None:
+        mix_quotas([1] * len(files), weights)  # fail on a bad --weights before doing any work
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    n = len(files)
+    report = CleanReport([str(p) for p in files], [0] * n, {s: [0] * n for s in STEPS}, [0] * n,
+                         [0] * n, [0] * n)
+    dedup = Deduplicator(cfg.minhash_threshold, cfg.num_perm, cfg.shingle_chars)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.clean-", dir=out.parent))
+    try:
+        # Pass 1: each source -> its surviving records in a temp JSONL (streaming, bounded memory).
+        kept_files = [work / f"{i}.jsonl" for i in range(n)]
+        for i, path in enumerate(files):
+            with open(kept_files[i], "w", encoding="utf-8") as f:
+                for lineno, payload in iter_raw(path):
+                    report.read[i] += 1
+                    try:
+                        rec = parse_payload(payload)
+                        before = _map_strings(rec, lambda s: s)  # the original strings
+                        texts = _map_strings(rec, lambda s: normalize_text(s, cfg.unicode_form))
+                        if not texts:
+                            raise RecordError("no text found (expected 'text', 'conversations', "
+                                              "'chosen'/'rejected' or 'prompt')")
+                    except RecordError as err:
+                        if not cfg.skip_bad:
+                            raise UserError(f"{path}:{lineno}: {err}") from None
+                        report.removed["bad"][i] += 1
+                        continue
+                    report.normalised_changed[i] += texts != before
+                    text = "\n".join(texts)
+                    verdict = quality_verdict(text, cfg) or dedup.check(text)
+                    if verdict:
+                        report.removed[verdict][i] += 1
+                        continue
+                    f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                    report.kept[i] += 1
+        # Pass 2: mix the survivors into one stream.
+        quotas = mix_quotas(report.kept, weights)
+        tmp_out = work / "out.jsonl"
+        with open(tmp_out, "w", encoding="utf-8") as f:
+            if weights is None:
+                for i in range(n):  # plain concatenation in source order
+                    with open(kept_files[i], encoding="utf-8") as src:
+                        shutil.copyfileobj(src, f)
+                    report.written[i] = report.kept[i]
+            else:
+                streams = [_picked_lines(kept_files[i], report.kept[i], quotas[i]) for i in range(n)]
+                for i in interleave_schedule(quotas):
+                    f.write(next(streams[i]))
+                    report.written[i] += 1
+        os.replace(tmp_out, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return report
+
+
+def _picked_lines(path: Path, n: int, q: int) -> Iterator[str]:
+    """The lines of `path` (n of them) selected by even_pick(n, q), re-reading for each pass."""
+    picks = even_pick(n, q)
+    pos = 0
+    while pos < len(picks):
+        with open(path, encoding="utf-8") as f:
+            for j, line in enumerate(f):
+                while pos < len(picks) and picks[pos] == j:
+                    yield line
+                    pos += 1
+                if pos < len(picks) and picks[pos] < j:
+                    break  # the next pick starts a new pass over the file

@@ -1,0 +1,240 @@
+"""Batches for every training stage: `make_loader(kind, data, tokenizer, seq_len, batch_size, ...)`.
+
+Contract (docs/architecture.md):
+- A `Loader` is an endless iterator of batches (CPU tensors). Epochs follow each other; epoch e
+  is shuffled by (seed, e). A batch may straddle two epochs, so no sample is ever dropped for
+  being in a short last batch and even tiny data sets yield full batches.
+- Samples ("units") per kind, and the batch each makes (labels aligned with input_ids; the model
+  shifts them):
+    pretrain  windows of exactly seq_len tokens cut from one stream: the split's documents in
+              shuffled order, each followed by EOS. No padding at all; labels = input_ids. The
+              tail of an epoch's stream shorter than one window is not used in that epoch.
+              -> {"input_ids", "labels"} LongTensor [B, seq_len]
+    sft       conversations packed greedily (in shuffled order) into rows of <= seq_len tokens; a
+              row is closed when the next conversation would not fit. A conversation longer than
+              seq_len is truncated to its first seq_len tokens. labels = ids on assistant tokens
+              (chat.render_conversation mask), -100 elsewhere and on padding.
+              -> {"input_ids", "labels"} [B, T], T = longest row in the batch (<= seq_len)
+    dpo       one preference pair each; both sides truncated to seq_len and padded to the longest
+              of the batch (pad id; labels -100 on padding and non-assistant tokens).
+              -> {"chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels"} [B, T]
+    rl        one prompt each -> {"prompt_ids": list[list[int]] (render_prompt, thinking on, not
+              truncated), "answers": list[str | None], "messages": list[list[dict]],
+              "gt": list[list | None]}
+- Split: a fixed fraction (`val_fraction`, default 1%, at least one sample) of the documents
+  (pairs for dpo) is held out for split="val". The choice depends only on the number of
+  documents, never on the seed, so changing the seed cannot leak validation data into training.
+- Distributed: each epoch's shuffled units are dealt round-robin to ranks and cut to the same
+  count per rank (so every rank takes the same number of steps): disjoint across ranks.
+- Resume: `state_dict()` is {"epoch", "index", ...} (plain ints/strings); after
+  `load_state_dict(state)` the next batch is exactly the one that would have come next.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from .formats import check_kind
+from .store import DocStore, open_store
+
+IGNORE = -100
+SPLIT_SEED = 20240601  # fixed: the held-out set must not move when the training seed does
+
+
+def split_indices(n: int, split: str, val_fraction: float) -> np.ndarray:
+    """Sorted sample indices of `split` among n samples (deterministic, seed independent)."""
+    if split not in ("train", "val"):
+        raise UserError(f"unknown split {split!r}; expected 'train' or 'val'")
+    if not 0 <= val_fraction < 1:
+        raise UserError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    n_val = min(max(1, math.ceil(n * val_fraction)), n - 1) if val_fraction > 0 and n >= 2 else 0
+    perm = np.random.default_rng(SPLIT_SEED).permutation(n)
+    chosen = perm[:n_val] if split == "val" else perm[n_val:]
+    if len(chosen) == 0:
+        raise UserError(f"the {split!r} split is empty ({n} samples, val_fraction {val_fraction})")
+    return np.sort(chosen)
+
+
+class Loader:
+    """Endless, deterministic, resumable, rank-sharded batches of one kind (see module docstring)."""
+
+    def __init__(self, kind: str, store: DocStore, seq_len: int, batch_size: int, *, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, split: str = "train", val_fraction: float = 0.01):
+        if seq_len < 1 or batch_size < 1:
+            raise UserError(f"seq_len and batch_size must be >= 1 (got {seq_len}, {batch_size})")
+        if not 0 <= rank < world_size:
+            raise UserError(f"rank {rank} is outside world_size {world_size}")
+        self.kind, self.store = kind, store
+        self.seq_len, self.batch_size = seq_len, batch_size
+        self.seed, self.rank, self.world_size, self.split = seed, rank, world_size, split
+        n = len(store) // 2 if kind == "dpo" else len(store)
+        if n == 0:
+            raise UserError(f"no {kind} data in {store.source or 'the input'}")
+        self.samples = split_indices(n, split, val_fraction)   # sample ids of this split
+        self.epoch, self.index = 0, 0                          # position of the next unit
+        self._plan: tuple[int, dict] | None = None
+
+    # ------------------------------------------------------------------ epoch plans
+
+    def _plan_for(self, epoch: int) -> dict:
+        """This rank's units for `epoch` (cached for the current epoch)."""
+        if self._plan is not None and self._plan[0] == epoch:
+            return self._plan[1]
+        rng = np.random.default_rng([self.seed, epoch])
+        order = self.samples[rng.permutation(len(self.samples))]   # shuffled sample ids
+        plan: dict = {"order": order}
+        if self.kind == "pretrain":
+            # stream = doc, EOS, doc, EOS, ...; ends[j] = stream position just after doc j's EOS
+            plan["ends"] = np.cumsum(self.store.lengths[order] + 1)
+            n_units = int(plan["ends"][-1]) // self.seq_len
+        elif self.kind == "sft":
+            plan["starts"] = self._pack(order)
+            n_units = len(plan["starts"]) - 1
+        else:
+            n_units = len(order)
+        # deal units to ranks: shuffle again (pretrain windows of neighbouring docs should not
+        # sit in one batch), then rank r takes every world_size-th, all ranks the same count
+        per_rank = n_units // self.world_size
+        if per_rank == 0:
+            raise UserError(f"too little {self.kind} data in the {self.split!r} split for "
+                            f"{self.world_size} rank(s) at seq_len {self.seq_len}: {n_units} sample(s)")
+        units = rng.permutation(n_units)[self.rank::self.world_size][:per_rank]
+        plan["units"] = units
+        self._plan = (epoch, plan)
+        return plan
+
+    def _pack(self, order: np.ndarray) -> np.ndarray:
+        """Greedy packing: start index (into order) of each row, plus len(order) at the end."""
+        lengths = np.minimum(self.store.lengths[order], self.seq_len).tolist()
+        starts, used = [0], 0
+        for j, n in enumerate(lengths):
+            if used + n > self.seq_len:   # does not fit: close the row, start a new one
+                starts.append(j)
+                used = 0
+            used += n
+        starts.append(len(lengths))
+        return np.asarray(starts, dtype=np.int64)
+
+    @property
+    def samples_per_epoch(self) -> int:
+        """Units (windows, packed rows, pairs, prompts) this rank sees in the current epoch."""
+        return len(self._plan_for(self.epoch)["units"])
+
+    # ------------------------------------------------------------------ units
+
+    def window(self, plan: dict, k: int) -> np.ndarray:
+        """Pretrain window k of the epoch's stream: tokens [k*T, (k+1)*T)."""
+        T, ends, order = self.seq_len, plan["ends"], plan["order"]
+        start = k * T
+        j = int(np.searchsorted(ends, start, side="right"))   # first doc ending after `start`
+        pos = start - (int(ends[j - 1]) if j > 0 else 0)       # offset inside doc j's ids+EOS
+        out = np.empty(T, dtype=np.int64)
+        filled = 0
+        while filled < T:
+            ids = self.store.ids(int(order[j]))
+            piece = ids[pos:]
+            n = min(len(piece), T - filled)
+            out[filled:filled + n] = piece[:n]
+            filled += n
+            if filled < T and pos + n == len(ids):   # reached the end of the doc: its EOS
+                out[filled] = self.store.eos_id
+                filled += 1
+            pos, j = 0, j + 1
+        return out
+
+    def row(self, plan: dict, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """SFT packed row k: (ids, labels) of the conversations in it, each cut to seq_len."""
+        docs = plan["order"][plan["starts"][k]:plan["starts"][k + 1]]
+        ids = [self.store.ids(int(d))[:self.seq_len] for d in docs]
+        masks = [self.store.mask(int(d))[:self.seq_len] for d in docs]
+        ids_cat = np.concatenate(ids).astype(np.int64)
+        labels = np.where(np.concatenate(masks) > 0, ids_cat, IGNORE)
+        return ids_cat, labels
+
+    def _pair_side(self, d: int) -> tuple[np.ndarray, np.ndarray]:
+        ids = self.store.ids(d)[:self.seq_len].astype(np.int64)
+        return ids, np.where(self.store.mask(d)[:self.seq_len] > 0, ids, IGNORE)
+
+    # ------------------------------------------------------------------ iteration
+
+    def _next_units(self) -> list[tuple[dict, int]]:
+        """The next batch_size (plan, unit) pairs, moving into the next epoch when needed."""
+        out = []
+        while len(out) < self.batch_size:
+            plan = self._plan_for(self.epoch)
+            if self.index >= len(plan["units"]):
+                self.epoch, self.index = self.epoch + 1, 0
+                continue
+            out.append((plan, int(plan["units"][self.index])))
+            self.index += 1
+        return out
+
+    def __iter__(self) -> Iterator[dict]:
+        return self
+
+    def __next__(self) -> dict:
+        units = self._next_units()
+        if self.kind == "pretrain":
+            x = torch.from_numpy(np.stack([self.window(p, k) for p, k in units]))
+            return {"input_ids": x, "labels": x.clone()}
+        if self.kind == "sft":
+            rows = [self.row(p, k) for p, k in units]
+            ids, labels = _pad([r[0] for r in rows], self.store.pad_id), _pad([r[1] for r in rows], IGNORE)
+            return {"input_ids": ids, "labels": labels}
+        if self.kind == "dpo":
+            pairs = [int(p["order"][k]) for p, k in units]
+            chosen = [self._pair_side(2 * i) for i in pairs]
+            rejected = [self._pair_side(2 * i + 1) for i in pairs]
+            T = max(len(c[0]) for c in chosen + rejected)   # one T for both sides
+            return {
+                "chosen_input_ids": _pad([c[0] for c in chosen], self.store.pad_id, T),
+                "chosen_labels": _pad([c[1] for c in chosen], IGNORE, T),
+                "rejected_input_ids": _pad([r[0] for r in rejected], self.store.pad_id, T),
+                "rejected_labels": _pad([r[1] for r in rejected], IGNORE, T),
+            }
+        docs = [int(p["order"][k]) for p, k in units]
+        records = [self.store.record(d) for d in docs]
+        return {
+            "prompt_ids": [self.store.ids(d).astype(np.int64).tolist() for d in docs],
+            "answers": [r["answer"] for r in records],
+            "messages": [r["messages"] for r in records],
+            "gt": [r.get("gt") for r in records],
+        }
+
+    # ------------------------------------------------------------------ resume
+
+    def state_dict(self) -> dict:
+        return {"kind": self.kind, "epoch": self.epoch, "index": self.index, "seed": self.seed,
+                "rank": self.rank, "world_size": self.world_size, "split": self.split}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("kind", self.kind) != self.kind:
+            raise UserError(f"loader state is for {state['kind']!r} data, this loader reads {self.kind!r}")
+        self.epoch, self.index = int(state["epoch"]), int(state["index"])
+
+
+def _pad(rows: list[np.ndarray], value: int, length: int | None = None) -> torch.Tensor:
+    """Right-pad 1-D arrays to one length -> LongTensor [B, length]."""
+    length = length or max(len(r) for r in rows)
+    out = np.full((len(rows), length), value, dtype=np.int64)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = r
+    return torch.from_numpy(out)
+
+
+def make_loader(kind: str, data, tokenizer, seq_len: int, batch_size: int, *, seed: int = 0,
+                rank: int = 0, world_size: int = 1, split: str = "train", skip_bad: bool = False,
+                val_fraction: float = 0.01) -> Loader:
+    """A Loader over `data`: a prepared directory, or raw JSONL/.jsonl.gz/Parquet file(s)."""
+    check_kind(kind)
+    if isinstance(data, (str, Path)) or data is None:
+        data = [data] if data is not None else []
+    store = open_store(kind, data, tokenizer, skip_bad=skip_bad)
+    return Loader(kind, store, seq_len, batch_size, seed=seed, rank=rank, world_size=world_size,
+                  split=split, val_fraction=val_fraction)
