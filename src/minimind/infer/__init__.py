@@ -1,0 +1,11 @@
+"""Text generation on token ids: sampling, KV-cached batched decoding, streaming detokenization.
+
+Imports the model (and, in helpers, the tokenizer and chat renderer); knows nothing of HTTP.
+"""
+
+from .engine import BatchRunner, Engine, Event, Sequence
+from .sampling import InvalidParams, SamplingParams, sample_tokens
+from .streaming import IncrementalDecoder, ReasoningSplitter, StopMatcher
+
+__all__ = ["BatchRunner", "Engine", "Event", "IncrementalDecoder", "InvalidParams", "ReasoningSplitter",
+           "SamplingParams", "Sequence", "StopMatcher", "sample_tokens"]
