@@ -1,0 +1,257 @@
+"""Reward functions for RL stages (GRPO): rule-based checks, a reward-model hook, weighted sums.
+
+Contract:
+- A reward function has one signature: `fn(completion, answer, messages) -> float`, where
+  `completion` is the full text of the generated assistant message *including* its opening
+  `<think>` tag (the GRPO stage puts back the `<think>\\n` that the prompt supplied), `answer` is
+  the reference answer of the record or None, and `messages` is the prompt conversation. Any
+  callable with this signature plugs in.
+- Built-in rule rewards: `format_reward` (1/0), `correctness_reward` (1/0), `length_penalty`
+  (0 down to -1) and `repetition_penalty` (0 down to -1). They never raise on odd text.
+- `reward_model(scorer)` wraps a learned scorer `scorer(messages_with_reply) -> float` (for
+  example a classifier head on a chat model) as a reward function.
+- `WeightedRewards` sums weighted terms and reports each term for logging; `build_rewards(spec)`
+  builds one from a CLI string such as "format:0.5,correct:1,length:0.1@400,repetition:0.2@3"
+  (`name[:weight][@param]`; the param is the length target in characters, or the n-gram size).
+
+Pure Python (no torch): rewards are computed on decoded text, outside the autograd graph.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from functools import partial
+
+from ..errors import UserError
+
+RewardFn = Callable[[str, "str | None", list], float]
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+# ----------------------------------------------------------------------------- format
+
+
+def split_think(completion: str) -> tuple[str | None, str]:
+    """Split "<think>r</think>a" into (r, a); no closing tag -> (None, whole text)."""
+    if THINK_CLOSE not in completion:
+        return None, completion
+    head, _, answer = completion.rpartition(THINK_CLOSE)
+    return head.replace(THINK_OPEN, "", 1).strip(), answer
+
+
+def format_reward(completion: str, answer: str | None = None, messages: list | None = None, *,
+                  require_reasoning: bool = False) -> float:
+    """1.0 when the text is exactly one <think>...</think> block followed by a non-empty answer.
+
+    The block must open the message (whitespace aside) and the answer must not contain another
+    tag. An empty think block (the "thinking off" form) passes unless `require_reasoning`.
+    """
+    text = completion.strip()
+    if not text.startswith(THINK_OPEN) or text.count(THINK_OPEN) != 1 or text.count(THINK_CLOSE) != 1:
+        return 0.0
+    reasoning, ans = split_think(text)
+    if not ans.strip() or (require_reasoning and not reasoning):
+        return 0.0
+    return 1.0
+
+
+# ----------------------------------------------------------------------------- correctness
+
+# A number: optional sign (ASCII or Unicode minus), thousands groups or plain digits, optional
+# decimals, optional "/denominator". The lookbehind keeps "x2" or "1.2.3" from yielding numbers,
+# while still allowing a number right after a CJK character ("答案是42").
+_NUM = r"(?<![0-9A-Za-z.])[-+\u2212]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*/\s*\d+)?"
+_NUM_RE = re.compile(_NUM)
+# A unit right after a number: letters, %, degree/currency signs or CJK characters.
+_UNIT_RE = re.compile(r"\s*([A-Za-z%°\u4e00-\u9fff]+)")
+_BOXED_RE = re.compile(r"\\boxed\{([^{}]*)\}")
+_EDGE_PUNCT = " \t\n\"'`“”‘’.,;:!?。，；：！？()[]{}（）【】*_$"
+
+
+def parse_number(text: str) -> Fraction | None:
+    """Exact value of a number written as an integer, decimal or fraction ("1,200", "-0.5", "3/4")."""
+    s = unicodedata.normalize("NFKC", text).strip().replace("\u2212", "-").replace(",", "").replace(" ", "")
+    try:
+        if "/" in s:
+            num, den = s.split("/")
+            return Fraction(num) / Fraction(den)  # Fraction("0.5") is exact
+        return Fraction(s)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def _number_and_unit(text: str, last: bool) -> tuple[Fraction, str] | None:
+    """The first (or last) number in `text` and the unit written right after it ("" if none)."""
+    matches = list(_NUM_RE.finditer(text))
+    if not matches:
+        return None
+    m = matches[-1] if last else matches[0]
+    value = parse_number(m.group())
+    if value is None:
+        return None
+    unit = _UNIT_RE.match(text, m.end())
+    return value, (unit.group(1).lower() if unit else "")
+
+
+def normalize_text(text: str) -> str:
+    """Case-, width- and whitespace-insensitive form of a short answer; edge punctuation dropped."""
+    s = unicodedata.normalize("NFKC", text).lower()
+    return " ".join(s.split()).strip(_EDGE_PUNCT)
+
+
+def extract_final_answer(completion: str) -> str:
+    """The answer part of a completion: after the last </think>; a \\boxed{...} wins if present."""
+    _, answer = split_think(completion)
+    boxed = _BOXED_RE.findall(answer)
+    return boxed[-1] if boxed else answer.strip()
+
+
+def answers_match(prediction: str, reference: str, rel_tol: float = 1e-6, abs_tol: float = 1e-9) -> bool:
+    """Compare an extracted answer with a reference answer.
+
+    Numeric reference (optionally with a unit, "12 km"): the *last* number of the prediction must
+    equal it within tolerance (exactly for integers/fractions written exactly). Units: a unit
+    the reference lacks is ignored ("12 km" matches "12"); when the reference has one, a
+    different unit in the prediction fails ("12 m" vs "12 km") and a missing unit is accepted.
+    Text reference: the normalised prediction equals it, or ends with it as a whole word
+    ("The capital is Paris." matches "paris").
+    """
+    ref_text = normalize_text(reference)
+    ref_num = _number_and_unit(ref_text, last=False)
+    if ref_num is not None and _NUM_RE.fullmatch(ref_text[: len(ref_text) - len(ref_num[1])].strip()):
+        pred = _number_and_unit(unicodedata.normalize("NFKC", prediction).lower(), last=True)
+        if pred is None:
+            return False
+        (ref_value, ref_unit), (value, unit) = ref_num, pred
+        if ref_unit and unit and unit != ref_unit:
+            return False
+        if value == ref_value:
+            return True
+        return abs(float(value) - float(ref_value)) <= max(abs_tol, rel_tol * abs(float(ref_value)))
+    pred_text = normalize_text(prediction)
+    if not ref_text:
+        return False
+    if pred_text == ref_text:
+        return True
+    if pred_text.endswith(ref_text):
+        before = pred_text[-len(ref_text) - 1]
+        # Whole-word rule for ASCII words; CJK text has no spaces between words, so no rule there.
+        return not (before.isascii() and before.isalnum()) or not ref_text[0].isascii()
+    return False
+
+
+def correctness_reward(completion: str, answer: str | None, messages: list | None = None, *,
+                       rel_tol: float = 1e-6) -> float:
+    """1.0 when the final answer matches the reference (see `answers_match`); 0.0 without one."""
+    if answer is None or not str(answer).strip():
+        return 0.0
+    return 1.0 if answers_match(extract_final_answer(completion), str(answer), rel_tol=rel_tol) else 0.0
+
+
+# ----------------------------------------------------------------------------- penalties
+
+
+def length_penalty(completion: str, answer: str | None = None, messages: list | None = None, *,
+                   max_chars: int = 512) -> float:
+    """0 up to `max_chars` characters, then linearly down to -1 at twice that length (and below)."""
+    n = len(completion.strip())
+    return -min(1.0, max(0, n - max_chars) / max_chars)
+
+
+# Units of repetition: an ASCII word/number, or any other single visible character (so Chinese,
+# written without spaces, is counted character by character).
+_TOKEN_RE = re.compile(r"[A-Za-z0-9_]+|\S")
+
+
+def repetition_penalty(completion: str, answer: str | None = None, messages: list | None = None, *,
+                       n: int = 3) -> float:
+    """Minus the fraction of n-grams that repeat an earlier one: 0 for fresh text, -> -1 for loops.
+
+    "a b c a b c" has 4 trigrams, 3 distinct: penalty -(1 - 3/4) = -0.25. Texts with fewer than
+    n tokens get 0. Small models under RL love to loop; this term makes looping cost reward.
+    """
+    text = completion.replace(THINK_OPEN, " ").replace(THINK_CLOSE, " ")  # tags are not repetition
+    toks = _TOKEN_RE.findall(text)
+    grams = [tuple(toks[i : i + n]) for i in range(len(toks) - n + 1)]
+    if not grams:
+        return 0.0
+    return -(1.0 - len(set(grams)) / len(grams))
+
+
+# ----------------------------------------------------------------------------- reward model hook
+
+
+def reward_model(scorer: Callable[[list[dict]], float]) -> RewardFn:
+    """Wrap a learned reward model as a reward function.
+
+    `scorer` receives the prompt conversation with the completion appended as the assistant
+    turn, `messages + [{"role": "assistant", "content": completion}]`, and returns a float (for
+    example the scalar head of a classifier). Use it in `WeightedRewards([("rm", reward_model(f),
+    1.0), ...])`; it is a Python-API hook, not a CLI name, since the scorer is arbitrary code.
+    """
+
+    def fn(completion: str, answer: str | None, messages: list | None) -> float:
+        return float(scorer(list(messages or []) + [{"role": "assistant", "content": completion}]))
+
+    return fn
+
+
+# ----------------------------------------------------------------------------- combining
+
+
+@dataclass
+class WeightedRewards:
+    """A weighted sum of named reward terms: total = sum_i w_i * r_i(completion, answer, messages)."""
+
+    terms: Sequence[tuple[str, RewardFn, float]]
+
+    def __call__(self, completion: str, answer: str | None, messages: list | None) -> float:
+        return sum(w * fn(completion, answer, messages) for _, fn, w in self.terms)
+
+    def score(self, completions: Sequence[str], answers: Sequence[str | None],
+              messages: Sequence[list | None]) -> tuple[list[float], dict[str, list[float]]]:
+        """Totals for a batch, and each term's unweighted values (for logging reward curves)."""
+        if not len(completions) == len(answers) == len(messages):
+            raise ValueError("completions, answers and messages must have the same length")
+        parts = {name: [float(fn(c, a, m)) for c, a, m in zip(completions, answers, messages)]
+                 for name, fn, _ in self.terms}
+        totals = [sum(w * parts[name][i] for name, _, w in self.terms) for i in range(len(completions))]
+        return totals, parts
+
+
+def _builtin(name: str, param: str | None) -> RewardFn:
+    """A built-in reward by CLI name, with its optional single parameter."""
+    try:
+        if name == "format":
+            return partial(format_reward, require_reasoning=bool(int(param))) if param else format_reward
+        if name in ("correct", "correctness", "accuracy"):
+            return partial(correctness_reward, rel_tol=float(param)) if param else correctness_reward
+        if name == "length":
+            return partial(length_penalty, max_chars=int(param)) if param else length_penalty
+        if name == "repetition":
+            return partial(repetition_penalty, n=int(param)) if param else repetition_penalty
+    except ValueError:
+        raise UserError(f"reward {name!r}: bad parameter {param!r}") from None
+    raise UserError(f"unknown reward {name!r}; choose from format, correct, length, repetition")
+
+
+def build_rewards(spec: str) -> WeightedRewards:
+    """Parse "name[:weight][@param],..." into a WeightedRewards (weight defaults to 1)."""
+    terms = []
+    for item in (s.strip() for s in spec.split(",")):
+        if not item:
+            continue
+        head, _, param = item.partition("@")
+        name, _, weight = head.partition(":")
+        try:
+            w = float(weight) if weight else 1.0
+        except ValueError:
+            raise UserError(f"reward {item!r}: weight {weight!r} is not a number") from None
+        terms.append((name.strip(), _builtin(name.strip(), param.strip() or None), w))
+    if not terms:
+        raise UserError(f"no reward terms in {spec!r}; e.g. 'format:0.5,correct:1'")
+    return WeightedRewards(terms)
