@@ -227,7 +227,12 @@ def mix_quotas(counts: list[int], weights: list[float] | None) -> list[int]:
     if any(w < 0 for w in weights) or sum(weights) <= 0:
         raise UserError("--weights must be non-negative and not all zero")
     total, wsum = sum(counts), sum(weights)
-    quotas = [int(round(total * w / wsum)) for w in weights]
+    # largest-remainder rounding: the quotas add up to `total` exactly
+    exact = [total * w / wsum for w in weights]
+    quotas = [int(x) for x in exact]
+    by_remainder = sorted(range(len(exact)), key=lambda i: (-(exact[i] - quotas[i]), i))
+    for i in by_remainder[:total - sum(quotas)]:
+        quotas[i] += 1
     for i, (q, c) in enumerate(zip(quotas, counts)):
         if q > 0 and c == 0:
             raise UserError(f"source {i + 1} has weight {weights[i]} but no documents survived cleaning")

@@ -1,0 +1,91 @@
+"""`minimind data demo | prepare | clean`: thin wrappers over `minimind.data`."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from ..errors import UserError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser("data", help="demo data, tokenised shards and cleaning")
+    data_sub = data.add_subparsers(dest="data_command", metavar="ACTION")
+    data_sub.required = True
+
+    demo = data_sub.add_parser("demo", help="write the embedded demo data set (pretrain/sft/dpo/rl JSONL)")
+    demo.add_argument("--out", required=True, help="output folder")
+    demo.set_defaults(func=cmd_demo)
+
+    prep = data_sub.add_parser("prepare", help="tokenise data files into memory-mapped shards (streaming, parallel)")
+    prep.add_argument("--kind", required=True, choices=["pretrain", "sft", "dpo", "rl"], help="record shape")
+    prep.add_argument("--data", required=True, nargs="+", metavar="FILE", help=".jsonl, .jsonl.gz or .parquet files")
+    prep.add_argument("--out", required=True, help="output folder (reused when its inputs are unchanged)")
+    prep.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the shipped one)")
+    prep.add_argument("--skip-bad", action="store_true", help="skip malformed records (and count them) instead of failing")
+    prep.add_argument("--workers", type=int, default=None, help="tokeniser processes (default: all cores)")
+    prep.set_defaults(func=cmd_prepare)
+
+    cl = data_sub.add_parser("clean", help="normalise, filter, deduplicate and mix text data into one JSONL")
+    cl.add_argument("--data", required=True, nargs="+", metavar="FILE", help="input files, one source each")
+    cl.add_argument("--out", required=True, help="output .jsonl file")
+    cl.add_argument("--weights", default=None, help="comma-separated share of each source in the output, e.g. 3,1")
+    cl.add_argument("--minhash-threshold", type=float, default=0.8,
+                    help="estimated Jaccard similarity at which a document is a near duplicate (0 = off)")
+    cl.add_argument("--min-chars", type=int, default=20, help="drop documents shorter than this (default 20)")
+    cl.add_argument("--max-chars", type=int, default=0, help="drop documents longer than this (0 = no limit)")
+    cl.add_argument("--max-repetition", type=float, default=0.5,
+                    help="drop documents whose share of repeated character 10-grams exceeds this")
+    cl.add_argument("--min-letter-ratio", type=float, default=0.5,
+                    help="drop documents with fewer letters (any script) per non-space character")
+    cl.add_argument("--unicode", choices=["NFKC", "NFC", "none"], default="NFKC", help="Unicode normalisation")
+    cl.add_argument("--skip-bad", action="store_true", help="skip malformed records (and count them) instead of failing")
+    cl.set_defaults(func=cmd_clean)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ..data.demo import write_demo
+
+    for name, path in write_demo(args.out).items():
+        print(f"{name:<10} {path}")
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from ..data.prepare import prepare
+
+    if args.workers is not None and args.workers < 1:
+        raise UserError("--workers must be at least 1")
+    t0 = time.time()
+    res = prepare(args.kind, args.data, args.out, args.tokenizer, skip_bad=args.skip_bad,
+                  workers=args.workers, log=print)
+    m = res.meta
+    size = sum(s["size"] for s in m["sources"])
+    if not res.reused:
+        secs = time.time() - t0
+        print(f"tokenised {size / 1e6:.1f} MB in {secs:.1f} s ({size / 1e6 / max(secs, 1e-9):.1f} MB/s, "
+              f"{m['workers']} worker(s))")
+    print(f"{m['kind']}: {m['records']} records, {m['docs']} docs, {m['tokens']} tokens ({m['dtype']}) in {res.path}")
+    if m["skipped"]:
+        print(f"skipped {m['skipped']} bad record(s); first: " + "; ".join(m["skipped_examples"]))
+    return 0
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    from ..data.clean import CleanConfig, clean
+
+    weights = None
+    if args.weights:
+        try:
+            weights = [float(w) for w in args.weights.split(",")]
+        except ValueError:
+            raise UserError(f"--weights must be comma-separated numbers, got {args.weights!r}") from None
+    cfg = CleanConfig(unicode_form=args.unicode, min_chars=args.min_chars, max_chars=args.max_chars,
+                      max_repetition=args.max_repetition, min_letter_ratio=args.min_letter_ratio,
+                      minhash_threshold=args.minhash_threshold, skip_bad=args.skip_bad)
+    report = clean(args.data, args.out, cfg, weights)
+    print(report.table())
+    if sum(report.removed["bad"]):
+        print(f"skipped {sum(report.removed['bad'])} bad record(s)")
+    print(f"wrote {sum(report.written)} documents to {args.out}")
+    return 0
