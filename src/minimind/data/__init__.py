@@ -9,13 +9,15 @@ Modules:
     demo     the embedded demo data set (`write_demo`)
 """
 
-from .clean import CleanConfig, CleanReport, clean
+
+# The functions `prepare` and `clean` are not re-exported here: they would shadow their own
+# modules (minimind.data.prepare would become the function). Import them from their modules.
 from .formats import KINDS, ReadStats, iter_examples, normalize_record
 from .loader import IGNORE, Loader, make_loader
-from .prepare import PrepareResult, prepare, read_meta
+from .prepare import PrepareResult, read_meta
 from .store import DocStore, open_store
 
 __all__ = [
-    "KINDS", "IGNORE", "CleanConfig", "CleanReport", "DocStore", "Loader", "PrepareResult", "ReadStats",
-    "clean", "iter_examples", "make_loader", "normalize_record", "open_store", "prepare", "read_meta",
+    "KINDS", "IGNORE", "DocStore", "Loader", "PrepareResult", "ReadStats",
+    "iter_examples", "make_loader", "normalize_record", "open_store", "read_meta",
 ]
