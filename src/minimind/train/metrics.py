@@ -1,0 +1,158 @@
+"""What the user sees during training: a progress bar and metric sinks.
+
+Contract:
+- `MetricsLogger(run_dir, tensorboard=False, wandb_project=None)` appends one JSON object per call
+  of `log(record)` to `RUN_DIR/metrics.jsonl` (flushed at once, so a killed run keeps its history),
+  and mirrors numeric values to TensorBoard / Weights & Biases when asked. Those two are imported
+  lazily and never required: asking for a missing one is a `UserError` saying what to install.
+- `truncate_metrics(path, step)` drops records past `step` (used on resume, so the file never
+  holds two versions of a step).
+- `peak_flops(device, dtype)` is the hardware's dense matmul peak used as the MFU denominator: a
+  table for known GPUs, and on CPU a short measured fp32 matmul (so CPU "MFU" means "fraction of
+  what this CPU's matmul achieves").
+- `Progress(total, initial, enabled)` wraps tqdm: loss, LR, tokens/s, MFU in the postfix; tqdm
+  itself shows the ETA.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import UserError
+
+# Dense bf16 tensor-core peaks (no sparsity), FLOP/s. fp32 peaks are far lower; we only use this
+# table for bf16/fp16 runs and measure otherwise.
+GPU_PEAK_BF16 = {
+    "H200": 989e12, "H100": 989e12, "H800": 989e12, "A100": 312e12, "A800": 312e12, "L40S": 362e12,
+    "L4": 121e12, "A10G": 70e12, "A10": 125e12, "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12,
+    "T4": 65e12,
+}
+
+
+def measured_matmul_flops(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 512,
+                          seconds: float = 0.2) -> float:
+    """Time square matmuls for about `seconds` and return the FLOP/s achieved."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    torch.matmul(a, b)  # warm up
+    iters, start = 0, time.perf_counter()
+    while True:
+        torch.matmul(a, b)
+        iters += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return 2 * n**3 * iters / elapsed
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
+    if device.type == "cuda" and dtype in (torch.bfloat16, torch.float16):
+        name = torch.cuda.get_device_name(device)
+        for key, value in GPU_PEAK_BF16.items():
+            if key in name:
+                return value
+        return None
+    if device.type == "cpu":
+        return measured_matmul_flops(device, torch.float32)
+    return None
+
+
+class MetricsLogger:
+    def __init__(self, run_dir: Path, tensorboard: bool = False, wandb_project: str | None = None,
+                 config: dict[str, Any] | None = None) -> None:
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a", encoding="utf-8")
+        self._tb = self._wandb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+            self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+        if wandb_project:
+            try:
+                import wandb
+            except ImportError:
+                raise UserError("--wandb needs the wandb package: pip install wandb") from None
+            self._wandb = wandb.init(project=wandb_project, dir=str(run_dir), config=config or {})
+
+    def log(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._file.flush()
+        step = record.get("step", 0)
+        numeric = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
+        if self._tb is not None:
+            prefix = "val/" if record.get("split") == "val" else "train/"
+            for k, v in numeric.items():
+                self._tb.add_scalar(prefix + k, v, step)
+        if self._wandb is not None:
+            prefix = "val/" if record.get("split") == "val" else "train/"
+            self._wandb.log({prefix + k: v for k, v in numeric.items()}, step=step)
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    records = []
+    if Path(path).is_file():
+        for line in Path(path).read_text(encoding="utf-8").splitlines():
+            line = line.strip()
+            if line:
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue  # a line cut short by a kill -9
+    return records
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Keep only records with step <= `step` (a resumed run re-does the steps after it)."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    kept = [r for r in read_metrics(path) if r.get("step", 0) <= step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
+    tmp.replace(path)
+
+
+class Progress:
+    """A tqdm bar over optimizer steps; silent when disabled (other ranks, --no-progress)."""
+
+    def __init__(self, total: int, initial: int = 0, enabled: bool = True, desc: str = "train") -> None:
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, smoothing=0.1)
+
+    def update(self, loss: float, lr: float, tok_s: float, mfu: float | None) -> None:
+        if self.bar is None:
+            return
+        post = {"loss": f"{loss:.4f}", "lr": f"{lr:.2e}", "tok/s": f"{tok_s:,.0f}"}
+        if mfu is not None:
+            post["mfu"] = f"{100 * mfu:.1f}%"
+        self.bar.set_postfix(post, refresh=False)
+        self.bar.update(1)
+
+    def write(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,108 @@
+"""Knowledge distillation (`minimind distill`): a student learns a teacher's token distributions.
+
+White-box (the default): on SFT conversations, the loss is
+    alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, labels)
+over assistant tokens (`losses.distill_loss`), so the student learns from the teacher's whole
+distribution ("dark knowledge": which wrong tokens are almost right), not only the one label.
+The teacher may be any size or kind (dense, MoE, a `base` checkpoint) as long as its vocabulary is
+the student's.
+
+What this stage supplies to the one loop:
+(a) parameters: the whole student. `--init` is a checkpoint OR a preset name (`--init tiny`):
+    a preset starts the student from scratch, with the teacher's tokenizer;
+(c) loss: student forward (trained) + teacher forward (no_grad) on the same batch;
+(d) extra models: the frozen teacher from `--teacher`.
+
+Black-box distillation (SFT on teacher-written answers) needs no stage of its own:
+`generate_teacher_answers` writes the teacher's replies as SFT conversations with the inference
+engine, and `minimind sft` trains on that file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ...errors import UserError
+from ..config import knob
+from .base import TrainContext
+from .dpo import load_frozen
+from .sft import SFTConfig, SFTStage
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+@dataclass
+class DistillConfig(SFTConfig):
+    teacher: str | None = knob(None, "teacher checkpoint folder, run directory or HF folder (required)")
+    temperature: float = knob(1.5, "softening temperature T of both distributions")
+    alpha: float = knob(0.5, "weight of the KL-to-teacher term; 1 - alpha goes to the label cross-entropy")
+    lr: float = knob(1e-4, "peak learning rate")
+
+    def __post_init__(self) -> None:
+        # `--init tiny`: a preset name that is not a path means "a fresh student of that preset".
+        from ...config import PRESETS
+
+        if self.init and self.init in PRESETS and not Path(self.init).exists():
+            self.preset, self.init = self.init, None
+            if self.tokenizer is None and self.teacher:
+                self.tokenizer = _teacher_tokenizer(self.teacher)
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.teacher:
+            raise UserError("`minimind distill` needs --teacher CKPT (the model to learn from)")
+        if self.temperature <= 0:
+            raise UserError(f"--temperature must be positive, got {self.temperature}")
+        if not 0 <= self.alpha <= 1:
+            raise UserError(f"--alpha must be in [0, 1], got {self.alpha}")
+
+
+def _teacher_tokenizer(teacher: str) -> str | None:
+    """The teacher's tokenizer folder, so a from-scratch student shares its vocabulary."""
+    from ...checkpoint import is_hf_folder, resolve_checkpoint
+
+    p = Path(teacher)
+    if not p.exists():
+        return None  # validate/extra_models report the missing teacher with a clear message
+    folder = p if is_hf_folder(p) else resolve_checkpoint(p)
+    return str(folder) if (folder / "tokenizer.json").is_file() else None
+
+
+class DistillStage(SFTStage):
+    name = "distill"
+    help = "white-box distillation: KL to a --teacher's token distributions mixed with CE (--init CKPT or preset)"
+    order = 50
+    config_class = DistillConfig
+    requires_init = False
+
+    def extra_models(self, ctx: TrainContext) -> dict[str, "nn.Module"]:
+        teacher = load_frozen(self.config.teacher)
+        student_vocab = ctx.model.config.vocab_size
+        if teacher.config.vocab_size != student_vocab:
+            raise UserError(
+                f"--teacher {self.config.teacher} has a vocabulary of {teacher.config.vocab_size} tokens but the student "
+                f"has {student_vocab}; distillation compares distributions token by token, so both must use the same "
+                "tokenizer (start the student from a preset with --init PRESET to inherit the teacher's)")
+        return {"teacher": teacher}
+
+    def loss(self, model: "nn.Module", batch: dict[str, Any], ctx: TrainContext) -> tuple["torch.Tensor", dict[str, float]]:
+        import torch
+
+        from ..losses import distill_loss
+
+        ids = batch["input_ids"].to(ctx.device, non_blocking=True)
+        labels = batch["labels"].to(ctx.device, non_blocking=True)
+        out = model(ids)
+        with torch.no_grad():
+            teacher_logits = ctx.extra["teacher"](ids).logits
+        loss, metrics = distill_loss(out.logits, teacher_logits, labels, self.config.temperature, self.config.alpha)
+        if ctx.model is not None and ctx.model.config.is_moe:
+            loss = loss + ctx.model.config.aux_loss_coef * out.aux_loss
+        return loss, {k: float(v) for k, v in metrics.items()}
+
+
+STAGE = DistillStage

@@ -1,0 +1,182 @@
+"""Group Relative Policy Optimisation (`minimind grpo`): RL from rewards, no value model.
+
+One optimizer step:
+1. take B prompts from the `rl` loader (chat prompts rendered with thinking on, plus the
+   reference answers) and sample G completions for each with the inference engine (batched,
+   KV-cached), from the current policy;
+2. score each completion with the reward functions (`--rewards`, see `train/rewards.py`) and turn
+   the scores into group-relative advantages: (r - mean of its group) / std of its group;
+3. loss = clipped policy-gradient term + beta * k3 KL to the frozen `--init` model, averaged over
+   every completion token of the batch (`losses.grpo_loss`).
+
+What this stage supplies to the one loop:
+(b) batches: `RolloutBatches` wraps the loader and *generates* each batch in `__next__`; all
+    micro-batches of a step are drawn before the update, so they all come from the same policy.
+    Its state (loader position + rollout counter, which seeds the sampler) makes resume exact;
+(c) loss: one forward over prompt+completion, per-token log-probs of the completion only;
+(d) extra models: the frozen reference (only when --beta-kl > 0).
+
+We do one update per batch of rollouts, so the "old" policy that sampled is the current one:
+logps_old = logps_new.detach(), the ratio is 1 and clipping only matters if that changes (e.g.
+several updates per rollout, or PPO later, which would reuse this stage with a value head).
+Evaluation reports the same loss on held-out prompts, which is little use for RL; it is off
+by default (--eval-batches 0) and held-out accuracy is measured by benchmarks/posttrain.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ...errors import UserError
+from ..config import knob
+from .base import TrainContext
+from .dpo import load_frozen
+from .sft import SFTConfig, SFTStage
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+@dataclass
+class GRPOConfig(SFTConfig):
+    lr: float = knob(5e-6, "peak learning rate")
+    batch_size: int = knob(4, "prompts per micro-batch (each sampled --group-size times)")
+    group_size: int = knob(4, "completions sampled per prompt (G)")
+    max_new_tokens: int = knob(96, "token budget of each sampled completion")
+    temperature: float = knob(1.0, "sampling temperature of the rollouts")
+    top_p: float = knob(1.0, "nucleus sampling threshold of the rollouts")
+    clip_eps: float = knob(0.2, "PPO clip range: the ratio is clipped to [1 - eps, 1 + eps_high]")
+    clip_eps_high: float | None = knob(None, "upper clip range (DAPO 'clip higher'; default: --clip-eps)")
+    beta_kl: float = knob(0.04, "weight of the k3 KL penalty to the --init model (0: no reference model)")
+    rewards: str = knob("correct:1,format:0.5,repetition:0.5",
+                        "reward terms name[:weight][@param]: correct, format, length, repetition")
+    eval_batches: int = knob(0, "held-out rollout batches per evaluation (the RL loss is a poor metric)")
+    thinking: bool = knob(True, "sample prompts open a <think> block (reasoning models)")
+
+    def validate(self) -> None:
+        super().validate()
+        from ..rewards import build_rewards
+
+        if self.group_size < 2:
+            raise UserError(f"--group-size must be at least 2 (advantages compare completions), got {self.group_size}")
+        if self.max_new_tokens < 1:
+            raise UserError(f"--max-new-tokens must be positive, got {self.max_new_tokens}")
+        if self.beta_kl < 0 or self.clip_eps <= 0:
+            raise UserError("--beta-kl must be >= 0 and --clip-eps > 0")
+        build_rewards(self.rewards)  # raises UserError on a bad spec, before any model loads
+
+
+class RolloutBatches:
+    """Endless, resumable iterator of generated GRPO batches (see the module docstring)."""
+
+    def __init__(self, stage: "GRPOStage", ctx: TrainContext, loader) -> None:
+        self.stage, self.ctx, self.loader, self.count = stage, ctx, loader, 0
+
+    def __iter__(self) -> "RolloutBatches":
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        batch = self.stage.rollout(next(self.loader), self.ctx, self.count)
+        self.count += 1
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"loader": self.loader.state_dict(), "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loader.load_state_dict(state["loader"])
+        self.count = int(state["count"])
+
+
+class GRPOStage(SFTStage):
+    name = "grpo"
+    help = "RL with group-relative advantages on verifiable prompts (samples with the inference engine); needs --init"
+    order = 60
+    config_class = GRPOConfig
+    data_kind = "rl"
+    requires_init = True
+
+    def __init__(self, config: GRPOConfig) -> None:
+        super().__init__(config)
+        from ..rewards import build_rewards
+
+        self.reward_fn = build_rewards(config.rewards)  # replace with any WeightedRewards in Python
+
+    def batches(self, ctx: TrainContext, split: str = "train") -> RolloutBatches:
+        return RolloutBatches(self, ctx, iter(super().batches(ctx, split)))
+
+    def extra_models(self, ctx: TrainContext) -> dict[str, "nn.Module"]:
+        return {"ref": load_frozen(ctx.init_path)} if self.config.beta_kl > 0 else {}
+
+    @staticmethod
+    def _assistant_prefix(tok, prompt_ids: list[int]) -> str:
+        """Text the prompt already wrote into the assistant turn ("<think>\\n" with thinking on)."""
+        from ...tokenizer import BOS_TOKEN
+
+        return tok.decode(prompt_ids[-16:]).rpartition(f"{BOS_TOKEN}assistant\n")[2]
+
+    def rollout(self, raw: dict[str, Any], ctx: TrainContext, count: int) -> dict[str, Any]:
+        """Sample G completions per prompt, score them, and build the training tensors."""
+        import torch
+
+        from ...infer import Engine, SamplingParams
+        from ..losses import group_advantages
+
+        cfg, tok, model, G = self.config, ctx.tokenizer, ctx.model, self.config.group_size
+        prompts = [p for p in raw["prompt_ids"] for _ in range(G)]
+        # Seeds depend on the run seed and the rollout counter only: a resumed run resamples exactly.
+        params = [SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                                 seed=(cfg.seed * 1_000_003 + count) * 4096 + i) for i in range(len(prompts))]
+        was_training = model.training
+        with torch.no_grad(), ctx.autocast():
+            seqs = Engine(model, tok, max_batch_size=len(prompts)).generate(prompts, params)  # Engine sets eval()
+        model.train(was_training)
+
+        stops = {tok.eos_id, tok.pad_id}
+        completions = [s.output_ids[:-1] if s.output_ids and s.output_ids[-1] in stops else s.output_ids for s in seqs]
+        texts = [self._assistant_prefix(tok, p) + tok.decode(c) for p, c in zip(prompts, completions)]
+        answers = [a for a in raw["answers"] for _ in range(G)]
+        messages = [m for m in raw["messages"] for _ in range(G)]
+        totals, parts = self.reward_fn.score(texts, answers, messages)
+        rewards = torch.tensor(totals, dtype=torch.float32)
+        advantages = group_advantages(rewards, G)
+
+        # prompt + completion (with its stop token, so the policy learns to stop), right-padded;
+        # labels are -100 on the prompt and the padding: only sampled tokens are scored.
+        rows = [p + s.output_ids for p, s in zip(prompts, seqs)]
+        T = max(len(r) for r in rows)
+        ids = torch.full((len(rows), T), tok.pad_id, dtype=torch.long)
+        labels = torch.full((len(rows), T), -100, dtype=torch.long)
+        for i, (p, s) in enumerate(zip(prompts, seqs)):
+            ids[i, : len(p) + len(s.output_ids)] = torch.tensor(p + s.output_ids)
+            labels[i, len(p) : len(p) + len(s.output_ids)] = torch.tensor(s.output_ids, dtype=torch.long)
+        metrics = {"reward": float(rewards.mean()), "reward_std": float(rewards.view(-1, G).std(1, correction=0).mean()),
+                   "completion_len": sum(len(s.output_ids) for s in seqs) / len(seqs),
+                   **{f"reward/{name}": sum(v) / len(v) for name, v in parts.items()}}
+        return {"input_ids": ids, "labels": labels, "advantages": advantages, "metrics": metrics, "texts": texts}
+
+    def batch_weight(self, batch: dict[str, Any]) -> float:
+        return float((batch["labels"][:, 1:] != -100).sum())  # token-level normalisation across micro-batches
+
+    def loss(self, model: "nn.Module", batch: dict[str, Any], ctx: TrainContext) -> tuple["torch.Tensor", dict[str, float]]:
+        import torch
+
+        from ..losses import grpo_loss, sequence_logprobs
+
+        cfg = self.config
+        ids = batch["input_ids"].to(ctx.device)
+        labels = batch["labels"].to(ctx.device)
+        new = sequence_logprobs(model(ids).logits, labels)
+        ref = None
+        if "ref" in ctx.extra:
+            with torch.no_grad():
+                ref = sequence_logprobs(ctx.extra["ref"](ids).logits, labels).token_logps
+        clip = (cfg.clip_eps, cfg.clip_eps_high if cfg.clip_eps_high is not None else cfg.clip_eps)
+        loss, metrics = grpo_loss(new.token_logps, new.token_logps.detach(), ref, batch["advantages"].to(ctx.device),
+                                  new.mask, clip, cfg.beta_kl)
+        return loss, {**batch["metrics"], **{k: float(v) for k, v in metrics.items()}}
+
+
+STAGE = GRPOStage
