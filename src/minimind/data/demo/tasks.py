@@ -1,0 +1,188 @@
+"""Verifiable tasks for the demo data: arithmetic, counting, unit conversion, comparison, sequences,
+word problems; in Chinese and English.
+
+Contract: `make_task(rng, lang, kind=None)` returns a `Task` whose `answer` is the bare reference
+answer as a canonical string (integers without separators, decimals without trailing zeros), whose
+`question` is the user prompt, and whose `reasoning` is a short correct derivation (used as
+`reasoning_content` in SFT). `check_task(task)` recomputes the answer from the task's parameters
+alone, so tests (and GRPO reward code) can trust every answer. Everything depends only on the
+`random.Random` passed in: same seed, same tasks.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+KINDS = ("add", "sub", "mul", "compare", "count_letter", "count_items", "unit", "sequence", "word_problem")
+
+WORDS_EN = ("strawberry", "banana", "mississippi", "bookkeeper", "committee", "assessment", "balloon",
+            "coffee", "letter", "parallel", "success", "pepper", "address", "tomorrow", "cucumber",
+            "engineering", "programming", "necessary", "occurrence", "referee", "giraffe", "hippopotamus")
+LETTERS_ZH = "天地人山水火木金土日月风雨花草鱼鸟"
+ITEMS = (("apple", "apples", "苹果"), ("book", "books", "本书"), ("pencil", "pencils", "支铅笔"),
+         ("egg", "eggs", "个鸡蛋"), ("card", "cards", "张卡片"), ("coin", "coins", "枚硬币"))
+NAMES = (("Tom", "小明"), ("Anna", "小红"), ("Leo", "小刚"), ("Mia", "小丽"))
+# (en from, en to, zh from, zh to, factor): value_to = value_from * factor
+UNITS = (("kilometers", "meters", "千米", "米", 1000), ("meters", "centimeters", "米", "厘米", 100),
+         ("kilograms", "grams", "千克", "克", 1000), ("hours", "minutes", "小时", "分钟", 60),
+         ("minutes", "seconds", "分钟", "秒", 60), ("liters", "milliliters", "升", "毫升", 1000),
+         ("days", "hours", "天", "小时", 24), ("meters", "kilometers", "米", "千米", Fraction(1, 1000)),
+         ("grams", "kilograms", "克", "千克", Fraction(1, 1000)), ("minutes", "hours", "分钟", "小时", Fraction(1, 60)))
+
+
+@dataclass
+class Task:
+    kind: str
+    lang: str
+    question: str
+    answer: str
+    reasoning: str
+    params: dict = field(default_factory=dict)
+
+    def reply(self) -> str:
+        """A one-line final answer that contains the bare answer."""
+        return f"答案是 {self.answer}。" if self.lang == "zh" else f"The answer is {self.answer}."
+
+
+def fmt(x) -> str:
+    """Canonical number text: 12, 3.5, 0.25 (exact for the fractions our tasks produce)."""
+    x = Fraction(x)
+    if x.denominator == 1:
+        return str(x.numerator)
+    text = f"{float(x):.6f}".rstrip("0").rstrip(".")
+    if Fraction(text) != x:
+        raise ValueError(f"{x} has no short decimal form")
+    return text
+
+
+def _pick(rng: random.Random, lang: str, en: str, zh: str) -> str:
+    return zh if lang == "zh" else en
+
+
+def _column_add(a: int, b: int, lang: str) -> str:
+    # Digit-by-digit addition with carries: the derivation a small model can imitate.
+    steps, carry, pos = [], 0, 0
+    x, y = a, b
+    while x or y or carry:
+        da, db = x % 10, y % 10
+        s = da + db + carry
+        steps.append((f"第{pos + 1}位：{da}+{db}+{carry}={s}，写 {s % 10} 进 {s // 10}" if lang == "zh"
+                      else f"digit {pos + 1}: {da}+{db}+{carry}={s}, write {s % 10} carry {s // 10}"))
+        carry, x, y, pos = s // 10, x // 10, y // 10, pos + 1
+    return "\n".join(steps)
+
+
+def make_task(rng: random.Random, lang: str, kind: str | None = None) -> Task:
+    kind = kind or rng.choice(KINDS)
+    zh = lang == "zh"
+    if kind == "add":
+        a, b = rng.randint(10, 9999), rng.randint(10, 9999)
+        q = _pick(rng, lang, f"What is {a} + {b}?", f"计算 {a} + {b} 等于多少？")
+        r = _column_add(a, b, lang) + (f"\n所以 {a} + {b} = {a + b}。" if zh else f"\nSo {a} + {b} = {a + b}.")
+        return Task(kind, lang, q, fmt(a + b), r, {"a": a, "b": b})
+    if kind == "sub":
+        a, b = sorted((rng.randint(10, 9999), rng.randint(10, 9999)), reverse=True)
+        q = _pick(rng, lang, f"What is {a} - {b}?", f"计算 {a} - {b} 等于多少？")
+        r = (f"{a} - {b}：先减 {b // 10 * 10} 得 {a - b // 10 * 10}，再减 {b % 10} 得 {a - b}。" if zh else
+             f"{a} - {b}: subtract {b // 10 * 10} to get {a - b // 10 * 10}, then {b % 10} to get {a - b}.")
+        return Task(kind, lang, q, fmt(a - b), r, {"a": a, "b": b})
+    if kind == "mul":
+        a, b = rng.randint(2, 99), rng.randint(2, 99)
+        t, u = b // 10 * 10, b % 10
+        q = _pick(rng, lang, f"What is {a} × {b}?", f"计算 {a} × {b} 等于多少？")
+        r = (f"{a} × {b} = {a} × {t} + {a} × {u} = {a * t} + {a * u} = {a * b}。" if zh else
+             f"{a} × {b} = {a} × {t} + {a} × {u} = {a * t} + {a * u} = {a * b}.")
+        return Task(kind, lang, q, fmt(a * b), r, {"a": a, "b": b})
+    if kind == "compare":
+        a = rng.randint(1, 999)
+        b = rng.choice([int(str(a)[::-1]) if a > 9 else a + 7, a + rng.randint(1, 50), max(a - rng.randint(1, 50), 0)])
+        if a == b:
+            b += 1
+        q = _pick(rng, lang, f"Which number is larger, {a} or {b}?", f"{a} 和 {b}，哪个数更大？")
+        big = max(a, b)
+        r = (f"比较 {a} 和 {b}：{big} 更大。" if zh else f"Compare {a} and {b}: {big} is larger.")
+        return Task(kind, lang, q, fmt(big), r, {"a": a, "b": b})
+    if kind == "count_letter":
+        if zh:
+            text = "".join(rng.choice(LETTERS_ZH[:6]) for _ in range(rng.randint(5, 12)))
+            ch = rng.choice(text)
+            q = f"“{text}”中有几个“{ch}”字？"
+            marks = "".join("✓" if c == ch else "·" for c in text)
+            r = f"逐字检查：{text}\n标记：{marks}\n共 {text.count(ch)} 个。"
+        else:
+            text = rng.choice(WORDS_EN)
+            ch = rng.choice(text)
+            q = f"How many times does the letter '{ch}' appear in the word '{text}'?"
+            spelled = " ".join(c.upper() if c == ch else c for c in text)
+            r = f"Spell it out: {spelled}. The marked letters are '{ch}': {text.count(ch)} of them."
+        return Task(kind, lang, q, fmt(text.count(ch)), r, {"text": text, "char": ch})
+    if kind == "count_items":
+        en1, en2, zh_item = rng.choice(ITEMS)
+        groups = [rng.randint(1, 9) for _ in range(rng.randint(2, 4))]
+        listing = ("、".join(f"{g}{zh_item}" for g in groups) if zh
+                   else ", ".join(f"{g} {en1 if g == 1 else en2}" for g in groups))
+        q = _pick(rng, lang, f"A box holds {listing}. How many {en2} is that in total?",
+                  f"盒子里有{listing}，一共有多少？")
+        r = " + ".join(map(str, groups)) + f" = {sum(groups)}"
+        return Task(kind, lang, q, fmt(sum(groups)), r + ("。" if zh else "."), {"groups": groups})
+    if kind == "unit":
+        ef, et, zf, zt, factor = rng.choice(UNITS)
+        factor = Fraction(factor)
+        k = rng.randint(1, 40)
+        if factor < 1:  # value a multiple of 1/(10*factor): the result has one decimal (2500 m -> 2.5 km)
+            value = Fraction(k * factor.denominator, 10)
+        else:           # whole or half values: 3.5 km -> 3500 m
+            value = Fraction(k, 2 if rng.random() < 0.3 else 1)
+        result = value * factor
+        q = _pick(rng, lang, f"How many {et} are there in {fmt(value)} {ef}?", f"{fmt(value)} {zf}等于多少{zt}？")
+        f_txt = fmt(factor) if factor >= 1 else f"1/{factor.denominator}"
+        r = (f"1 {zf} = {f_txt} {zt}，所以 {fmt(value)} × {f_txt} = {fmt(result)}。" if zh else
+             f"1 {ef[:-1]} = {f_txt} {et}, so {fmt(value)} × {f_txt} = {fmt(result)}.")
+        return Task(kind, lang, q, fmt(result), r, {"value": str(value), "factor": str(factor),
+                                                 "from_unit": ef, "to_unit": et})
+    if kind == "sequence":
+        start, step, n = rng.randint(1, 30), rng.randint(2, 12), rng.randint(4, 6)
+        seq = [start + i * step for i in range(n)]
+        shown = ", ".join(map(str, seq))
+        q = _pick(rng, lang, f"What number comes next: {shown}, ?", f"找规律，下一个数是多少：{shown}，？")
+        r = (f"相邻两项差 {step}，所以下一个是 {seq[-1]} + {step} = {seq[-1] + step}。" if zh else
+             f"Each term adds {step}, so the next is {seq[-1]} + {step} = {seq[-1] + step}.")
+        return Task(kind, lang, q, fmt(seq[-1] + step), r, {"seq": seq})
+    if kind == "word_problem":
+        (en_name, zh_name), (en1, en2, zh_item) = rng.choice(NAMES), rng.choice(ITEMS)
+        have, buy = rng.randint(3, 20), rng.randint(1, 15)
+        give = rng.randint(1, have + buy)
+        left = have + buy - give
+        q = _pick(rng, lang, f"{en_name} has {have} {en2}, buys {buy} more and gives away {give}. "
+                             f"How many {en2} does {en_name} have now?",
+                  f"{zh_name}有 {have} {zh_item}，又买了 {buy} {zh_item}，送出 {give} {zh_item}。现在还剩多少？")
+        r = f"{have} + {buy} - {give} = {left}" + ("。" if zh else ".")
+        return Task(kind, lang, q, fmt(left), r, {"have": have, "buy": buy, "give": give})
+    raise ValueError(f"unknown task kind {kind!r}")
+
+
+def check_task(task: Task) -> str:
+    """Recompute the answer from the parameters only (independent of how the text was written)."""
+    p = task.params
+    if task.kind == "add":
+        return fmt(p["a"] + p["b"])
+    if task.kind == "sub":
+        return fmt(p["a"] - p["b"])
+    if task.kind == "mul":
+        return fmt(p["a"] * p["b"])
+    if task.kind == "compare":
+        return fmt(max(p["a"], p["b"]))
+    if task.kind == "count_letter":
+        return fmt(sum(c == p["char"] for c in p["text"]))
+    if task.kind == "count_items":
+        return fmt(sum(p["groups"]))
+    if task.kind == "unit":
+        return fmt(Fraction(p["value"]) * Fraction(p["factor"]))
+    if task.kind == "sequence":
+        s = p["seq"]
+        return fmt(s[-1] + (s[1] - s[0]))
+    if task.kind == "word_problem":
+        return fmt(p["have"] + p["buy"] - p["give"])
+    raise ValueError(task.kind)
