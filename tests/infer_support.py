@@ -76,10 +76,61 @@ def trained_checkpoint(folder: Path, steps: int = 200) -> tuple[Path, object]:
         x[i, :len(ids)] = torch.tensor(ids)
         y[i, :len(ids)] = torch.tensor([t if m else -100 for t, m in zip(ids, mask)])
     opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
-    for _ in range(steps):
-        loss = model(x, labels=y).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a model this small trains fastest on one thread, and so on a busy CPU
+    try:
+        for _ in range(steps):
+            loss = model(x, labels=y).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
     model.eval()
     return save_model(model, folder / "ckpt", tokenizer_dir=tok.path), tok
+
+
+def shared_trained_checkpoint(tmp_path_factory) -> tuple[Path, object]:
+    """`trained_checkpoint` built once per test session (per xdist worker) and reused."""
+    from minimind.tokenizer import load_tokenizer
+
+    folder = tmp_path_factory.getbasetemp() / "infer-trained"
+    ckpt = folder / "ckpt"
+    if not (ckpt / "model.safetensors").is_file():
+        return trained_checkpoint(folder)
+    return ckpt, load_tokenizer(ckpt)
+
+
+class LiveServer:
+    """Run an ASGI app under uvicorn in a background thread on a free loopback port."""
+
+    def __init__(self, app) -> None:
+        import socket
+        import threading
+
+        import uvicorn
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> "LiveServer":
+        import time
+
+        self.thread.start()
+        deadline = time.time() + 20
+        while not self.server.started:
+            if time.time() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
