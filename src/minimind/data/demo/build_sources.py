@@ -29,6 +29,10 @@ from pathlib import Path
 OUT_DIR = Path(__file__).parent / "sources"
 ZH_NEWS_BYTES = 4_000_000      # People's Daily paragraphs kept (UTF-8 bytes)
 ZH_REVIEW_BYTES = 700_000      # product reviews kept
+# User turns asking who the bot is: the corpus answers in a persona ("a man in a mask") that
+# would contradict the identity turns, so those dialogues are dropped.
+IDENTITY_QUESTIONS = {"who are you", "what are you", "what is your name", "what's your name", "are you a robot",
+                      "are you a bot", "你是谁", "你叫什么", "你叫什么名字", "你是机器人吗", "那么你呢"}
 MIN_DOC_CHARS = 150            # docstrings shorter than this are mostly signatures, not prose
 
 
@@ -124,7 +128,8 @@ def dialogues(chatter_dir: Path) -> list[dict]:
                 continue
             for conv in yaml.safe_load(f.read_text(encoding="utf-8"))["conversations"]:
                 turns = [str(t).strip() for t in conv if str(t).strip()]
-                if len(turns) >= 2:
+                asks_identity = any(t.lower().rstrip("?？.。 ") in IDENTITY_QUESTIONS for t in turns[::2])
+                if len(turns) >= 2 and not asks_identity:
                     out.append({"src": f"chatterbot/{folder}/{f.stem}", "lang": lang, "turns": turns})
     return out
 

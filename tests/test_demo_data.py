@@ -1,0 +1,174 @@
+"""Demo data: deterministic, valid in every record, identity/reasoning/tool turns present, held-out
+splits disjoint, and every RL answer right when recomputed from the question text alone."""
+
+import hashlib
+import json
+import random
+import re
+from fractions import Fraction
+
+import pytest
+
+from minimind.chat import render_conversation
+from minimind.data.demo import write_demo
+from minimind.data.demo.tasks import KINDS, check_task, fmt, make_task
+from minimind.tokenizer import load_tokenizer
+
+NAMES = ("pretrain", "pretrain_eval", "sft", "sft_eval", "dpo", "dpo_eval", "rl", "rl_eval")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    paths = write_demo(tmp_path_factory.mktemp("demo"))
+    return paths, {k: [json.loads(line) for line in open(p, encoding="utf-8")] for k, p in paths.items()}
+
+
+def digest(paths):
+    return {k: hashlib.sha256(p.read_bytes()).hexdigest() for k, p in paths.items()}
+
+
+def test_deterministic(demo, tmp_path):
+    paths, _ = demo
+    assert sorted(paths) == sorted(NAMES)
+    assert digest(write_demo(tmp_path)) == digest(paths)
+
+
+def test_pretrain_is_megabytes_of_real_bilingual_text(demo):
+    paths, data = demo
+    assert 3e6 <= paths["pretrain"].stat().st_size <= 10e6
+    texts = [r["text"] for r in data["pretrain"]]
+    assert all(isinstance(t, str) and t.strip() for t in texts)
+    zh = sum(len(t) for t in texts if re.search(r"[\u4e00-\u9fff]", t[:50]))
+    en = sum(len(t) for t in texts if not re.search(r"[\u4e00-\u9fff]", t[:50]))
+    assert zh > 1e6 and en > 1e6  # characters of each language
+    assert any("新华社" in t for t in texts) and any("iterator" in t for t in texts)
+
+
+def test_eval_splits_are_held_out(demo):
+    _, data = demo
+    train_text = {r["text"] for r in data["pretrain"]}
+    assert data["pretrain_eval"] and not any(r["text"] in train_text for r in data["pretrain_eval"])
+    train_q = {r["conversations"][0]["content"] for r in data["rl"]}
+    assert not any(r["conversations"][0]["content"] in train_q for r in data["rl_eval"])
+    assert len(train_q) == len(data["rl"])  # no duplicate RL prompts either
+
+
+def _check_messages(msgs):
+    roles = [m["role"] for m in msgs]
+    assert set(roles) <= {"system", "user", "assistant", "tool"}
+    assert "system" not in roles[1:]
+    assert roles[-1] == "assistant"
+    for m in msgs:
+        assert isinstance(m["content"], str)
+        assert m["role"] != "assistant" or m["content"] or m.get("tool_calls")
+    for i, m in enumerate(msgs):
+        if m.get("tool_calls"):
+            assert msgs[i + 1]["role"] == "tool"
+
+
+@pytest.mark.parametrize("name", ["sft", "sft_eval"])
+def test_sft_records_are_valid_and_render(demo, name):
+    _, data = demo
+    tok = load_tokenizer()
+    assert len(data[name]) >= (5000 if name == "sft" else 100)
+    for r in data[name]:
+        _check_messages(r["conversations"])
+        ids, mask = render_conversation(tok, r["conversations"])
+        assert sum(mask) > 0 and len(ids) < 2048
+
+
+def test_sft_covers_identity_reasoning_tools_multiturn(demo):
+    _, data = demo
+    convs = [r["conversations"] for r in data["sft"]]
+
+    def replies_to(question):
+        return [c[i + 1]["content"] for c in convs for i, m in enumerate(c[:-1])
+                if m["role"] == "user" and m["content"].lower().rstrip("?？") == question]
+
+    for q in ("你是谁", "who are you"):
+        answers = replies_to(q)
+        assert len(answers) >= 10 and all("MiniMind" in a for a in answers)
+    assert sum(any(m.get("reasoning_content") for m in c) for c in convs) >= 1000
+    assert sum(any(m["role"] == "tool" for m in c) for c in convs) >= 200
+    assert sum(bool(c[0].get("tools")) for c in convs) >= 300
+    assert sum(c[0]["role"] == "system" for c in convs) >= 500
+    assert sum(sum(m["role"] == "assistant" for m in c) >= 2 for c in convs) >= 500
+    assert sum(bool(re.search(r"[\u4e00-\u9fff]", c[-1]["content"])) for c in convs) >= 1500
+
+
+@pytest.mark.parametrize("name", ["dpo", "dpo_eval"])
+def test_dpo_pairs_share_the_prompt_and_differ(demo, name):
+    _, data = demo
+    for r in data[name]:
+        chosen, rejected = r["chosen"], r["rejected"]
+        _check_messages(chosen)
+        _check_messages(rejected)
+        assert chosen[:-1] == rejected[:-1]
+        assert chosen[-1]["content"] != rejected[-1]["content"]
+
+
+# Units as the English questions name them: to-value = from-value * factor.
+FACTORS = {("kilometers", "meters"): 1000, ("meters", "centimeters"): 100, ("kilograms", "grams"): 1000,
+           ("hours", "minutes"): 60, ("minutes", "seconds"): 60, ("liters", "milliliters"): 1000,
+           ("days", "hours"): 24, ("meters", "kilometers"): Fraction(1, 1000),
+           ("grams", "kilograms"): Fraction(1, 1000), ("minutes", "hours"): Fraction(1, 60),
+           ("千米", "米"): 1000, ("米", "厘米"): 100, ("千克", "克"): 1000, ("小时", "分钟"): 60, ("分钟", "秒"): 60,
+           ("升", "毫升"): 1000, ("天", "小时"): 24, ("米", "千米"): Fraction(1, 1000),
+           ("克", "千克"): Fraction(1, 1000), ("分钟", "小时"): Fraction(1, 60)}
+
+
+def solve(kind: str, q: str) -> str:
+    """Independent solver: reads the numbers back out of the question text."""
+    nums = [int(x) for x in re.findall(r"\d+", q)]
+    if kind in ("add", "sub", "mul"):
+        a, op, b = re.search(r"(\d+) ([+\-×]) (\d+)", q).groups()
+        return fmt({"+": int(a) + int(b), "-": int(a) - int(b), "×": int(a) * int(b)}[op])
+    if kind == "compare":
+        return fmt(max(nums))
+    if kind == "count_letter":
+        m = re.search(r"letter '(.)' appear in the word '(\w+)'", q) or re.search(r"“(.+)”中有几个“(.)”", q)
+        a, b = m.groups()
+        text, ch = (b, a) if "letter" in q else (a, b)
+        return fmt(text.count(ch))
+    if kind == "count_items":
+        return fmt(sum(nums))
+    if kind == "unit":
+        m = (re.search(r"How many (\w+) are there in ([\d.]+) (\w+)\?", q)
+             or re.search(r"([\d.]+) (\S+?)等于多少(\S+?)？", q))
+        if "How many" in q:
+            to, value, frm = m.groups()
+        else:
+            value, frm, to = m.groups()
+        return fmt(Fraction(value) * FACTORS[(frm, to)])
+    if kind == "sequence":
+        return fmt(nums[-1] + nums[1] - nums[0])
+    if kind == "word_problem":
+        have, buy, give = nums[:3]
+        return fmt(have + buy - give)
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("name", ["rl", "rl_eval"])
+def test_rl_answers_are_correct_by_recomputation(demo, name):
+    _, data = demo
+    kinds = set()
+    for r in data[name]:
+        user, assistant = r["conversations"]
+        assert (user["role"], assistant["role"]) == ("user", "assistant")
+        assert solve(r["kind"], user["content"]) == r["answer"]
+        assert r["answer"] in assistant["content"]
+        kinds.add(r["kind"])
+    assert kinds == set(KINDS)
+
+
+def test_task_generators_check_themselves():
+    rng = random.Random(7)
+    for _ in range(3000):
+        task = make_task(rng, rng.choice(("zh", "en")))
+        assert check_task(task) == task.answer == solve(task.kind, task.question)
+
+
+def test_fmt_canonical_numbers():
+    assert fmt(12) == "12" and fmt(Fraction(7, 2)) == "3.5" and fmt(Fraction(1, 4)) == "0.25"
+    with pytest.raises(ValueError):
+        fmt(Fraction(1, 3))
