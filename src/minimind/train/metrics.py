@@ -7,9 +7,9 @@ Contract:
   lazily and never required: asking for a missing one is a `UserError` saying what to install.
 - `truncate_metrics(path, step)` drops records past `step` (used on resume, so the file never
   holds two versions of a step).
-- `peak_flops(device, dtype)` is the hardware's dense matmul peak used as the MFU denominator: a
-  table for known GPUs, and on CPU a short measured fp32 matmul (so CPU "MFU" means "fraction of
-  what this CPU's matmul achieves").
+- `peak_flops(device, dtype)` is the hardware's dense bf16 matmul peak used as the MFU denominator
+  (a table of known GPUs; None elsewhere). `measured_matmul_flops` times square matmuls, the
+  reference `minimind bench train` uses on CPU.
 - `Progress(total, initial, enabled)` wraps tqdm: loss, LR, tokens/s, MFU in the postfix; tqdm
   itself shows the ETA.
 """
@@ -58,8 +58,8 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
             if key in name:
                 return value
         return None
-    if device.type == "cpu":
-        return measured_matmul_flops(device, torch.float32)
+    # On a CPU (often shared, with turbo clocks) no fixed peak is meaningful: the trainer shows no
+    # MFU there, and `minimind bench train` measures its own matmul reference instead.
     return None
 
 

@@ -105,6 +105,17 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def batches_per_epoch(batches) -> int | None:
+    """Micro-batches per epoch on this rank, if the batch source can tell."""
+    if hasattr(batches, "__len__"):
+        return len(batches)
+    units = getattr(batches, "samples_per_epoch", None)  # minimind.data Loader: rows per epoch
+    batch_size = getattr(batches, "batch_size", None)
+    if isinstance(units, int) and batch_size:
+        return max(1, units // batch_size)
+    return None
+
+
 class Trainer:
     def __init__(self, stage: Stage, *, model: MiniMindLM | None = None, tokenizer: Any = "auto") -> None:
         """`model` / `tokenizer` override what the config would load (tests, notebooks);
@@ -241,10 +252,9 @@ class Trainer:
             per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * self.dist.world_size
             limits.append(math.ceil(cfg.max_tokens / per_step))
         if cfg.epochs:
-            try:
-                per_epoch = len(self.batches)  # micro-batches per epoch on this rank
-            except TypeError:
-                raise UserError("--epochs needs a data loader that knows its length; use --max-steps or --max-tokens") from None
+            per_epoch = batches_per_epoch(self.batches)
+            if per_epoch is None:
+                raise UserError("--epochs needs a data loader that knows its length; use --max-steps or --max-tokens")
             limits.append(max(1, math.ceil(cfg.epochs * per_epoch / cfg.grad_accum)))
         return min(limits)
 

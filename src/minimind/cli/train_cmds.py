@@ -1,0 +1,100 @@
+"""`minimind pretrain|sft|lora|<any registered stage>`, `minimind quickstart`, `minimind plot`.
+
+Every training stage in `minimind.train.stages` becomes a subcommand whose flags are generated
+from its config dataclass: field `max_steps` is `--max-steps`, booleans get `--x/--no-x`, list
+fields take several values. `--config FILE` (JSON) supplies options too; explicit flags win.
+A new stage therefore needs no CLI code at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+
+from ..train.config import _unwrap_optional, field_type, flag
+from ..train.stages import stage_registry
+
+RESERVED = {"config"}
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One flag per dataclass field; defaults are SUPPRESSed so only given flags override."""
+    for f in dataclasses.fields(cls):
+        tp, _ = _unwrap_optional(field_type(cls, f.name))
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_text = f.metadata.get("help", "")
+        if default not in (None, "", []):
+            help_text += f" (default: {default})"
+        name = f"--{flag(f.name)}"
+        if tp is bool:
+            parser.add_argument(name, dest=f.name, action=argparse.BooleanOptionalAction,
+                                default=argparse.SUPPRESS, help=help_text)
+        elif typing.get_origin(tp) is list:
+            parser.add_argument(name, dest=f.name, nargs="+", metavar="PATH", default=argparse.SUPPRESS, help=help_text)
+        else:
+            metavar = {int: "N", float: "X"}.get(tp, "VALUE")
+            parser.add_argument(name, dest=f.name, metavar=metavar, default=argparse.SUPPRESS, help=help_text)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    for name, stage in stage_registry().items():
+        p = sub.add_parser(name, help=stage.help, description=stage.help)
+        p.add_argument("--config", metavar="FILE", default=None, help="JSON file of options; flags override it")
+        add_config_flags(p, stage.config_class)
+        p.set_defaults(func=cmd_train, stage_name=name)
+
+    q = sub.add_parser("quickstart", help="the demo: pretrain `tiny` on the embedded data, SFT it, chat with it")
+    q.add_argument("--out", default="runs/quickstart",
+                   help="output directory (default: runs/quickstart under the current directory)")
+    q.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    q.add_argument("--pretrain-steps", type=int, default=None, help="override the pretraining budget")
+    q.add_argument("--sft-steps", type=int, default=None, help="override the SFT budget")
+    q.add_argument("--force", action="store_true", help="start over if --out already holds a quickstart run")
+    q.set_defaults(func=cmd_quickstart)
+
+    p = sub.add_parser("plot", help="write loss and learning-rate curves (PNG) of a run directory")
+    p.add_argument("run_dir", help="a training run directory (holds metrics.jsonl)")
+    p.set_defaults(func=cmd_plot)
+
+
+def config_from_args(stage_cls, args: argparse.Namespace):
+    from ..train.config import load_config
+
+    names = {f.name for f in dataclasses.fields(stage_cls.config_class)}
+    overrides = {k: v for k, v in vars(args).items() if k in names}
+    return load_config(stage_cls.config_class, args.config, overrides)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ..train import get_stage
+    from ..train.distributed import cleanup, init_distributed
+    from ..train.trainer import Trainer
+
+    stage_cls = get_stage(args.stage_name)
+    cfg = config_from_args(stage_cls, args)
+    try:
+        result = Trainer(stage_cls(cfg)).fit()
+        if init_distributed(cfg.device).is_main:
+            loss = f"{result.train_loss:.4f}" if result.train_loss is not None else "n/a"
+            val = f", val loss {result.val_loss:.4f}" if result.val_loss is not None else ""
+            print(f"done: {result.step} steps, train loss {loss}{val}; checkpoint {result.checkpoint}")
+    finally:
+        cleanup(init_distributed(cfg.device))
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from ..train.plot import plot_run
+
+    for path in plot_run(args.run_dir):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from ..train.quickstart import quickstart
+
+    quickstart(args.out, device=args.device, pretrain_steps=args.pretrain_steps, sft_steps=args.sft_steps,
+               force=args.force)
+    return 0
