@@ -167,3 +167,51 @@ def test_split_reasoning(text, expected):
 def test_bad_conversations_raise_user_error(tok, bad, msg):
     with pytest.raises(UserError, match=msg):
         render_conversation(tok, bad)
+
+
+def generated_conversations(n: int = 120) -> list[list[dict]]:
+    """Conversations from the demo builders: system prompts, multi-turn, reasoning, tool calls/results."""
+    import random
+
+    from minimind.data.demo import conversations as C
+
+    rng = random.Random(99)
+    builders = (C.identity, C.reasoning_task, C.multi_turn, C.tool_use)
+    return [builders[i % 4](rng, ("zh", "en")[i // 4 % 2]) for i in range(n)]
+
+
+def test_generated_conversations_parity(tok, hf_tok):
+    for conv in generated_conversations():
+        ids, mask = render_conversation(tok, conv)
+        assert ids == tok.encode(render_text(conv))
+        out = hf_tok.apply_chat_template(conv, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+        assert list(out["input_ids"]) == ids and list(out["assistant_masks"]) == mask
+        # masked runs decode to exactly the assistant bodies (+ <|im_end|>)
+        bodies = [t for t, m in render_pieces(conv) if m]
+        assert masked_spans(tok, ids, mask) == bodies
+        hist = conv[:-1]
+        for thinking in (True, False):
+            hf = hf_tok.apply_chat_template(hist, tokenize=True, return_dict=True, add_generation_prompt=True,
+                                            enable_thinking=thinking)
+            assert list(hf["input_ids"]) == render_prompt(tok, hist, thinking=thinking)
+
+
+def test_check_chatml(tmp_path):
+    from minimind.chat import check_chatml
+    from minimind.tokenizer import train_tokenizer
+
+    check_chatml(load_tokenizer())  # ours passes
+    data = tmp_path / "a.txt"
+    data.write_text("plain words only\n" * 20)
+    tok = train_tokenizer([data], 300, tmp_path / "tok")
+    # strip the ChatML tokens from a copy of the vocabulary to simulate a foreign tokenizer
+    spec = json.loads((tmp_path / "tok" / "tokenizer.json").read_text())
+    spec["added_tokens"] = [t for t in spec["added_tokens"] if t["content"] not in ("<|im_start|>", "<|im_end|>")]
+    for t in ("<|im_start|>", "<|im_end|>"):
+        spec["model"]["vocab"].pop(t)
+    (tmp_path / "tok" / "tokenizer.json").write_text(json.dumps(spec))
+    (tmp_path / "tok" / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>"}))
+    foreign = load_tokenizer(tmp_path / "tok")
+    assert foreign.eos_id == 0 and tok.eos_id == 2
+    with pytest.raises(UserError, match="lacks <\\|im_start\\|>, <\\|im_end\\|>"):
+        check_chatml(foreign)
