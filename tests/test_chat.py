@@ -108,6 +108,11 @@ def test_json_string_fields_match_parsed(tok):
     as_strings[0]["tools"] = json.dumps(TOOLS, ensure_ascii=False)
     as_strings[2]["tool_calls"] = json.dumps(conv[2]["tool_calls"], ensure_ascii=False)
     assert render_conversation(tok, as_strings) == render_conversation(tok, conv)
+    # a single call / tool definition written as an object is a one-element list
+    single = [dict(m) for m in conv]
+    single[0]["tools"] = TOOLS[0]
+    single[2]["tool_calls"] = json.dumps(conv[2]["tool_calls"][0])
+    assert render_conversation(tok, single) == render_conversation(tok, conv)
     # tools passed as an argument render like tools on the system message
     no_tools = [dict(conv[0], tools=None)] + conv[1:]
     assert render_text(no_tools, tools=TOOLS) == render_text(conv)
@@ -162,7 +167,7 @@ def test_split_reasoning(text, expected):
     ([{"role": "robot", "content": "x"}], "role must be one of"),
     ([{"role": "assistant", "content": "x", "tool_calls": "{not json"}], "not valid JSON"),
     ([{"role": "assistant", "content": "x", "tool_calls": [{"arguments": {}}]}], "no function name"),
-    ([{"role": "system", "content": "x", "tools": {"name": "f"}}, {"role": "user", "content": "y"}], "must be a list"),
+    ([{"role": "system", "content": "x", "tools": "7"}, {"role": "user", "content": "y"}], "must be a list"),
 ])
 def test_bad_conversations_raise_user_error(tok, bad, msg):
     with pytest.raises(UserError, match=msg):

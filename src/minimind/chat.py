@@ -27,9 +27,9 @@ piece, and every boundary between a masked and an unmasked piece sits right afte
 side are encoded independently in both cases (tests check ids == encode(render_text(...)) and
 parity with `transformers.apply_chat_template`).
 
-Jinja parity needs parsed values: the template cannot parse JSON, so `tools` / `tool_calls`
-stored as JSON strings (the upstream data format) are handled here but must be `json.loads`-ed
-before calling `apply_chat_template`.
+Jinja parity needs parsed lists: the template cannot parse JSON, so `tools` / `tool_calls`
+stored as JSON strings (the upstream data format) or as a single object are accepted here but
+must be turned into lists (`json.loads`, `[obj]`) before calling `apply_chat_template`.
 """
 
 from __future__ import annotations
@@ -146,6 +146,8 @@ def _assistant_body(msg: dict) -> str:
     content = content.strip()
     body = f"{THINK_START}\n{reasoning.strip()}\n{THINK_END}\n\n{content}"
     calls = _parse_json_field(msg.get("tool_calls"), "assistant tool_calls") or []
+    if isinstance(calls, dict):  # a single call written as an object
+        calls = [calls]
     if not isinstance(calls, list):
         raise UserError(f"assistant tool_calls must be a list, got {type(calls).__name__}")
     for i, call in enumerate(calls):
@@ -175,6 +177,8 @@ def render_pieces(messages: list[dict], tools=None) -> list[tuple[str, int]]:
     if not tools and first["role"] == "system" and first.get("tools"):
         tools = first["tools"]
     tools = _parse_json_field(tools, "system tools") if tools else None
+    if isinstance(tools, dict) and ("function" in tools or "name" in tools):  # a single definition
+        tools = [tools]
     if tools is not None and not isinstance(tools, list):
         raise UserError(f"tools must be a list of function definitions, got {type(tools).__name__}")
 
