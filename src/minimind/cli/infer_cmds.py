@@ -1,0 +1,229 @@
+"""`minimind generate`, `minimind chat` and `minimind serve`: thin wrappers over infer/ and serve/.
+
+- generate: one prompt (rendered as a user turn unless --raw), streamed; the answer goes to
+  stdout, the reasoning (when thinking is on) to stderr, so `> out.txt` keeps only the answer.
+- chat: a multi-turn REPL reading stdin line by line (so it can be piped); commands /reset,
+  /system TEXT, /think on|off, /stats, /help, /quit.
+- serve: the OpenAI-compatible server and web page (127.0.0.1 unless --host says otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+HELP = """commands:
+  /reset          forget the conversation (keeps the system prompt)
+  /system TEXT    set the system prompt (/system alone clears it)
+  /think on|off   let the model reason before answering (shown apart from the answer)
+  /stats          toggle tokens/s and time-to-first-token after each reply
+  /help           this text
+  /quit           leave (so does Ctrl-D)"""
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ckpt", required=True, help="checkpoint folder, run directory or Hugging Face folder")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps (default cpu)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                   help="compute dtype (default: as stored)")
+    p.add_argument("--max-len", type=int, default=None,
+                   help="context length in tokens (default: the model's, at most 2048 for serve)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the decode step")
+
+
+def _sampling_args(p: argparse.ArgumentParser, temperature: float, top_p: float) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=512, help="tokens to generate at most (default 512)")
+    p.add_argument("--temperature", type=float, default=temperature, help=f"0 = greedy (default {temperature})")
+    p.add_argument("--top-p", type=float, default=top_p, help=f"nucleus sampling mass (default {top_p})")
+    p.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest tokens (default 0 = off)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (default 1.0)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
+    p.add_argument("--system", default=None, help="system prompt")
+    p.add_argument("--no-think", action="store_true", help="answer directly, without a reasoning block")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    gen = sub.add_parser("generate", help="generate a reply to one prompt")
+    _model_args(gen)
+    gen.add_argument("--prompt", required=True, help="the user's message (or raw text with --raw)")
+    gen.add_argument("--raw", action="store_true", help="continue the prompt as plain text, no chat template")
+    gen.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    _sampling_args(gen, 0.7, 0.9)
+    gen.set_defaults(func=cmd_generate)
+
+    chat = sub.add_parser("chat", help="chat in the terminal (multi-turn, streaming)")
+    _model_args(chat)
+    _sampling_args(chat, 0.7, 0.9)
+    chat.set_defaults(func=cmd_chat)
+
+    serve = sub.add_parser("serve", help="OpenAI-compatible API server + web chat page")
+    _model_args(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--api-key", default=os.environ.get("MINIMIND_API_KEY"),
+                       help="require 'Authorization: Bearer KEY' on /v1/* (default: $MINIMIND_API_KEY)")
+    serve.add_argument("--model-name", default=None, help="model id clients ask for (default: checkpoint name)")
+    serve.add_argument("--max-batch-size", type=int, default=16, help="requests decoded together (default 16)")
+    serve.set_defaults(func=cmd_serve)
+
+
+def _engine(args: argparse.Namespace, default_max_len: int | None = None):
+    import torch
+
+    from ..infer.loading import load_engine
+
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    return load_engine(args.ckpt, max_batch_size=getattr(args, "max_batch_size", 1),
+                       max_len=args.max_len or default_max_len, device=args.device, dtype=dtype,
+                       compile=args.compile)
+
+
+def _params(args: argparse.Namespace, stop: list[str] | None = None):
+    from ..infer import SamplingParams
+
+    return SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                          top_k=args.top_k, repetition_penalty=args.repetition_penalty, seed=args.seed,
+                          stop=stop or []).validate()
+
+
+class _Printer:
+    """Prints reasoning and answer pieces as they stream; dims reasoning on a terminal."""
+
+    def __init__(self, reasoning_stream, label: bool) -> None:
+        self.rs, self.label, self.kind = reasoning_stream, label, None
+        self.dim = reasoning_stream.isatty()
+
+    def __call__(self, kind: str, text: str) -> None:
+        out = self.rs if kind == "reasoning" else sys.stdout
+        if kind != self.kind:
+            if self.kind == "reasoning":
+                self.rs.write("\x1b[0m\n" if self.dim else "\n")
+            if self.label:
+                out.write("thinking> " if kind == "reasoning" else "assistant> ")
+            if kind == "reasoning" and self.dim:
+                out.write("\x1b[2m")
+            self.kind = kind
+        out.write(text)
+        out.flush()
+
+    def end(self) -> None:
+        if self.kind == "reasoning" and self.dim:
+            self.rs.write("\x1b[0m")
+        if self.kind is None and self.label:
+            sys.stdout.write("assistant> ")
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+
+
+def _reply(engine, prompt_ids: list[int], params, thinking: bool, printer: _Printer):
+    """Stream one reply through `printer`; return (answer, sequence)."""
+    from ..infer import ReasoningSplitter
+
+    seq = engine.new_sequence(prompt_ids, params)
+    splitter = ReasoningSplitter(open=thinking)
+    answer = []
+    for ev in engine.run([seq]):
+        for kind, text in splitter.push(ev.text) + (splitter.flush() if ev.finished else []):
+            printer(kind, text)
+            if kind == "content":
+                answer.append(text)
+    printer.end()
+    return "".join(answer), seq
+
+
+def _stats(seq) -> str:
+    n = len(seq.output_ids)
+    ttft = (seq.t_first - seq.t_admit) * 1000
+    decode = (seq.t_end - seq.t_first) if n > 1 else 0.0
+    rate = f"{(n - 1) / decode:.1f} tokens/s" if decode > 0 else "-"
+    return f"[{n} tokens, {rate}, first token after {ttft:.0f} ms, {seq.finish_reason}]"
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from ..chat import render_prompt
+
+    engine = _engine(args)
+    params = _params(args, args.stop)
+    tok = engine.tokenizer
+    if args.raw:
+        ids, thinking = tok.encode(args.prompt), False
+    else:
+        messages = ([{"role": "system", "content": args.system}] if args.system else [])
+        messages.append({"role": "user", "content": args.prompt})
+        thinking = not args.no_think
+        ids = render_prompt(tok, messages, thinking=thinking)
+    _reply(engine, ids, params, thinking, _Printer(sys.stderr, label=False))
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from ..chat import render_prompt
+
+    engine = _engine(args)
+    params = _params(args)
+    tok = engine.tokenizer
+    system, thinking, stats = args.system, not args.no_think, False
+    history: list[dict] = []
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print(f"MiniMind chat ({args.ckpt}); /help for commands, Ctrl-D to leave.")
+    while True:
+        try:
+            line = input("you> " if interactive else "")
+        except EOFError:
+            break
+        text = line.strip()
+        if not text:
+            continue
+        if text.startswith("/"):
+            cmd, _, rest = text.partition(" ")
+            if cmd in ("/quit", "/exit"):
+                break
+            elif cmd == "/reset":
+                history = []
+                print("(conversation cleared)")
+            elif cmd == "/system":
+                system = rest.strip() or None
+                print(f"(system prompt {'set' if system else 'cleared'})")
+            elif cmd == "/think" and rest.strip() in ("on", "off"):
+                thinking = rest.strip() == "on"
+                print(f"(thinking {'on' if thinking else 'off'})")
+            elif cmd == "/stats":
+                stats = not stats
+                print(f"(stats {'on' if stats else 'off'})")
+            elif cmd == "/help":
+                print(HELP)
+            else:
+                print(f"(unknown command {text!r}; /help lists them)")
+            continue
+        history.append({"role": "user", "content": text})
+        head = [{"role": "system", "content": system}] if system else []
+        ids = render_prompt(tok, head + history, thinking=thinking)
+        # Keep the newest turns that fit, leaving room for a reply of at least a few tokens.
+        while len(ids) + 16 > engine.context_len and len(history) > 1:
+            history = history[2:]
+            ids = render_prompt(tok, head + history, thinking=thinking)
+            print("(oldest turn dropped to fit the context)")
+        answer, seq = _reply(engine, ids, params, thinking, _Printer(sys.stdout, label=True))
+        history.append({"role": "assistant", "content": answer})
+        if stats:
+            print(_stats(seq))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..serve import serve
+
+    engine = _engine(args, default_max_len=2048)
+    name = args.model_name or Path(args.ckpt).resolve().name
+    print(f"serving {name} on http://{args.host}:{args.port} (context {engine.context_len}, "
+          f"batch {args.max_batch_size}{', API key required' if args.api_key else ''})", flush=True)
+    t = time.perf_counter()
+    serve(engine, host=args.host, port=args.port, api_key=args.api_key, model_name=name,
+          max_batch_size=args.max_batch_size)
+    print(f"stopped after {time.perf_counter() - t:.0f} s")
+    return 0
