@@ -171,3 +171,93 @@ def test_grpo_bad_options_are_user_errors(files, tmp_path, capsys):
     for extra, msg in ((["--group-size", "1"], "--group-size"), (["--rewards", "fromat:1"], "unknown reward")):
         rc = main(["grpo", "--init", files["init"], "--data", files["rl"], "--out", str(tmp_path / "g"), *COMMON, *extra])
         assert rc == 2 and msg in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- reasoning
+
+
+def _reasoning_conv(i):
+    return [_user(f"What is {i} + 2?"),
+            {"role": "assistant", "content": f"The answer is {i + 2}.", "reasoning_content": f"{i} plus 2 makes {i + 2}."}]
+
+
+def test_emptied_think_block_equals_the_thinking_off_rendering(tok):
+    from minimind.chat import render_conversation
+    from minimind.train.stages.reason import empty_think_blocks
+
+    conv = _reasoning_conv(7)
+    conv = conv + [_user("And 3 + 3?"), {"role": "assistant", "content": "6", "reasoning_content": "three and three"}]
+    ids, mask = render_conversation(tok, conv)
+    labels = [t if m else -100 for t, m in zip(ids, mask)]
+    off = [{k: v for k, v in m.items() if k != "reasoning_content"} for m in conv]
+    ids_off, mask_off = render_conversation(tok, off)
+    got_ids, got_labels = empty_think_blocks(ids, labels, tok.token_to_id("<think>"), tok.token_to_id("</think>"),
+                                             tok.encode("\n\n"))
+    assert got_ids == ids_off
+    assert got_labels == [t if m else -100 for t, m in zip(ids_off, mask_off)]
+    # A block cut off by truncation stays as it is.
+    cut = ids[: ids.index(tok.token_to_id("</think>"))]
+    assert empty_think_blocks(cut, cut, tok.token_to_id("<think>"), tok.token_to_id("</think>"), [9]) == (cut, cut)
+
+
+def test_mixed_thinking_ratio_and_determinism(tok):
+    from minimind.train.stages.reason import MixedThinking
+
+    ids = torch.tensor([[5, 3, 320, 99, 98, 320, 4, 320, 7, 2]] * 8)
+    batch = {"input_ids": ids, "labels": ids.clone()}
+
+    class Endless:
+        def __next__(self):
+            return batch
+
+        def state_dict(self):
+            return {}
+
+        def load_state_dict(self, state):
+            pass
+
+    all_off = next(MixedThinking(Endless(), tok, 1.0, seed=0))
+    assert all_off["input_ids"][0].tolist() == [5, 3, 320, 4, 320, 7, 2, 0, 0, 0]
+    assert all_off["labels"][0].tolist() == [5, 3, 320, 4, 320, 7, 2, -100, -100, -100]
+    assert next(MixedThinking(Endless(), tok, 0.0, seed=0)) is batch
+    a, b = MixedThinking(Endless(), tok, 0.5, seed=3), MixedThinking(Endless(), tok, 0.5, seed=3)
+    first = [next(a)["input_ids"] for _ in range(3)]
+    for _ in range(5):
+        next(b)
+    b.load_state_dict({"loader": {}, "count": 0})
+    assert all(torch.equal(x, next(b)["input_ids"]) for x in first)
+    lens = (torch.cat(first) != 0).sum(1)
+    assert 0 < (lens == 7).sum() < 24  # a mix of thinking-off (7 tokens) and untouched (10) rows
+
+
+def test_tag_weight_loss_hand_check(files, tok):
+    import torch.nn.functional as F
+
+    from minimind.checkpoint import load_model
+    from minimind.train.stages.base import TrainContext
+    from minimind.train.stages.reason import ReasonConfig, ReasonStage
+
+    model = load_model(files["init"])
+    ids = torch.tensor([[5, 3, 320, 99, 4, 320, 7, 2]])
+    labels = ids.clone()
+    labels[0, :2] = -100
+    batch = {"input_ids": ids, "labels": labels}
+    ctx = TrainContext(config=None, device=torch.device("cpu"), tokenizer=tok, model=model)
+    with torch.no_grad():
+        ce = F.cross_entropy(model(ids).logits[0, :-1], labels[0, 1:], ignore_index=-100, reduction="none")
+    counted = labels[0, 1:] != -100  # 6 label tokens, of which </think> (id 4) is a tag
+    for w in (1.0, 5.0):
+        stage = ReasonStage(ReasonConfig(init="x", data=["x"], out="x", max_steps=1, tag_weight=w))
+        with torch.no_grad():
+            loss, _ = stage.loss(model, batch, ctx)
+        weights = torch.where(labels[0, 1:] == 4, w, 1.0) * counted
+        assert loss.item() == pytest.approx(float((ce * weights).sum() / counted.sum()), rel=1e-5)
+
+
+def test_reason_cli(files, tmp_path):
+    data = _write_jsonl(tmp_path / "r.jsonl", [{"conversations": _reasoning_conv(i)} for i in range(12)])
+    out = tmp_path / "reason"
+    _run(["reason", "--init", files["init"], "--data", data, "--out", str(out), "--no-think-ratio", "0.5",
+          "--tag-weight", "3", *COMMON])
+    _assert_run_dir(out)
+    assert all(r["ce"] > 0 for r in _train_records(out))
