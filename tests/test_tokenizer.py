@@ -1,5 +1,6 @@
 """Tokenizer: special-token layout, exact round trips, training, loading foreign folders, CLI errors."""
 
+import gzip
 import json
 
 import pytest
@@ -56,10 +57,12 @@ def test_train_small_file(tmp_path):
     lines.append({"conversations": [{"role": "user", "content": "hello there"},
                                     {"role": "assistant", "content": "hi", "reasoning_content": "greet"}]})
     data.write_text("\n".join(json.dumps(x, ensure_ascii=False) for x in lines), encoding="utf-8")
-    plain = tmp_path / "plain.txt"
-    plain.write_text("plain text lines\n" * 50, encoding="utf-8")
+    plain = tmp_path / "plain.txt.gz"  # gzipped inputs are streamed too
+    with gzip.open(plain, "wt", encoding="utf-8") as fh:
+        fh.write("plain text lines, zebra zebra\n" * 50)
     out = tmp_path / "tok"
     tok = train_tokenizer([data, plain], 400, out)
+    assert len(tok.encode(" zebra")) == 1  # learned from the gzipped file only
     assert (tok.pad_id, tok.bos_id, tok.eos_id) == (0, 1, 2)
     # vocab_size is a ceiling: a small corpus runs out of pairs seen twice before filling it
     assert 16 + 256 < tok.vocab_size <= 400
