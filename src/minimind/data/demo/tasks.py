@@ -57,7 +57,7 @@ def fmt(x) -> str:
     return text
 
 
-def _pick(rng: random.Random, lang: str, en: str, zh: str) -> str:
+def _pick(lang: str, en: str, zh: str) -> str:
     return zh if lang == "zh" else en
 
 
@@ -79,19 +79,19 @@ def make_task(rng: random.Random, lang: str, kind: str | None = None) -> Task:
     zh = lang == "zh"
     if kind == "add":
         a, b = rng.randint(10, 9999), rng.randint(10, 9999)
-        q = _pick(rng, lang, f"What is {a} + {b}?", f"计算 {a} + {b} 等于多少？")
+        q = _pick(lang, f"What is {a} + {b}?", f"计算 {a} + {b} 等于多少？")
         r = _column_add(a, b, lang) + (f"\n所以 {a} + {b} = {a + b}。" if zh else f"\nSo {a} + {b} = {a + b}.")
         return Task(kind, lang, q, fmt(a + b), r, {"a": a, "b": b})
     if kind == "sub":
         a, b = sorted((rng.randint(10, 9999), rng.randint(10, 9999)), reverse=True)
-        q = _pick(rng, lang, f"What is {a} - {b}?", f"计算 {a} - {b} 等于多少？")
+        q = _pick(lang, f"What is {a} - {b}?", f"计算 {a} - {b} 等于多少？")
         r = (f"{a} - {b}：先减 {b // 10 * 10} 得 {a - b // 10 * 10}，再减 {b % 10} 得 {a - b}。" if zh else
              f"{a} - {b}: subtract {b // 10 * 10} to get {a - b // 10 * 10}, then {b % 10} to get {a - b}.")
         return Task(kind, lang, q, fmt(a - b), r, {"a": a, "b": b})
     if kind == "mul":
         a, b = rng.randint(2, 99), rng.randint(2, 99)
         t, u = b // 10 * 10, b % 10
-        q = _pick(rng, lang, f"What is {a} × {b}?", f"计算 {a} × {b} 等于多少？")
+        q = _pick(lang, f"What is {a} × {b}?", f"计算 {a} × {b} 等于多少？")
         r = (f"{a} × {b} = {a} × {t} + {a} × {u} = {a * t} + {a * u} = {a * b}。" if zh else
              f"{a} × {b} = {a} × {t} + {a} × {u} = {a * t} + {a * u} = {a * b}.")
         return Task(kind, lang, q, fmt(a * b), r, {"a": a, "b": b})
@@ -100,7 +100,7 @@ def make_task(rng: random.Random, lang: str, kind: str | None = None) -> Task:
         b = rng.choice([int(str(a)[::-1]) if a > 9 else a + 7, a + rng.randint(1, 50), max(a - rng.randint(1, 50), 0)])
         if a == b:
             b += 1
-        q = _pick(rng, lang, f"Which number is larger, {a} or {b}?", f"{a} 和 {b}，哪个数更大？")
+        q = _pick(lang, f"Which number is larger, {a} or {b}?", f"{a} 和 {b}，哪个数更大？")
         big = max(a, b)
         r = (f"比较 {a} 和 {b}：{big} 更大。" if zh else f"Compare {a} and {b}: {big} is larger.")
         return Task(kind, lang, q, fmt(big), r, {"a": a, "b": b})
@@ -123,7 +123,7 @@ def make_task(rng: random.Random, lang: str, kind: str | None = None) -> Task:
         groups = [rng.randint(1, 9) for _ in range(rng.randint(2, 4))]
         listing = ("、".join(f"{g}{zh_item}" for g in groups) if zh
                    else ", ".join(f"{g} {en1 if g == 1 else en2}" for g in groups))
-        q = _pick(rng, lang, f"A box holds {listing}. How many {en2} is that in total?",
+        q = _pick(lang, f"A box holds {listing}. How many {en2} is that in total?",
                   f"盒子里有{listing}，一共有多少？")
         r = " + ".join(map(str, groups)) + f" = {sum(groups)}"
         return Task(kind, lang, q, fmt(sum(groups)), r + ("。" if zh else "."), {"groups": groups})
@@ -136,7 +136,7 @@ def make_task(rng: random.Random, lang: str, kind: str | None = None) -> Task:
         else:           # whole or half values: 3.5 km -> 3500 m
             value = Fraction(k, 2 if rng.random() < 0.3 else 1)
         result = value * factor
-        q = _pick(rng, lang, f"How many {et} are there in {fmt(value)} {ef}?", f"{fmt(value)} {zf}等于多少{zt}？")
+        q = _pick(lang, f"How many {et} are there in {fmt(value)} {ef}?", f"{fmt(value)} {zf}等于多少{zt}？")
         f_txt = fmt(factor) if factor >= 1 else f"1/{factor.denominator}"
         r = (f"1 {zf} = {f_txt} {zt}，所以 {fmt(value)} × {f_txt} = {fmt(result)}。" if zh else
              f"1 {ef[:-1]} = {f_txt} {et}, so {fmt(value)} × {f_txt} = {fmt(result)}.")
@@ -146,7 +146,7 @@ def make_task(rng: random.Random, lang: str, kind: str | None = None) -> Task:
         start, step, n = rng.randint(1, 30), rng.randint(2, 12), rng.randint(4, 6)
         seq = [start + i * step for i in range(n)]
         shown = ", ".join(map(str, seq))
-        q = _pick(rng, lang, f"What number comes next: {shown}, ?", f"找规律，下一个数是多少：{shown}，？")
+        q = _pick(lang, f"What number comes next: {shown}, ?", f"找规律，下一个数是多少：{shown}，？")
         r = (f"相邻两项差 {step}，所以下一个是 {seq[-1]} + {step} = {seq[-1] + step}。" if zh else
              f"Each term adds {step}, so the next is {seq[-1]} + {step} = {seq[-1] + step}.")
         return Task(kind, lang, q, fmt(seq[-1] + step), r, {"seq": seq})
@@ -155,7 +155,7 @@ def make_task(rng: random.Random, lang: str, kind: str | None = None) -> Task:
         have, buy = rng.randint(3, 20), rng.randint(1, 15)
         give = rng.randint(1, have + buy)
         left = have + buy - give
-        q = _pick(rng, lang, f"{en_name} has {have} {en2}, buys {buy} more and gives away {give}. "
+        q = _pick(lang, f"{en_name} has {have} {en2}, buys {buy} more and gives away {give}. "
                              f"How many {en2} does {en_name} have now?",
                   f"{zh_name}有 {have} {zh_item}，又买了 {buy} {zh_item}，送出 {give} {zh_item}。现在还剩多少？")
         r = f"{have} + {buy} - {give} = {left}" + ("。" if zh else ".")
