@@ -261,3 +261,17 @@ def test_reason_cli(files, tmp_path):
           "--tag-weight", "3", *COMMON])
     _assert_run_dir(out)
     assert all(r["ce"] > 0 for r in _train_records(out))
+
+
+def test_generate_teacher_answers_writes_valid_sft_data(files, tmp_path):
+    from minimind.data.formats import check_payload
+    from minimind.train.stages.distill import generate_teacher_answers
+
+    out = tmp_path / "teacher_sft.jsonl"
+    n = generate_teacher_answers(files["init"], [files["rl"]], out, max_new_tokens=4, thinking=True, batch_size=4)
+    lines = out.read_text().splitlines()
+    assert n == len(lines) == 12
+    for line, q in zip(lines, range(12)):
+        conv = check_payload("sft", line)["messages"]
+        assert conv[0] == {"role": "user", "content": f"What is {q} + 2?"}
+        assert conv[-1]["role"] == "assistant" and conv[-1]["content"] != f"The answer is {q + 2}."

@@ -106,3 +106,37 @@ class DistillStage(SFTStage):
 
 
 STAGE = DistillStage
+
+
+def generate_teacher_answers(teacher: str, data: list[str], out: str | Path, *, max_new_tokens: int = 256,
+                             temperature: float = 0.7, thinking: bool = False, batch_size: int = 16,
+                             seed: int = 0, device: str = "cpu") -> int:
+    """Black-box distillation data: the teacher answers every prompt of `data`, written as SFT JSONL.
+
+    `data` holds RL prompts or SFT conversations (a final assistant turn is dropped and replaced
+    by the teacher's). Generation uses the inference engine (batched, KV-cached); the reply's think
+    block, if any, becomes `reasoning_content`. Returns the number of conversations written.
+    """
+    import json
+
+    from ...chat import render_prompt, split_reasoning
+    from ...checkpoint import atomic_write
+    from ...data.formats import iter_examples
+    from ...infer import SamplingParams
+    from ...infer.loading import load_engine
+
+    engine = load_engine(teacher, max_batch_size=batch_size, device=device)
+    examples = list(iter_examples("rl", list(data)))
+    prompts = [render_prompt(engine.tokenizer, ex["messages"], tools=ex["tools"], thinking=thinking) for ex in examples]
+    params = [SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed * 1_000_003 + i)
+              for i in range(len(prompts))]
+    seqs = engine.generate(prompts, params)
+    lines = []
+    for ex, seq in zip(examples, seqs):
+        reasoning, answer = split_reasoning(("<think>\n" if thinking else "") + seq.text)
+        reply = {"role": "assistant", "content": answer}
+        if thinking and reasoning is not None:
+            reply["reasoning_content"] = reasoning
+        lines.append(json.dumps({"conversations": ex["messages"] + [reply]}, ensure_ascii=False) + "\n")
+    atomic_write(Path(out), lambda tmp: Path(tmp).write_text("".join(lines), encoding="utf-8"))
+    return len(lines)
