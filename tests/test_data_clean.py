@@ -29,6 +29,9 @@ def test_normalize_text():
     assert normalize_text("a \t  b\r\n\n\n\nc  \n") == "a b\n\nc"
     assert normalize_text("zero\u200bwidth\ufeff") == "zerowidth"
     assert normalize_text("ＡＢＣ", "none") == "ＡＢＣ"
+    # Chinese punctuation stays full-width (strict NFKC would make it ASCII); letters still fold
+    assert normalize_text("你好，世界！（ＡＩ）") == "你好，世界！（AI）"
+    assert normalize_text("你好，世界！（ＡＩ）", "NFKC-strict") == "你好,世界!(AI)"
 
 
 def test_quality_measures():

@@ -38,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="drop documents whose share of repeated character 10-grams exceeds this")
     cl.add_argument("--min-letter-ratio", type=float, default=0.5,
                     help="drop documents with fewer letters (any script) per non-space character")
-    cl.add_argument("--unicode", choices=["NFKC", "NFC", "none"], default="NFKC", help="Unicode normalisation")
+    cl.add_argument("--unicode", choices=["NFKC", "NFKC-strict", "NFC", "none"], default="NFKC",
+                    help="Unicode normalisation (NFKC keeps Chinese full-width punctuation; NFKC-strict folds it too)")
     cl.add_argument("--skip-bad", action="store_true", help="skip malformed records (and count them) instead of failing")
     cl.set_defaults(func=cmd_clean)
 

@@ -3,9 +3,12 @@
 Contract:
 - `clean(paths, out, config, weights=None) -> CleanReport` streams every record of every source
   through the steps below, in this order, and writes the survivors as one JSONL file (atomically):
-    1. normalise  Unicode normalisation (NFKC by default) and whitespace: CRLF -> LF, control and
-                  zero-width characters removed, runs of spaces/tabs -> one space, trailing spaces
-                  and 3+ blank lines trimmed. Changes text, removes nothing.
+    1. normalise  Unicode NFKC (full-width letters/digits -> ASCII, ligatures split, ...) except
+                  that the full-width punctuation of Chinese prose (，！？：；（）～…) is kept:
+                  strict NFKC would turn 你好，世界 into 你好,世界 and teach a model Latin commas
+                  in Chinese (`unicode_form="NFKC-strict"` does exactly that). Whitespace: CRLF
+                  -> LF, control and zero-width characters removed, runs of spaces/tabs -> one
+                  space, trailing spaces and 3+ blank lines trimmed. Changes text, removes nothing.
     2. too_short / too_long   fewer than `min_chars` (or more than `max_chars`) characters.
     3. repetitive the share of repeated character 10-grams exceeds `max_repetition`.
     4. low_letters letters (any script: `str.isalpha`, so CJK counts) are under `min_letter_ratio`
@@ -48,6 +51,7 @@ import numpy as np
 from ..errors import UserError
 from .formats import RecordError, check_files, iter_raw, parse_payload
 
+UNICODE_FORMS = ("NFKC", "NFKC-strict", "NFC", "none")
 STEPS = ("bad", "too_short", "too_long", "repetitive", "low_letters", "exact_dup", "near_dup")
 
 
@@ -55,7 +59,7 @@ STEPS = ("bad", "too_short", "too_long", "repetitive", "low_letters", "exact_dup
 class CleanConfig:
     """Thresholds of the cleaning steps (see the module docstring for what each does)."""
 
-    unicode_form: str = "NFKC"        # "NFKC", "NFC" or "none"
+    unicode_form: str = "NFKC"        # "NFKC" (keeps CJK punctuation), "NFKC-strict", "NFC" or "none"
     min_chars: int = 20
     max_chars: int = 0                # 0 = no upper limit
     max_repetition: float = 0.5       # share of repeated char 10-grams above which a doc is dropped
@@ -97,6 +101,8 @@ class CleanReport:
 # ----------------------------------------------------------------------------------------------
 # Step 1: normalisation
 
+CJK_PUNCT = "，！？：；（）～…"
+_PUNCT_SPLIT = re.compile(f"([{CJK_PUNCT}])")
 _CONTROL = re.compile(r"[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f\u200b-\u200d\u2060\ufeff]")
 _HSPACE = re.compile(r"[ \t\u00a0\u3000]+")
 _TRAILING = re.compile(r" +\n")
@@ -105,8 +111,14 @@ _BLANKS = re.compile(r"\n{3,}")
 
 def normalize_text(text: str, unicode_form: str = "NFKC") -> str:
     """Unicode + whitespace normalisation (step 1). NFKC folds full-width letters and digits to
-    ASCII (and full-width punctuation such as '，' to ','), so look-alike strings compare equal."""
-    if unicode_form != "none":
+    ASCII, so look-alike strings compare equal; plain "NFKC" keeps Chinese punctuation as it is."""
+    if unicode_form == "NFKC":
+        # normalise the text between protected punctuation marks (they are single code points
+        # without combining marks, so cutting there does not change the result elsewhere)
+        text = "".join(p if p in CJK_PUNCT else unicodedata.normalize("NFKC", p) for p in _PUNCT_SPLIT.split(text))
+    elif unicode_form == "NFKC-strict":
+        text = unicodedata.normalize("NFKC", text)
+    elif unicode_form != "none":
         text = unicodedata.normalize(unicode_form, text)
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     text = _CONTROL.sub("", text)
@@ -280,8 +292,8 @@ def clean(paths: list[str | Path], out: str | Path, cfg: CleanConfig | None = No
           weights: list[float] | None = None) -> CleanReport:
     """Run steps 1-7 over `paths` and write the cleaned, mixed JSONL to `out`."""
     cfg = cfg or CleanConfig()
-    if cfg.unicode_form not in ("NFKC", "NFC", "none"):
-        raise UserError(f"unknown Unicode form {cfg.unicode_form!r}; use NFKC, NFC or none")
+    if cfg.unicode_form not in UNICODE_FORMS:
+        raise UserError(f"unknown Unicode form {cfg.unicode_form!r}; use one of {', '.join(UNICODE_FORMS)}")
     files = check_files(paths)
     if weights is not None:
         mix_quotas([1] * len(files), weights)  # fail on a bad --weights before doing any work
