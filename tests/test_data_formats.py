@@ -161,3 +161,19 @@ def test_unknown_files_and_kinds(tmp_path):
         list(iter_examples("pretrain", [tmp_path / "x.csv"]))
     with pytest.raises(UserError, match="unknown data kind 'chat'"):
         list(iter_examples("chat", [tmp_path / "x.csv"]))
+
+
+@pytest.mark.slow
+def test_demo_data_is_valid_in_every_shape(tmp_path):
+    # The embedded demo set must read without a single bad record in the shape of its kind.
+    from minimind.cli import main
+
+    assert main(["data", "demo", "--out", str(tmp_path)]) == 0
+    for kind in ("pretrain", "sft", "dpo", "rl"):
+        for name in (f"{kind}.jsonl", f"{kind}_eval.jsonl"):
+            stats = ReadStats()
+            examples = list(iter_examples(kind, [tmp_path / name], skip_bad=True, stats=stats))
+            assert stats.skipped == 0 and len(examples) == stats.records > 0, name
+    rl = list(iter_examples("rl", [tmp_path / "rl.jsonl"]))
+    # RL records carry an explicit short answer; the reference reply left the prompt
+    assert all(ex["answer"] and ex["messages"][-1]["role"] == "user" for ex in rl)
