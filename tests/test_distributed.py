@@ -21,7 +21,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, out: str, fsdp: bool) -> None:
+def _worker(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
@@ -29,7 +29,9 @@ def _worker(rank: int, world: int, port: int, out: str, fsdp: bool) -> None:
 
     try:
         # Same global batch as the single-process run: 2 ranks x batch 4 == 1 process x 4 x accum 2.
-        run(SyntheticStage, out, batch_size=4, max_steps=3, eval_batches=1, fsdp=fsdp)
+        # Both wrappers run in the same two processes (one process group) to save start-up time.
+        for kind in ("ddp", "fsdp2"):
+            run(SyntheticStage, f"{out}/{kind}", batch_size=4, max_steps=3, eval_batches=1, fsdp=kind == "fsdp2")
     finally:
         if td.is_initialized():
             td.destroy_process_group()
@@ -40,18 +42,19 @@ def _weights(run_dir):
 
 
 @pytest.fixture(scope="module")
-def single(tmp_path_factory):
-    out = tmp_path_factory.mktemp("single")
+def runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dist")
     torch.set_num_threads(1)
-    trainer, res = run(SyntheticStage, out, batch_size=4, grad_accum=2, max_steps=3, eval_batches=1)
-    return out, res
+    _, ref = run(SyntheticStage, out / "single", batch_size=4, grad_accum=2, max_steps=3, eval_batches=1)
+    mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    return out, ref
 
 
-@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp2"])
-def test_two_processes_match_one(tmp_path, single, fsdp):
-    ref_dir, ref = single
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), fsdp), nprocs=2, join=True)
-    a, b = _weights(ref_dir), _weights(tmp_path)
+@pytest.mark.parametrize("kind", ["ddp", "fsdp2"])
+def test_two_processes_match_one(runs, kind):
+    out, ref = runs
+    tmp_path = out / kind
+    a, b = _weights(out / "single"), _weights(tmp_path)
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=2e-5, msg=k)
