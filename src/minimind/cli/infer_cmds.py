@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 import sys
 import time
 
@@ -31,6 +32,9 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-len", type=int, default=None,
                    help="context length in tokens (default: the model's, at most 2048 for serve)")
     p.add_argument("--compile", action="store_true", help="torch.compile the decode step")
+    p.add_argument("--lora", action="append", default=[], metavar="[NAME=]DIR",
+                   help="load a LoRA adapter folder (repeatable for serve: clients pick it by model=NAME; "
+                        "generate/chat use the first)")
 
 
 def _sampling_args(p: argparse.ArgumentParser, temperature: float, top_p: float) -> None:
@@ -75,9 +79,15 @@ def _engine(args: argparse.Namespace, default_max_len: int | None = None):
     from ..infer.loading import load_engine
 
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    return load_engine(args.ckpt, max_batch_size=getattr(args, "max_batch_size", 1),
-                       max_len=args.max_len or default_max_len, device=args.device, dtype=dtype,
-                       compile=args.compile)
+    engine = load_engine(args.ckpt, max_batch_size=getattr(args, "max_batch_size", 1),
+                         max_len=args.max_len or default_max_len, device=args.device, dtype=dtype,
+                         compile=args.compile)
+    for spec in args.lora:
+        name, sep, folder = spec.partition("=")
+        if not sep:
+            name, folder = Path(spec).resolve().name, spec
+        engine.load_adapter(name, folder)
+    return engine
 
 
 def _params(args: argparse.Namespace, stop: list[str] | None = None):
@@ -118,10 +128,11 @@ class _Printer:
 
 
 def _reply(engine, prompt_ids: list[int], params, thinking: bool, printer: _Printer):
-    """Stream one reply through `printer`; return (answer, sequence)."""
+    """Stream one reply through `printer` (with the first --lora adapter, if any); return (answer, sequence)."""
     from ..infer import ReasoningSplitter
 
-    seq = engine.new_sequence(prompt_ids, params)
+    adapter = engine.adapter_names[0] if engine.adapter_names else None
+    seq = engine.new_sequence(prompt_ids, params, adapter)
     splitter = ReasoningSplitter(open=thinking)
     answer = []
     for ev in engine.run([seq]):
@@ -214,8 +225,6 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from ..serve import serve
 
     engine = _engine(args, default_max_len=2048)

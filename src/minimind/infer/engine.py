@@ -10,6 +10,8 @@ Contract (token ids in, token ids and text out; nothing here knows about HTTP):
   a `BatchRunner`, the continuous-batching loop the server drives from its worker thread:
   `admit(seqs)` prefills newcomers and joins them to the running batch, `step()` decodes one
   token for every running row with ONE forward, `cancel(seq)` frees a row.
+- `engine.load_adapter(name, folder)` adds a LoRA adapter; each request picks one (or none)
+  and rows with different adapters still share every forward (see adapters.py).
 - Every row stops on its own: a stop token, a stop string or its token budget. A finished row
   leaves at once and its slot is reused by the next request that arrives.
 
@@ -25,6 +27,7 @@ per row and a row's slots keep their order.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
 from dataclasses import dataclass, field
@@ -33,6 +36,7 @@ from typing import Iterator
 import torch
 
 from ..model import KVCache, MiniMindLM
+from .adapters import AdapterBank
 from .sampling import InvalidParams, SamplingParams, make_generator, sample_tokens
 from .streaming import IncrementalDecoder, StopMatcher
 
@@ -86,8 +90,9 @@ class BatchRunner:
     """
 
     def __init__(self, model: MiniMindLM, capacity: int, max_len: int, pad_id: int = 0,
-                 decode=None, decode_model=None) -> None:
+                 decode=None, decode_model=None, adapters: AdapterBank | None = None) -> None:
         self.model = model
+        self.adapters = adapters
         self.decode_model = decode_model or model  # possibly a torch.compile'd model for steps
         self.cache = model.new_kv_cache(capacity, max_len)
         self.capacity, self.max_len, self.pad_id = capacity, max_len, pad_id
@@ -182,8 +187,10 @@ class BatchRunner:
         self.cache.valid[n:n + m] = False
         self.seqs.extend(new)
         view = self._view(n, n + m, L - P)
-        view.padded = True
-        out = self.model(ids.to(self.device), attention_mask=mask.to(self.device), kv_cache=view, logits_to_keep=1)
+        # Equal-length prompts in an empty cache need no mask: plain causal attention (faster).
+        view.padded = L != P or any(len(s.prompt_ids) != P for s in new)
+        with self._adapters_for(new):
+            out = self.model(ids.to(self.device), attention_mask=mask.to(self.device), kv_cache=view, logits_to_keep=1)
         return self._accept(new, out.logits[:, -1])
 
     @torch.inference_mode()
@@ -207,9 +214,16 @@ class BatchRunner:
             self._shift(-min(s.start for s in self.seqs))
         n = len(self.seqs)
         ids = torch.tensor([[s.output_ids[-1]] for s in self.seqs], device=self.device)
-        out = self.decode_model(ids, kv_cache=self._view(0, n, self.length))
+        with self._adapters_for(self.seqs):
+            out = self.decode_model(ids, kv_cache=self._view(0, n, self.length))
         self.length += 1
         return events + self._accept(self.seqs, out.logits[:, -1])
+
+    def _adapters_for(self, seqs: list[Sequence]):
+        """Rows that asked for a LoRA adapter get it in this forward; the rest see the base model."""
+        if self.adapters is None or all(s.adapter is None for s in seqs):
+            return contextlib.nullcontext()
+        return self.adapters.rows([s.adapter for s in seqs])
 
     def cancel(self, seq: Sequence) -> None:
         if seq in self.seqs and not seq.finished:
@@ -276,7 +290,18 @@ class Engine:
             self.default_stop_ids = frozenset({cfg.eos_token_id, cfg.pad_token_id})
         # Compiling the decode step: shapes change every step (the cache grows), so dynamic.
         self.decode_model = torch.compile(model, dynamic=True) if compile else None
+        self.adapters: AdapterBank | None = None  # LoRA adapters selectable per request
         self._ids = itertools.count()
+
+    def load_adapter(self, name: str, folder) -> None:
+        """Make a LoRA adapter available to requests as `adapter=name` (the base stays usable)."""
+        if self.adapters is None:
+            self.adapters = AdapterBank(self.model)
+        self.adapters.load(name, folder)
+
+    @property
+    def adapter_names(self) -> list[str]:
+        return list(self.adapters.names) if self.adapters else []
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids)
@@ -294,6 +319,8 @@ class Engine:
                 f"the prompt has {len(prompt_ids)} tokens but the context length is {self.context_len} "
                 "(at least one token must fit after it)"
             )
+        if adapter is not None and adapter not in self.adapter_names:
+            raise InvalidParams(f"unknown adapter {adapter!r}; loaded: {', '.join(self.adapter_names) or 'none'}")
         if params.stop and self.tokenizer is None:
             raise InvalidParams("stop strings need a tokenizer")
         stop_ids = frozenset(params.stop_token_ids) if params.stop_token_ids is not None else self.default_stop_ids
@@ -305,7 +332,7 @@ class Engine:
 
     def runner(self, capacity: int | None = None, max_len: int | None = None) -> BatchRunner:
         return BatchRunner(self.model, capacity or self.max_batch_size, min(max_len or self.context_len, self.context_len),
-                           pad_id=self.pad_id, decode_model=self.decode_model)
+                           pad_id=self.pad_id, decode_model=self.decode_model, adapters=self.adapters)
 
     def run(self, seqs: list[Sequence]) -> Iterator[Event]:
         """Drive `seqs` to completion in batches of at most max_batch_size, yielding events."""
@@ -321,10 +348,14 @@ class Engine:
             yield from runner.admit(batch)
             yield from runner.step()
 
-    def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]) -> list[Sequence]:
-        """Generate for every prompt (batched); returns finished Sequences in prompt order."""
+    def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams],
+                 adapters: list[str | None] | None = None) -> list[Sequence]:
+        """Generate for every prompt (batched); returns finished Sequences in prompt order.
+
+        `adapters[i]` names the LoRA adapter for prompt i (None: the base model)."""
         plist = params if isinstance(params, list) else [params] * len(prompts)
-        seqs = [self.new_sequence(p, sp) for p, sp in zip(prompts, plist, strict=True)]
+        names = adapters or [None] * len(prompts)
+        seqs = [self.new_sequence(p, sp, a) for p, sp, a in zip(prompts, plist, names, strict=True)]
         for _ in self.run(seqs):
             pass
         return seqs

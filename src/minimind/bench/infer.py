@@ -1,0 +1,192 @@
+"""`minimind bench infer`: generation latency and throughput, side by side with transformers.
+
+Contract: `add_arguments(parser)` and `run(args) -> int` (wired by cli/bench_cmds.py). One run:
+1. builds a randomly initialised model of `--preset` (speed does not depend on the weights),
+2. measures our engine and `transformers.generate` on the *same* weights (exported with
+   `minimind.interop.export_hf`), greedy, at each batch size: time to first token (a 1-token
+   generation: prefill + one sample) and decode tokens/s = B * (N - 1) / (T(N) - T(1)),
+3. starts `minimind serve` in a subprocess and streams from `--clients` concurrent clients,
+   reporting aggregate completion tokens/s and the clients' mean / p90 time to first token.
+Each timing is the best of `--repeats` runs (the CPU may be shared). Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="small", help="model preset (default small)")
+    p.add_argument("--prompt-len", type=int, default=128, help="prompt tokens per row (default 128)")
+    p.add_argument("--new-tokens", type=int, default=64, help="tokens generated per row (default 64)")
+    p.add_argument("--batch-sizes", default="1,16", help="comma-separated batch sizes (default 1,16)")
+    p.add_argument("--repeats", type=int, default=3, help="best of this many runs per timing (default 3)")
+    p.add_argument("--clients", type=int, default=32, help="concurrent streaming clients for the server test")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")
+    p.add_argument("--no-server", action="store_true", help="skip the server throughput test")
+
+
+def _best(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def _ours(model, prompts, n: int):
+    from ..infer import Engine, SamplingParams
+
+    engine = Engine(model, max_batch_size=len(prompts))
+    params = SamplingParams(max_new_tokens=n, temperature=0, stop_token_ids=[])
+    return lambda: engine.generate(prompts, params)
+
+
+def _hf(hf_model, prompts, n: int):
+    import torch
+
+    ids = torch.tensor(prompts, device=hf_model.device)
+    mask = torch.ones_like(ids)
+
+    def go():
+        with torch.inference_mode():
+            hf_model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=n, min_new_tokens=n,
+                              eos_token_id=None, pad_token_id=0)
+    return go
+
+
+def _measure(make, model, prompts, n: int, repeats: int) -> tuple[float, float]:
+    make(model, prompts, 2)()  # warm-up (allocator, kernels)
+    t1 = _best(make(model, prompts, 1), repeats)
+    tn = _best(make(model, prompts, n), repeats)
+    return t1, len(prompts) * (n - 1) / max(tn - t1, 1e-9)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _clients(url: str, count: int, prompt: str, n: int) -> tuple[float, list[float], int]:
+    import httpx
+
+    async def one(i: int, client) -> tuple[float, int]:
+        body = {"messages": [{"role": "user", "content": f"{prompt} {i}"}], "max_tokens": n, "temperature": 0.8,
+                "seed": i, "stream": True, "stream_options": {"include_usage": True}}
+        t0, ttft, tokens = time.perf_counter(), None, 0
+        async with client.stream("POST", url + "/v1/chat/completions", json=body) as r:
+            async for line in r.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                if ttft is None and chunk["choices"] and chunk["choices"][0]["delta"].get("content") is not None \
+                        and (chunk["choices"][0]["delta"].get("content") or chunk["choices"][0]["delta"].get("reasoning_content")):
+                    ttft = time.perf_counter() - t0
+                if chunk.get("usage"):
+                    tokens = chunk["usage"]["completion_tokens"]
+        return ttft if ttft is not None else time.perf_counter() - t0, tokens
+
+    limits = httpx.Limits(max_connections=count + 4)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        t = time.perf_counter()
+        results = await asyncio.gather(*(one(i, client) for i in range(count)))
+        wall = time.perf_counter() - t
+    return wall, [r[0] for r in results], sum(r[1] for r in results)
+
+
+def _server(model, args) -> dict:
+    """Serve the model from a subprocess and hit it with `--clients` streaming clients."""
+    import httpx
+
+    from ..checkpoint import save_model
+    from ..tokenizer import default_tokenizer_dir
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = save_model(model, Path(tmp) / "ckpt", tokenizer_dir=default_tokenizer_dir())
+        port = _free_port()
+        env = dict(os.environ)
+        if args.threads:
+            env["OMP_NUM_THREADS"] = str(args.threads)
+        cmd = [sys.executable, "-m", "minimind", "serve", "--ckpt", str(ckpt), "--port", str(port),
+               "--max-batch-size", str(args.clients), "--max-len", "1024", "--device", args.device]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.time() + 120
+            while True:
+                try:
+                    httpx.get(url + "/health", timeout=2)
+                    break
+                except httpx.TransportError:
+                    if time.time() > deadline or proc.poll() is not None:
+                        raise RuntimeError("the benchmark server did not start")
+                    time.sleep(0.2)
+            prompt = "Tell me a story about a small language model."
+            asyncio.run(_clients(url, 2, prompt, 4))  # warm-up
+            out = {}
+            for count in (1, args.clients):
+                wall, ttfts, tokens = asyncio.run(_clients(url, count, prompt, args.new_tokens))
+                ttfts.sort()
+                out[count] = {"tokens_per_s": tokens / wall, "ttft_mean": statistics.mean(ttfts),
+                              "ttft_p90": ttfts[int(0.9 * (len(ttfts) - 1))], "tokens": tokens, "wall": wall}
+            return out
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..config import get_preset
+    from ..model import MiniMindLM
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    cfg = get_preset(args.preset)
+    cfg.max_seq_len = max(args.prompt_len + args.new_tokens, 1024)
+    model = MiniMindLM(cfg).eval().to(args.device)
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    g = torch.Generator().manual_seed(1)
+    print(f"# minimind bench infer: preset {args.preset}, prompt {args.prompt_len} tokens, {args.new_tokens} new, "
+          f"greedy, device {args.device}, torch threads {torch.get_num_threads()}, best of {args.repeats}")
+    hf_model = None
+    if not args.no_hf:
+        import transformers
+
+        from ..interop import export_hf
+
+        with tempfile.TemporaryDirectory() as tmp:
+            hf_model = transformers.AutoModelForCausalLM.from_pretrained(export_hf(model, tmp), dtype=torch.float32)
+        hf_model = hf_model.eval().to(args.device)
+    print("\n| engine | batch | TTFT (ms) | decode tokens/s |\n|---|---|---|---|")
+    for b in sizes:
+        prompts = torch.randint(16, cfg.vocab_size, (b, args.prompt_len), generator=g).tolist()
+        ttft, rate = _measure(_ours, model, prompts, args.new_tokens, args.repeats)
+        print(f"| minimind | {b} | {ttft * 1000:.1f} | {rate:.1f} |", flush=True)
+        if hf_model is not None:
+            ttft, rate = _measure(_hf, hf_model, prompts, args.new_tokens, args.repeats)
+            print(f"| transformers {transformers.__version__} | {b} | {ttft * 1000:.1f} | {rate:.1f} |", flush=True)
+    if not args.no_server:
+        res = _server(model, args)
+        print("\n| server clients | completion tokens/s (all clients) | mean TTFT (ms) | p90 TTFT (ms) | tokens | wall (s) |")
+        print("|---|---|---|---|---|---|")
+        for count, r in res.items():
+            print(f"| {count} | {r['tokens_per_s']:.1f} | {r['ttft_mean'] * 1000:.0f} | {r['ttft_p90'] * 1000:.0f} | "
+                  f"{r['tokens']} | {r['wall']:.1f} |", flush=True)
+    return 0
