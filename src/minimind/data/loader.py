@@ -12,8 +12,9 @@ Contract (docs/architecture.md):
               -> {"input_ids", "labels"} LongTensor [B, seq_len]
     sft       conversations packed greedily (in shuffled order) into rows of <= seq_len tokens; a
               row is closed when the next conversation would not fit. A conversation longer than
-              seq_len is truncated to its first seq_len tokens. labels = ids on assistant tokens
-              (chat.render_conversation mask), -100 elsewhere and on padding.
+              seq_len is truncated to its first seq_len tokens (if that cuts off every assistant
+              token it contributes no loss; raise seq_len or filter such data). labels = ids on
+              assistant tokens (chat.render_conversation mask), -100 elsewhere and on padding.
               -> {"input_ids", "labels"} [B, T], T = longest row in the batch (<= seq_len)
     dpo       one preference pair each; both sides truncated to seq_len and padded to the longest
               of the batch (pad id; labels -100 on padding and non-assistant tokens).

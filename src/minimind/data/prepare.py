@@ -61,6 +61,13 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
 
 
+def available_cores() -> int:
+    """Cores this process may run on (a container's CPU set, not the host's core count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def tokenizer_hash(tok) -> str:
     """SHA-256 over the tokenizer files that decide ids and the chat template."""
     h = hashlib.sha256()
@@ -304,7 +311,7 @@ def prepare(kind: str, paths: list[str | Path], out_dir: str | Path, tokenizer=N
     check_kind(kind)
     files = check_files(paths)
     tok = tokenizer if isinstance(tokenizer, Tokenizer) else load_tokenizer(tokenizer)
-    workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
+    workers = max(1, workers if workers is not None else available_cores())
     out = Path(out_dir)
     sources = source_info(files)
     tok_hash = tokenizer_hash(tok)
