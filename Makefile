@@ -31,7 +31,7 @@ setup: $(VENV)/.installed
 setup-dev: $(VENV)/.installed-dev
 
 demo: setup
-	$(VENV)/bin/minimind model list
+	$(VENV)/bin/minimind quickstart
 
 test: setup-dev
 	$(PY) -m pytest -n 2
