@@ -40,23 +40,21 @@ def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> TokenLogpro
     """Per-token log-probabilities of `labels` under `logits`, and their masked sum per row.
 
     log p(y) = logit_y - logsumexp(logits). Computing it this way instead of
-    `log_softmax(logits).gather(y)` never builds a [B, T, V] log-softmax tensor: logsumexp
-    reduces the vocabulary to one number per position, and the gather reads one logit per
-    position. Rows are processed one at a time so the float32 upcast of bf16 logits exists
-    for one row at a time in the forward pass (autograd still keeps what backward needs).
+    `log_softmax(logits.float()).gather(y)` never builds a [B, T, V] log-softmax tensor:
+    logsumexp reduces the vocabulary to one number per position and the gather reads one logit
+    per position. The only full-size float32 tensor is the upcast of bf16/fp16 logits (none for
+    float32 logits), which logsumexp keeps for its backward. (A per-row Python loop would save
+    nothing: autograd keeps every row's upcast anyway, and each row's `select` backward writes a
+    full-size zero gradient, which made it quadratic in the batch size.)
     """
     if logits.dim() != 3 or labels.shape != logits.shape[:2]:
         raise ValueError(f"expected logits [B,T,V] and labels [B,T], got {tuple(logits.shape)} and {tuple(labels.shape)}")
-    logits = logits[:, :-1]  # position t predicts t+1
+    logits = logits[:, :-1].float()  # position t predicts t+1; a no-op copy-wise for float32
     targets = labels[:, 1:]
     mask = targets != IGNORE_INDEX
     safe_targets = targets.masked_fill(~mask, 0)  # any valid index; masked out below
-    rows = []
-    for b in range(logits.shape[0]):
-        row = logits[b].float()  # [T-1, V]
-        picked = row.gather(-1, safe_targets[b].unsqueeze(-1)).squeeze(-1)
-        rows.append(picked - torch.logsumexp(row, dim=-1))
-    token_logps = torch.stack(rows) * mask  # multiply (not masked_fill) keeps it differentiable
+    picked = logits.gather(-1, safe_targets.unsqueeze(-1)).squeeze(-1)
+    token_logps = (picked - torch.logsumexp(logits, dim=-1)) * mask  # multiply keeps it differentiable
     return TokenLogprobs(token_logps, mask, token_logps.sum(-1))
 
 
