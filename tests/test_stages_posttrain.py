@@ -168,7 +168,8 @@ def test_grpo_rollout_tensors(files, tok):
 
 
 def test_grpo_bad_options_are_user_errors(files, tmp_path, capsys):
-    for extra, msg in ((["--group-size", "1"], "--group-size"), (["--rewards", "fromat:1"], "unknown reward")):
+    for extra, msg in ((["--group-size", "1"], "--group-size"), (["--rewards", "fromat:1"], "unknown reward"),
+                       (["--fsdp"], "does not support --fsdp")):
         rc = main(["grpo", "--init", files["init"], "--data", files["rl"], "--out", str(tmp_path / "g"), *COMMON, *extra])
         assert rc == 2 and msg in capsys.readouterr().err
 

@@ -63,6 +63,8 @@ class GRPOConfig(SFTConfig):
             raise UserError(f"--group-size must be at least 2 (advantages compare completions), got {self.group_size}")
         if self.max_new_tokens < 1:
             raise UserError(f"--max-new-tokens must be positive, got {self.max_new_tokens}")
+        if self.fsdp:  # every rank would have to run the same number of sharded forwards while sampling
+            raise UserError("grpo does not support --fsdp: ranks sample completions of different lengths; use DDP")
         if self.beta_kl < 0 or self.clip_eps <= 0:
             raise UserError("--beta-kl must be >= 0 and --clip-eps > 0")
         build_rewards(self.rewards)  # raises UserError on a bad spec, before any model loads
