@@ -7,7 +7,7 @@ Contract: `add_arguments(parser)` and `run(args) -> int` (wired by cli/bench_cmd
    generation: prefill + one sample) and decode tokens/s = B * (N - 1) / (T(N) - T(1)),
 3. starts `minimind serve` in a subprocess and streams from `--clients` concurrent clients,
    reporting aggregate completion tokens/s and the clients' mean / p90 time to first token.
-Each timing is the best of `--repeats` runs (the CPU may be shared). Prints a Markdown table.
+Each timing is the best of `--repeats` runs, interleaved across engines (the CPU may be shared). Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -36,21 +36,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")
     p.add_argument("--no-server", action="store_true", help="skip the server throughput test")
+    p.add_argument("--compile", action="store_true", help="also time our engine with a torch.compile'd decode step")
 
 
-def _best(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
 
 
-def _ours(model, prompts, n: int):
+def _ours(model, prompts, n: int, compiled=None):
     from ..infer import Engine, SamplingParams
 
     engine = Engine(model, max_batch_size=len(prompts))
+    engine.decode_model = compiled  # None: eager
     params = SamplingParams(max_new_tokens=n, temperature=0, stop_token_ids=[])
     return lambda: engine.generate(prompts, params)
 
@@ -68,11 +67,22 @@ def _hf(hf_model, prompts, n: int):
     return go
 
 
-def _measure(make, model, prompts, n: int, repeats: int) -> tuple[float, float]:
-    make(model, prompts, 2)()  # warm-up (allocator, kernels)
-    t1 = _best(make(model, prompts, 1), repeats)
-    tn = _best(make(model, prompts, n), repeats)
-    return t1, len(prompts) * (n - 1) / max(tn - t1, 1e-9)
+def _measure(engines: dict, prompts, n: int, repeats: int) -> dict[str, tuple[float, float]]:
+    """{name: (make, model)} -> {name: (TTFT s, decode tokens/s)}, runs interleaved across engines.
+
+    Interleaving (A1 B1 A1 B1 ..., then AN BN ...) makes a burst of load from other processes hit
+    every engine alike; the best of `repeats` then approximates an unloaded machine.
+    """
+    for make, model in engines.values():
+        make(model, prompts, 2)()  # warm-up (allocator, kernels, compilation)
+    t1 = {k: float("inf") for k in engines}
+    tn = dict(t1)
+    for _ in range(repeats):
+        for k, (make, model) in engines.items():
+            t1[k] = min(t1[k], _timed(make(model, prompts, 1)))
+        for k, (make, model) in engines.items():
+            tn[k] = min(tn[k], _timed(make(model, prompts, n)))
+    return {k: (t1[k], len(prompts) * (n - 1) / max(tn[k] - t1[k], 1e-9)) for k in engines}
 
 
 def _free_port() -> int:
@@ -93,9 +103,9 @@ async def _clients(url: str, count: int, prompt: str, n: int) -> tuple[float, li
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
                 chunk = json.loads(line[6:])
-                if ttft is None and chunk["choices"] and chunk["choices"][0]["delta"].get("content") is not None \
-                        and (chunk["choices"][0]["delta"].get("content") or chunk["choices"][0]["delta"].get("reasoning_content")):
-                    ttft = time.perf_counter() - t0
+                delta = chunk["choices"][0]["delta"] if chunk["choices"] else {}
+                if ttft is None and (delta.get("content") or delta.get("reasoning_content")):
+                    ttft = time.perf_counter() - t0  # first generated text, reasoning or answer
                 if chunk.get("usage"):
                     tokens = chunk["usage"]["completion_tokens"]
         return ttft if ttft is not None else time.perf_counter() - t0, tokens
@@ -161,12 +171,12 @@ def run(args: argparse.Namespace) -> int:
     cfg = get_preset(args.preset)
     cfg.max_seq_len = max(args.prompt_len + args.new_tokens, 1024)
     model = MiniMindLM(cfg).eval().to(args.device)
-    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]  # "" -> server test only
     g = torch.Generator().manual_seed(1)
     print(f"# minimind bench infer: preset {args.preset}, prompt {args.prompt_len} tokens, {args.new_tokens} new, "
           f"greedy, device {args.device}, torch threads {torch.get_num_threads()}, best of {args.repeats}")
     hf_model = None
-    if not args.no_hf:
+    if not args.no_hf and sizes:
         import transformers
 
         from ..interop import export_hf
@@ -174,14 +184,18 @@ def run(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             hf_model = transformers.AutoModelForCausalLM.from_pretrained(export_hf(model, tmp), dtype=torch.float32)
         hf_model = hf_model.eval().to(args.device)
-    print("\n| engine | batch | TTFT (ms) | decode tokens/s |\n|---|---|---|---|")
+    compiled = torch.compile(model, dynamic=True) if args.compile else None
+    if sizes:
+        print("\n| engine | batch | TTFT (ms) | decode tokens/s |\n|---|---|---|---|")
+    engines = {"minimind": (_ours, model)}
+    if compiled is not None:
+        engines["minimind, compiled decode"] = (lambda m, p, n: _ours(m, p, n, compiled), model)
+    if hf_model is not None:
+        engines[f"transformers {transformers.__version__}"] = (_hf, hf_model)
     for b in sizes:
         prompts = torch.randint(16, cfg.vocab_size, (b, args.prompt_len), generator=g).tolist()
-        ttft, rate = _measure(_ours, model, prompts, args.new_tokens, args.repeats)
-        print(f"| minimind | {b} | {ttft * 1000:.1f} | {rate:.1f} |", flush=True)
-        if hf_model is not None:
-            ttft, rate = _measure(_hf, hf_model, prompts, args.new_tokens, args.repeats)
-            print(f"| transformers {transformers.__version__} | {b} | {ttft * 1000:.1f} | {rate:.1f} |", flush=True)
+        for name, (ttft, rate) in _measure(engines, prompts, args.new_tokens, args.repeats).items():
+            print(f"| {name} | {b} | {ttft * 1000:.1f} | {rate:.1f} |", flush=True)
     if not args.no_server:
         res = _server(model, args)
         print("\n| server clients | completion tokens/s (all clients) | mean TTFT (ms) | p90 TTFT (ms) | tokens | wall (s) |")

@@ -93,7 +93,7 @@ class BatchRunner:
                  decode=None, decode_model=None, adapters: AdapterBank | None = None) -> None:
         self.model = model
         self.adapters = adapters
-        self.decode_model = decode_model or model  # possibly a torch.compile'd model for steps
+        self.decode_model = model if decode_model is None else decode_model  # maybe torch.compile(model)
         self.cache = model.new_kv_cache(capacity, max_len)
         self.capacity, self.max_len, self.pad_id = capacity, max_len, pad_id
         self.decode = decode

@@ -69,7 +69,10 @@ class Scheduler:
             if ev.finished:
                 self.callbacks.pop(ev.seq.id, None)
             if cb is not None:
-                cb(ev)
+                try:
+                    cb(ev)
+                except RuntimeError:  # the client's event loop is gone (shutdown): drop its events
+                    ev.seq.cancelled = True
 
     def _loop(self) -> None:
         try:
