@@ -50,6 +50,7 @@ def data(tmp_path_factory):
     return {"pretrain": _pretrain_file(d / "pretrain.jsonl"), "sft": _sft_file(d / "sft.jsonl")}
 
 
+@pytest.mark.slow
 def test_pretrain_sft_lora_plot(tmp_path, data, capsys):
     pre, sft, lora = tmp_path / "pre", tmp_path / "sft", tmp_path / "lora"
     assert main(["pretrain", *TINY, "--data", str(data["pretrain"]), "--out", str(pre), "--max-steps", "3"]) == 0

@@ -48,6 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--out", default="runs/quickstart",
                    help="output directory (default: runs/quickstart under the current directory)")
     q.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    q.add_argument("--minutes", type=float, default=9.0,
+                   help="time budget: step counts are sized from a short speed probe (default: 9)")
     q.add_argument("--pretrain-steps", type=int, default=None, help="override the pretraining budget")
     q.add_argument("--sft-steps", type=int, default=None, help="override the SFT budget")
     q.add_argument("--force", action="store_true", help="start over if --out already holds a quickstart run")
@@ -96,5 +98,5 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     from ..train.quickstart import quickstart
 
     quickstart(args.out, device=args.device, pretrain_steps=args.pretrain_steps, sft_steps=args.sft_steps,
-               force=args.force)
+               force=args.force, minutes=args.minutes)
     return 0

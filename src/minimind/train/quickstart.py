@@ -10,8 +10,10 @@ Each run directory holds checkpoints, metrics.jsonl, loss.png and lr.png. Re-run
 interrupted stage (`--resume`) and skips finished ones. On CUDA the Trainer picks the GPU and bf16
 by itself (device/dtype "auto").
 
-Budget: on a 2-core CPU the two stages take about 8 minutes together (measured numbers are in
-docs/benchmarks.md); the step counts below are chosen for that.
+Budget: the demo must finish in minutes on any machine, so the step counts are not fixed: a
+3-step probe measures this machine's training speed, then pretraining gets about 65% and SFT
+about 20% of `--minutes` (default 9), within fixed minimum and maximum step counts (a GPU hits the
+maximum). The chosen counts are printed; `--pretrain-steps` / `--sft-steps` override them.
 """
 
 from __future__ import annotations
@@ -23,11 +25,59 @@ from pathlib import Path
 
 from ..errors import UserError
 
-PRETRAIN = dict(preset="tiny", seq_len=256, batch_size=16, lr=2e-3, warmup_steps=30, min_lr_ratio=0.1,
-                max_steps=600, eval_every=200, save_every=200, eval_batches=4, num_samples=2, sample_tokens=32)
-SFT = dict(seq_len=256, batch_size=16, lr=1e-3, warmup_steps=10, min_lr_ratio=0.1, max_steps=200,
-           eval_every=100, save_every=100, eval_batches=4, num_samples=2, sample_tokens=48)
+PRETRAIN = dict(preset="tiny", seq_len=256, batch_size=8, lr=2e-3, warmup_steps=30, min_lr_ratio=0.1,
+                eval_batches=4, num_samples=2, sample_tokens=32)
+SFT = dict(seq_len=256, batch_size=8, lr=1e-3, warmup_steps=10, min_lr_ratio=0.1,
+           eval_batches=4, num_samples=2, sample_tokens=48)
+# With a budget of a few million tokens, more and smaller steps learn more per token than few big
+# ones, hence batch 8. Minimums keep the demo meaningful on a slow machine; a GPU hits the maximums.
+PRETRAIN_STEPS = (120, 6000)  # (min, max)
+SFT_STEPS = (60, 1500)
+SHARES = (0.65, 0.2)  # of the time budget: pretraining, SFT (the rest: data, evaluation, chat)
 QUESTIONS = ["你好，你是谁？", "Who are you?", "What is the capital of France?", "请用一句话介绍一下人工智能。"]
+
+
+def probe_tokens_per_second(device: str = "auto", seq_len: int = 256, batch_size: int = 8) -> float:
+    """Time two training steps of `tiny` (after one warm-up step) on random tokens."""
+    import torch
+
+    from ..config import get_preset
+    from ..model import MiniMindLM
+    from .distributed import pick_device
+    from .trainer import resolve_dtype
+
+    dev = pick_device(device)
+    dtype = resolve_dtype("auto", dev)
+    model = MiniMindLM(get_preset("tiny")).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randint(0, model.config.vocab_size, (batch_size, seq_len), device=dev)
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        with torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32):
+            loss = model(x, labels=x).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        times.append(time.perf_counter() - t0)
+    return batch_size * seq_len / (sum(times[1:]) / 2)
+
+
+def plan_steps(tok_s: float, minutes: float) -> tuple[int, int]:
+    """Pretrain and SFT step counts that fit `minutes` at `tok_s` training tokens per second."""
+    def steps(share: float, bounds: tuple[int, int], opts: dict) -> int:
+        per_step = opts["seq_len"] * opts["batch_size"]
+        return int(min(max(share * minutes * 60 * tok_s / per_step, bounds[0]), bounds[1]))
+
+    return steps(SHARES[0], PRETRAIN_STEPS, PRETRAIN), steps(SHARES[1], SFT_STEPS, SFT)
+
+
+def _schedule(options: dict, steps: int, evals: int) -> dict:
+    """Fix the budget, and evaluate/save a few times along the way."""
+    every = max(1, steps // evals)
+    return dict(options, max_steps=steps, eval_every=every, save_every=every)
 
 
 def _finished(run_dir: Path, steps: int) -> bool:
@@ -75,7 +125,7 @@ def chat_replies(ckpt: Path, questions: list[str], max_new_tokens: int = 80, see
 
 
 def quickstart(out_dir: str | Path, device: str = "auto", pretrain_steps: int | None = None,
-               sft_steps: int | None = None, force: bool = False) -> dict[str, Path]:
+               sft_steps: int | None = None, force: bool = False, minutes: float = 9.0) -> dict[str, Path]:
     from ..checkpoint import resolve_checkpoint
     from ..data.demo import write_demo
     from ..data.prepare import prepare
@@ -91,13 +141,21 @@ def quickstart(out_dir: str | Path, device: str = "auto", pretrain_steps: int | 
     prepared = {}
     for kind in ("pretrain", "sft"):
         prepared[kind] = prepare(kind, [data[kind]], out / "data" / f"{kind}_prepared").path
-    pre = dict(PRETRAIN, data=[str(prepared["pretrain"])], device=device)
-    if pretrain_steps:
-        pre.update(max_steps=pretrain_steps, eval_every=0, save_every=0)
+    plan_file = out / "plan.json"  # a re-run (resume) must keep the step counts of the first run
+    if plan_file.is_file():
+        plan = json.loads(plan_file.read_text())
+    else:
+        tok_s = probe_tokens_per_second(device)
+        auto_pre, auto_sft = plan_steps(tok_s, minutes)
+        plan = {"tokens_per_s_probe": round(tok_s), "pretrain_steps": pretrain_steps or auto_pre,
+                "sft_steps": sft_steps or auto_sft}
+        plan_file.write_text(json.dumps(plan, indent=2) + "\n")
+    print(f"speed probe: {plan['tokens_per_s_probe']:,} tokens/s -> pretrain {plan['pretrain_steps']} steps, "
+          f"SFT {plan['sft_steps']} steps (budget ~{minutes:g} min)")
+    pre = _schedule(dict(PRETRAIN, data=[str(prepared["pretrain"])], device=device), plan["pretrain_steps"], 3)
     _stage("pretrain", out / "pretrain", pre)
-    sft = dict(SFT, data=[str(prepared["sft"])], init=str(out / "pretrain"), device=device)
-    if sft_steps:
-        sft.update(max_steps=sft_steps, eval_every=0, save_every=0)
+    sft = _schedule(dict(SFT, data=[str(prepared["sft"])], init=str(out / "pretrain"), device=device),
+                    plan["sft_steps"], 2)
     _stage("sft", out / "sft", sft)
 
     final = resolve_checkpoint(out / "sft")

@@ -198,6 +198,10 @@ class Trainer:
         self.step, self.tokens_seen, self.best_val = 0, 0, None
         if self.resume_from is not None:
             self._restore(self.resume_from)
+        elif cfg.resume and self.main:
+            print(f"note: {self.run_dir} has no checkpoint yet; starting from step 0")
+        if self.main:  # a fresh start drops records of an earlier attempt; a resume those past its step
+            truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
         self.total_steps = self._budget()
 
     def _check_saved_config(self) -> None:
@@ -274,8 +278,6 @@ class Trainer:
         self.batches.load_state_dict(meta["loader"][self.dist.rank])
         self.step, self.tokens_seen = meta["step"], meta.get("tokens_seen", 0)
         self.best_val = meta.get("best_val")
-        if self.main:
-            truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
 
     def save(self, val_loss: float | None = None) -> Path | None:
         """All ranks call this (FSDP gathers shards); rank 0 writes."""
@@ -344,7 +346,8 @@ class Trainer:
         for prompt in self.stage.sample_prompts(self.ctx)[: self.cfg.num_samples]:
             with self.ctx.autocast():
                 ids = sample(self.model, prompt, self.cfg.sample_tokens, temperature=0.7, eos_id=tok.eos_id, generator=gen)
-            record = {"step": self.step, "split": "sample", "prompt": tok.decode(prompt), "completion": tok.decode(ids)}
+            record = {"step": self.step, "split": "sample", "prompt": tok.decode(prompt, skip_special_tokens=True).strip(),
+                      "completion": tok.decode(ids, skip_special_tokens=True)}
             self.logger.log(record)
             self.progress.write(f"[sample @ {self.step}] {record['prompt']!r} -> {record['completion']!r}")
         self.model.train()
