@@ -191,11 +191,16 @@ def _data_bench(args, cfg, device, dtype) -> list[dict]:
             opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type in ("cuda", "cpu"))
             step = _make_step(model, opt, device, dtype, False)
             n = args.warmup + args.steps
-            row = {}
-            for how, make in (("padded", _padded_batches), ("packed", _packed_batches)):
-                batches = make(kind, files[kind], tok, T, B, n)
-                secs, total, real = _time_batches(step, batches, args.warmup, device)
-                row[how] = (real / secs, real / total)
+            feeds = {"padded": _padded_batches(kind, files[kind], tok, T, B, n),
+                     "packed": _packed_batches(kind, files[kind], tok, T, B, n)}
+            # Alternate padded and packed steps so both see the same machine load (CPUs are shared).
+            acc = {how: [0.0, 0, 0] for how in feeds}
+            for i in range(n):
+                for how, batches in feeds.items():
+                    secs, total, real = _time_batches(step, batches[i:i + 1], 1 if i < args.warmup else 0, device)
+                    if i >= args.warmup:
+                        acc[how] = [acc[how][0] + secs, acc[how][1] + total, acc[how][2] + real]
+            row = {how: (real / secs, real / total) for how, (secs, total, real) in acc.items()}
             gain = row["packed"][0] / row["padded"][0]
             print(f"  {kind:<8} padded {row['padded'][0]:>9,.0f} real tok/s ({100 * row['padded'][1]:.0f}% real)   "
                   f"packed {row['packed'][0]:>9,.0f} ({100 * row['packed'][1]:.0f}% real)   x{gain:.2f}")
