@@ -220,3 +220,21 @@ def test_tiny_model_overfits_one_batch(kw):
         if out.loss.item() < 0.05:
             break
     assert out.loss.item() < 0.1
+
+
+def test_shifted_and_compacted_cache_decodes_the_same():
+    model = make({})
+    x = torch.randint(3, V, (3, 9))
+    with torch.no_grad():
+        plain = model.new_kv_cache(3, max_len=16)
+        model(x[:, :8], kv_cache=plain)
+        expect = model(x[:, 8:], kv_cache=plain).logits
+
+        moved = model.new_kv_cache(3, max_len=16)
+        model(x[:, :8], kv_cache=moved)
+        moved.shift(rows=3, length=8, delta=4)  # slots 0..3 become invalid padding
+        moved.move_row(src=2, dst=0, length=12)  # row 0 now holds row 2's history
+        view = moved.view(0, 2, length=12, padded=True)
+        got = model(x[[2, 1], 8:], kv_cache=view).logits
+    torch.testing.assert_close(got, expect[[2, 1]], rtol=0, atol=1e-4)
+    assert moved.valid[:2, :4].sum() == 0 and moved.valid[:2, 4:12].all()

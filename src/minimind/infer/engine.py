@@ -107,37 +107,19 @@ class BatchRunner:
 
     def _view(self, lo: int, hi: int, length: int) -> KVCache:
         """A KVCache over rows [lo, hi) sharing our storage: the model writes through it."""
-        view = KVCache.__new__(KVCache)
-        view.k, view.v = self.cache.k[:, lo:hi], self.cache.v[:, lo:hi]
-        view.valid, view.max_len = self.cache.valid[lo:hi], self.max_len
-        view.length = length
         # Rows with invalid leading slots need an explicit mask; all-real rows need none.
-        view.padded = lo != 0 or any(s.start > 0 for s in self.seqs[lo:hi])
-        return view
+        padded = lo != 0 or any(s.start > 0 for s in self.seqs[lo:hi])
+        return self.cache.view(lo, hi, length, padded)
 
     def _shift(self, delta: int) -> None:
         """Move every running row's slots by `delta` (right if > 0, left if < 0)."""
-        n, L, c = len(self.seqs), self.length, self.cache
-        if delta > 0:
-            src, dst = slice(0, L), slice(delta, L + delta)
-        else:
-            src, dst = slice(-delta, L), slice(0, L + delta)
-        for t in (c.k, c.v):
-            t[:, :n, :, dst] = t[:, :n, :, src].clone()
-        c.valid[:n, dst] = c.valid[:n, src].clone()
-        if delta > 0:
-            c.valid[:n, :delta] = False
-        else:
-            c.valid[:n, L + delta:] = False
+        self.cache.shift(len(self.seqs), self.length, delta)
         for s in self.seqs:
             s.start += delta
         self.length += delta
 
     def _move_row(self, src: int, dst: int) -> None:
-        c, L = self.cache, self.length
-        c.k[:, dst, :, :L] = c.k[:, src, :, :L]
-        c.v[:, dst, :, :L] = c.v[:, src, :, :L]
-        c.valid[dst] = c.valid[src]
+        self.cache.move_row(src, dst, self.length)
         self.seen[dst] = self.seen[src]
 
     def _drop_finished(self) -> None:

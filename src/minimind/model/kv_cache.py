@@ -56,6 +56,45 @@ class KVCache:
         self.v[layer, :, :, self.length:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
+    # -- row surgery for continuous batching (a server's rows come and go) --------------------
+
+    def view(self, lo: int, hi: int, length: int, padded: bool) -> "KVCache":
+        """A cache over rows [lo, hi) that shares this cache's storage: the model writes through it.
+
+        `length` is the view's write position and `padded` whether its rows hold invalid slots
+        (then the model builds an explicit mask). Slicing the batch dim keeps views, not copies.
+        """
+        other = object.__new__(KVCache)
+        other.k, other.v = self.k[:, lo:hi], self.v[:, lo:hi]
+        other.valid, other.max_len = self.valid[lo:hi], self.max_len
+        other.length, other.padded = length, padded
+        return other
+
+    def shift(self, rows: int, length: int, delta: int) -> None:
+        """Move slots [0, length) of the first `rows` rows by `delta` slots (right if > 0).
+
+        Keys already carry their rotation, and RoPE positions are per row (counted over valid
+        slots), so moving a row's slots together changes nothing it computes. Vacated slots
+        become invalid.
+        """
+        if delta > 0:
+            src, dst = slice(0, length), slice(delta, length + delta)
+        else:
+            src, dst = slice(-delta, length), slice(0, length + delta)
+        for t in (self.k, self.v):
+            t[:, :rows, :, dst] = t[:, :rows, :, src].clone()  # clone: source and target overlap
+        self.valid[:rows, dst] = self.valid[:rows, src].clone()
+        if delta > 0:
+            self.valid[:rows, :delta] = False
+        else:
+            self.valid[:rows, length + delta:] = False
+
+    def move_row(self, src: int, dst: int, length: int) -> None:
+        """Copy row `src`'s first `length` slots onto row `dst` (compacting finished rows away)."""
+        self.k[:, dst, :, :length] = self.k[:, src, :, :length]
+        self.v[:, dst, :, :length] = self.v[:, src, :, :length]
+        self.valid[dst] = self.valid[src]
+
     def commit(self, num_new: int) -> None:
         self.length += num_new
 
