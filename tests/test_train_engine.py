@@ -145,3 +145,32 @@ def test_quickstart_plan_fits_the_budget():
     assert pre == int(0.65 * 540 * 3000 / 2048)
     assert plan_steps(1.0, 9.0) == (PRETRAIN_STEPS[0], SFT_STEPS[0])  # slow machine: the minimums
     assert plan_steps(1e9, 9.0) == (PRETRAIN_STEPS[1], SFT_STEPS[1])  # GPU: the maximums
+
+
+class SixBatchEpochs(SyntheticStage):
+    def batches(self, ctx, split="train"):
+        b = super().batches(ctx, split)
+        b.__class__ = type("Sized6", (type(b),), {"__len__": lambda self: 6})
+        return b
+
+
+def test_budget_by_epochs_and_tokens(tmp_path):
+    _, res = run(SixBatchEpochs, tmp_path / "ep", max_steps=None, epochs=2, grad_accum=2, eval_batches=0)
+    assert res.step == 6  # 2 epochs x 6 micro-batches / 2 per step
+    # 16 tokens x 4 rows = 64 tokens per step: 200 tokens need ceil(200 / 64) = 4 steps.
+    _, res = run(SyntheticStage, tmp_path / "tok", max_steps=None, max_tokens=200, eval_batches=0)
+    assert res.step == 4
+
+
+def test_optional_loggers_fail_clearly_when_missing(tmp_path):
+    import importlib.util
+
+    from minimind.errors import UserError
+    from minimind.train.metrics import MetricsLogger
+
+    if importlib.util.find_spec("tensorboard") is None:
+        with pytest.raises(UserError, match="pip install tensorboard"):
+            MetricsLogger(tmp_path, tensorboard=True)
+    if importlib.util.find_spec("wandb") is None:
+        with pytest.raises(UserError, match="pip install wandb"):
+            MetricsLogger(tmp_path, wandb_project="x")
