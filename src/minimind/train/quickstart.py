@@ -38,7 +38,9 @@ QUESTIONS = ["你好，你是谁？", "Who are you?", "What is the capital of Fr
 
 
 def probe_tokens_per_second(device: str = "auto", seq_len: int = 256, batch_size: int = 8) -> float:
-    """Time two training steps of `tiny` (after one warm-up step) on random tokens."""
+    """Tokens/s of the fastest of three `tiny` training steps (after a warm-up step) on random tokens.
+
+    The fastest, because a shared machine slows some steps for reasons that come and go."""
     import torch
 
     from ..config import get_preset
@@ -52,7 +54,7 @@ def probe_tokens_per_second(device: str = "auto", seq_len: int = 256, batch_size
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randint(0, model.config.vocab_size, (batch_size, seq_len), device=dev)
     times = []
-    for _ in range(3):
+    for _ in range(4):
         t0 = time.perf_counter()
         with torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32):
             loss = model(x, labels=x).loss
@@ -62,7 +64,7 @@ def probe_tokens_per_second(device: str = "auto", seq_len: int = 256, batch_size
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         times.append(time.perf_counter() - t0)
-    return batch_size * seq_len / (sum(times[1:]) / 2)
+    return batch_size * seq_len / min(times[1:])
 
 
 def plan_steps(tok_s: float, minutes: float) -> tuple[int, int]:
