@@ -106,24 +106,14 @@ def _stage(name: str, run_dir: Path, options: dict) -> None:
 
 
 def chat_replies(ckpt: Path, questions: list[str], max_new_tokens: int = 80, seed: int = 0) -> list[str]:
-    """Answer each question with the checkpoint (thinking off), using the training sampler."""
-    import torch
-
+    """Answer each question with the checkpoint (thinking off), batched through the inference engine."""
     from ..chat import render_prompt, split_reasoning
-    from ..checkpoint import load_model
-    from ..tokenizer import load_tokenizer
-    from .sampling import sample
+    from ..infer import SamplingParams, load_engine
 
-    tok = load_tokenizer(ckpt)
-    model = load_model(ckpt)
-    gen = torch.Generator().manual_seed(seed)
-    replies = []
-    for q in questions:
-        prompt = render_prompt(tok, [{"role": "user", "content": q}], thinking=False)
-        ids = sample(model, prompt, max_new_tokens, temperature=0.6, top_k=20, eos_id=tok.eos_id, generator=gen)
-        text = tok.decode(ids, skip_special_tokens=True)
-        replies.append(split_reasoning(text)[1].strip())
-    return replies
+    engine = load_engine(ckpt)
+    prompts = [render_prompt(engine.tokenizer, [{"role": "user", "content": q}], thinking=False) for q in questions]
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.6, top_k=20, seed=seed)
+    return [split_reasoning(s.text)[1].strip() for s in engine.generate(prompts, params)]
 
 
 def quickstart(out_dir: str | Path, device: str = "auto", pretrain_steps: int | None = None,

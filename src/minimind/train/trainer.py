@@ -339,15 +339,21 @@ class Trainer:
         tok = self.ctx.tokenizer
         if tok is None or self.cfg.num_samples <= 0 or self.cfg.fsdp or not self.main:
             return
-        from .sampling import sample
+        from ..infer import Engine, SamplingParams
 
-        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.step)
-        self.model.eval()
-        for prompt in self.stage.sample_prompts(self.ctx)[: self.cfg.num_samples]:
-            with self.ctx.autocast():
-                ids = sample(self.model, prompt, self.cfg.sample_tokens, temperature=0.7, eos_id=tok.eos_id, generator=gen)
+        prompts = self.stage.sample_prompts(self.ctx)[: self.cfg.num_samples]
+        if not prompts:
+            return
+        # The inference engine (batched, KV-cached) on the unwrapped model; seeded by the step so
+        # samples are reproducible and the training RNG streams are never touched.
+        engine = Engine(self.model, tok, max_batch_size=len(prompts))
+        params = SamplingParams(max_new_tokens=self.cfg.sample_tokens, temperature=0.7, top_k=40,
+                                seed=self.cfg.seed * 1_000_003 + self.step)
+        with self.ctx.autocast():
+            seqs = engine.generate(prompts, params)
+        for prompt, seq in zip(prompts, seqs):
             record = {"step": self.step, "split": "sample", "prompt": tok.decode(prompt, skip_special_tokens=True).strip(),
-                      "completion": tok.decode(ids, skip_special_tokens=True)}
+                      "completion": seq.text}
             self.logger.log(record)
             self.progress.write(f"[sample @ {self.step}] {record['prompt']!r} -> {record['completion']!r}")
         self.model.train()
