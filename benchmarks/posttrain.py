@@ -146,6 +146,10 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every step budget")
     ap.add_argument("--only", default="dpo,distill,reason,grpo")
     ap.add_argument("--eval-limit", type=int, default=200, help="held-out examples per measurement")
+    ap.add_argument("--grpo-kinds", default=None, help="train and measure GRPO only on these task kinds "
+                    "(comma-separated, e.g. count_letter,compare): a weak base needs tasks it sometimes solves")
+    ap.add_argument("--grpo-lr", type=float, default=3e-5)
+    ap.add_argument("--group-size", type=int, default=4)
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -165,6 +169,12 @@ def main() -> None:
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     results["base"] = str(base)
+    if args.grpo_kinds:  # RL files carry each task's "kind"; keep the chosen kinds only
+        kinds = set(args.grpo_kinds.split(","))
+        for name in ("rl", "rl_eval"):
+            rows = [line for line in data[name].read_text().splitlines() if json.loads(line).get("kind") in kinds]
+            data[name] = out / "data" / f"{name}_{'_'.join(sorted(kinds))}.jsonl"
+            data[name].write_text("\n".join(rows) + "\n")
     rl_eval = [(ex["messages"][-1]["content"], ex["answer"]) for ex in iter_examples("rl", [data["rl_eval"]])][: args.eval_limit]
     common = dict(seq_len=256, eval_batches=0, save_every=0)
     only = set(args.only.split(","))
@@ -201,10 +211,10 @@ def main() -> None:
         t = time.perf_counter()
         before = accuracy(base, rl_eval, 96)
         ckpt = train("grpo", out / "grpo", init=str(base), data=[str(data["rl"])], max_steps=steps(60), batch_size=8,
-                     group_size=4, max_new_tokens=96, lr=3e-5, beta_kl=0.02, rewards="correct:1,format:0.2", **common)
+                     group_size=args.group_size, max_new_tokens=96, lr=args.grpo_lr, beta_kl=0.02, rewards="correct:1,format:0.2", **common)
         curve = reward_curve(out / "grpo")
         head, tail = curve[: max(1, len(curve) // 5)], curve[-max(1, len(curve) // 5):]
-        record("grpo", {"steps": steps(60), "accuracy_before": before, "accuracy_after": accuracy(ckpt, rl_eval, 96),
+        record("grpo", {"steps": steps(60), "kinds": args.grpo_kinds, "lr": args.grpo_lr, "group_size": args.group_size, "accuracy_before": before, "accuracy_after": accuracy(ckpt, rl_eval, 96),
                         "reward_first_20pct": sum(r for _, r in head) / len(head),
                         "reward_last_20pct": sum(r for _, r in tail) / len(tail), "seconds": time.perf_counter() - t})
 
