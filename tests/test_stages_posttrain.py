@@ -276,3 +276,17 @@ def test_generate_teacher_answers_writes_valid_sft_data(files, tmp_path):
         conv = check_payload("sft", line)["messages"]
         assert conv[0] == {"role": "user", "content": f"What is {q} + 2?"}
         assert conv[-1]["role"] == "assistant" and conv[-1]["content"] != f"The answer is {q + 2}."
+
+
+def test_distill_generate_cli_writes_teacher_answers_then_sft_trains_on_them(files, tmp_path, capsys):
+    out = tmp_path / "teacher.jsonl"
+    _run(["distill", "--teacher", files["init"], "--data", files["rl"], "--generate", str(out),
+          "--max-new-tokens", "4", "--batch-size", "4"])
+    assert "wrote 12 teacher-answered conversations" in capsys.readouterr().out
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 12 and all(r["conversations"][-1]["role"] == "assistant" for r in rows)
+    assert not (tmp_path / "checkpoints").exists()  # generating is not training
+    run = tmp_path / "student"
+    _run(["sft", "--init", files["init"], "--data", str(out), "--out", str(run), *COMMON])
+    _assert_run_dir(run)
+    assert main(["distill", "--teacher", files["init"], "--generate", str(out)]) == 2  # no --data

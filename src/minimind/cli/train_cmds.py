@@ -75,8 +75,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     stage_cls = get_stage(args.stage_name)
     cfg = config_from_args(stage_cls, args)
+    stage = stage_cls(cfg)
+    if stage.run_instead_of_training():
+        return 0
     try:
-        result = Trainer(stage_cls(cfg)).fit()
+        result = Trainer(stage).fit()
         if init_distributed(cfg.device).is_main:
             loss = f"{result.train_loss:.4f}" if result.train_loss is not None else "n/a"
             val = f", val loss {result.val_loss:.4f}" if result.val_loss is not None else ""

@@ -151,6 +151,13 @@ class Stage:
 
     # hooks -----------------------------------------------------------------------------------
 
+    def run_instead_of_training(self) -> bool:
+        """Do a stage's non-training job, if its config asks for one, and return True.
+
+        Example: `minimind distill --generate OUT` writes teacher answers instead of training.
+        The default does nothing, and the CLI then builds the Trainer as usual."""
+        return False
+
     def sample_prompts(self, ctx: TrainContext) -> list[list[int]]:
         """Token-id prompts for the sample generations logged at evaluation."""
         return []

@@ -41,6 +41,10 @@ class DistillConfig(SFTConfig):
     temperature: float = knob(1.5, "softening temperature T of both distributions")
     alpha: float = knob(0.5, "weight of the KL-to-teacher term; 1 - alpha goes to the label cross-entropy")
     lr: float = knob(1e-4, "peak learning rate")
+    generate: str | None = knob(None, "black-box distillation: write the teacher's answers to the prompts "
+                                      "of --data to this JSONL file instead of training (then `minimind sft` on it)")
+    max_new_tokens: int = knob(256, "with --generate: token budget of each teacher answer")
+    thinking: bool = knob(False, "with --generate: let the teacher think first (kept as reasoning_content)")
 
     def __post_init__(self) -> None:
         # `--init tiny`: a preset name that is not a path means "a fresh student of that preset".
@@ -52,6 +56,12 @@ class DistillConfig(SFTConfig):
                 self.tokenizer = _teacher_tokenizer(self.teacher)
 
     def validate(self) -> None:
+        if not self.teacher:
+            raise UserError("`minimind distill` needs --teacher CKPT (the model to learn from)")
+        if self.generate:  # a data-writing job: no training budget or run directory needed
+            if not self.data:
+                raise UserError("`minimind distill --generate` needs --data with the prompts to answer")
+            return
         super().validate()
         if not self.teacher:
             raise UserError("`minimind distill` needs --teacher CKPT (the model to learn from)")
@@ -78,6 +88,19 @@ class DistillStage(SFTStage):
     order = 50
     config_class = DistillConfig
     requires_init = False
+
+    def run_instead_of_training(self) -> bool:
+        from ..distributed import pick_device
+
+        cfg = self.config
+        if not cfg.generate:
+            return False
+        cfg.validate()
+        n = generate_teacher_answers(cfg.teacher, cfg.data, cfg.generate, max_new_tokens=cfg.max_new_tokens,
+                                     thinking=cfg.thinking, batch_size=cfg.batch_size, seed=cfg.seed,
+                                     device=str(pick_device(cfg.device)))
+        print(f"wrote {n} teacher-answered conversations to {cfg.generate}; train on them with `minimind sft`")
+        return True
 
     def extra_models(self, ctx: TrainContext) -> dict[str, "nn.Module"]:
         teacher = load_frozen(self.config.teacher)
