@@ -89,7 +89,11 @@ def test_incremental_decoder_flushes_an_incomplete_tail(tok):
     ids = tok.encode("你")
     dec = IncrementalDecoder(tok.decode)
     assert [dec.push(i) for i in ids[:-1]] == [""] * (len(ids) - 1)
-    assert dec.flush() == tok.decode(ids[:-1])  # the broken bytes come out only at the end
+    assert "\ufffd" in tok.decode(ids[:-1])  # the bytes alone are a broken character...
+    assert dec.flush() == ""  # ...which is dropped, never shown, when generation stops there
+    dec = IncrementalDecoder(tok.decode)
+    ids = tok.encode("ab你")
+    assert "".join(dec.push(i) for i in ids[:-1]) + dec.flush() == "ab"
 
 
 def test_stop_matcher_holds_back_and_cuts():

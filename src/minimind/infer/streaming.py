@@ -43,11 +43,14 @@ class IncrementalDecoder:
         return ""
 
     def flush(self) -> str:
-        """Whatever is left (an invalid byte sequence at the very end comes out as U+FFFD)."""
+        """Whatever complete text is left when the generation ends.
+
+        A generation cut by its token budget can stop halfway through a character's bytes; those
+        would decode to U+FFFD, so the incomplete tail is dropped rather than shown broken."""
         done = self.decode(self.ids[self.prefix:self.read])
         text = self.decode(self.ids[self.prefix:])
         self.prefix = self.read = len(self.ids)
-        return text[len(done):]
+        return text[len(done):].rstrip(REPLACEMENT)
 
 
 def _partial_suffix(text: str, needles: list[str]) -> int:
