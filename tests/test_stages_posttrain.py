@@ -167,6 +167,20 @@ def test_grpo_rollout_tensors(files, tok):
     assert torch.allclose(b["advantages"].view(2, 2).sum(1), torch.zeros(2), atol=1e-5)
 
 
+def test_grpo_no_thinking_rolls_out_from_the_thinking_off_prompt(files, tok):
+    from minimind.chat import render_prompt
+
+    stage, ctx = _grpo_stage_and_ctx(files, tok, thinking=False)
+    msgs = [[_user("What is 1 + 2?")], [_user("What is 5 + 2?")]]
+    raw = {"prompt_ids": [render_prompt(tok, m) for m in msgs], "answers": ["3", "7"], "messages": msgs}  # loader: thinking on
+    b = stage.rollout(raw, ctx, count=0)
+    for i in range(4):
+        p = render_prompt(tok, msgs[i // 2], thinking=False)  # "...assistant\n<think>\n\n</think>\n\n"
+        assert b["input_ids"][i, : len(p)].tolist() == p
+        assert (b["labels"][i, : len(p)] == -100).all() and b["labels"][i, len(p)] != -100
+        assert b["texts"][i].startswith("<think>\n\n</think>\n\n")  # rewards see the empty block
+
+
 def test_grpo_bad_options_are_user_errors(files, tmp_path, capsys):
     for extra, msg in ((["--group-size", "1"], "--group-size"), (["--rewards", "fromat:1"], "unknown reward"),
                        (["--fsdp"], "does not support --fsdp")):

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ...errors import UserError
+from ..rewards import THINK_OPEN
 from ..config import knob
 from .base import TrainContext
 from .dpo import load_frozen
@@ -53,7 +54,8 @@ class GRPOConfig(SFTConfig):
     rewards: str = knob("correct:1,format:0.5,repetition:0.5",
                         "reward terms name[:weight][@param]: correct, format, length, repetition")
     eval_batches: int = knob(0, "held-out rollout batches per evaluation (the RL loss is a poor metric)")
-    thinking: bool = knob(True, "sample prompts open a <think> block (reasoning models)")
+    thinking: bool = knob(True, "rollout and sample prompts open a <think> block (off: an empty block, "
+                                "the thinking-off mode; short answers need no reasoning)")
 
     def validate(self) -> None:
         super().validate()
@@ -119,6 +121,24 @@ class GRPOStage(SFTStage):
 
         return tok.decode(prompt_ids[-16:]).rpartition(f"{BOS_TOKEN}assistant\n")[2]
 
+    def _mode_prompt(self, tok, prompt_ids: list[int]) -> list[int]:
+        """The prompt in the configured thinking mode.
+
+        The `rl` loader renders prompts with thinking on (they end with an open "<think>\\n").
+        With --no-thinking that tail becomes the empty block "<think>\\n\\n</think>\\n\\n", so
+        the ids equal `chat.render_prompt(..., thinking=False)`: the exact prefix a thinking-off
+        SFT model was trained to continue (appending "\\n</think>..." would tokenise differently).
+        """
+        if self.config.thinking:
+            return prompt_ids
+        from ...chat import EMPTY_THINK
+
+        think = tok.token_to_id(THINK_OPEN)
+        if think is None or think not in prompt_ids:
+            raise UserError(f"--no-thinking needs prompts ending with an open {THINK_OPEN} (the tokenizer's chat format)")
+        cut = len(prompt_ids) - 1 - prompt_ids[::-1].index(think)
+        return prompt_ids[:cut] + tok.encode(EMPTY_THINK)  # EMPTY_THINK = "<think>\\n\\n</think>\\n\\n"
+
     def rollout(self, raw: dict[str, Any], ctx: TrainContext, count: int) -> dict[str, Any]:
         """Sample G completions per prompt, score them, and build the training tensors."""
         import torch
@@ -127,7 +147,7 @@ class GRPOStage(SFTStage):
         from ..losses import group_advantages
 
         cfg, tok, model, G = self.config, ctx.tokenizer, ctx.model, self.config.group_size
-        prompts = [p for p in raw["prompt_ids"] for _ in range(G)]
+        prompts = [self._mode_prompt(tok, p) for p in raw["prompt_ids"] for _ in range(G)]
         # Seeds depend on the run seed and the rollout counter only: a resumed run resamples exactly.
         params = [SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                                  seed=(cfg.seed * 1_000_003 + count) * 4096 + i) for i in range(len(prompts))]
