@@ -170,3 +170,22 @@ def test_kill_9_then_resume_is_exact(tmp_path, data):
     a = load_file(str(full / "checkpoints" / "step-0000040" / "model.safetensors"))
     b = load_file(str(part / "checkpoints" / "step-0000040" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_quickstart_full_chains_every_stage(tmp_path, capsys):
+    out = tmp_path / "qs"
+    assert main(["quickstart", "--out", str(out), "--pretrain-steps", "2", "--sft-steps", "2", "--full",
+                 "--posttrain-steps", "2", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    for stage, init in (("pretrain", None), ("sft", "pretrain"), ("dpo", "sft"), ("reason", "dpo"), ("grpo", "reason")):
+        run = out / stage
+        assert (run / "checkpoints" / "latest").is_file() and (run / "loss.png").is_file(), stage
+        cfg = json.loads((run / "train_config.json").read_text())
+        assert cfg["max_steps"] == 2
+        if init:  # each stage starts from the previous stage's checkpoint
+            assert Path(cfg["init"]) == out / init
+    assert "chat with the grpo model" in printed and "minimind chat --ckpt" in printed
+    # Re-running skips every finished stage instead of training again.
+    assert main(["quickstart", "--out", str(out), "--full", "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.count("already done") == 5

@@ -53,6 +53,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--pretrain-steps", type=int, default=None, help="override the pretraining budget")
     q.add_argument("--sft-steps", type=int, default=None, help="override the SFT budget")
     q.add_argument("--force", action="store_true", help="start over if --out already holds a quickstart run")
+    q.add_argument("--full", action="store_true",
+                   help="continue after SFT with DPO -> reasoning -> GRPO, each from the previous checkpoint "
+                        "(adds about 8 minutes on a laptop CPU)")
+    q.add_argument("--posttrain-steps", type=int, default=None,
+                   help="with --full: override the step budget of every post-training stage")
     q.set_defaults(func=cmd_quickstart)
 
     p = sub.add_parser("plot", help="write loss and learning-rate curves (PNG) of a run directory")
@@ -101,5 +106,6 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     from ..train.quickstart import quickstart
 
     quickstart(args.out, device=args.device, pretrain_steps=args.pretrain_steps, sft_steps=args.sft_steps,
-               force=args.force, minutes=args.minutes)
+               force=args.force, minutes=args.minutes, full=args.full,
+               posttrain_steps=args.posttrain_steps)
     return 0

@@ -5,14 +5,16 @@ Contract: `quickstart(out_dir, device="auto")`
    once into prepared shards (`minimind.data.prepare.prepare`, reused on re-runs);
 2. pretrains the `tiny` preset with the shipped tokenizer into `OUT/pretrain/`;
 3. fine-tunes it on the demo conversations into `OUT/sft/`;
-4. prints a few chat replies of the SFT model.
+4. with `full=True` (`--full`), continues with DPO, reasoning SFT and GRPO, each stage starting
+   from the previous one's checkpoint (`OUT/dpo/`, `OUT/reason/`, `OUT/grpo/`);
+5. prints a few chat replies of the last model.
 Each run directory holds checkpoints, metrics.jsonl, loss.png and lr.png. Re-running continues an
 interrupted stage (`--resume`) and skips finished ones. On CUDA the Trainer picks the GPU and bf16
 by itself (device/dtype "auto").
 
 Budget: the demo must finish in minutes on any machine, so the step counts are not fixed: a
-3-step probe measures this machine's training speed, then pretraining gets about 65% and SFT
-about 20% of `--minutes` (default 9), within fixed minimum and maximum step counts (a GPU hits the
+3-step probe measures this machine's training speed, then pretraining gets about 60% and SFT
+about 30% of `--minutes` (default 9), within fixed minimum and maximum step counts (a GPU hits the
 maximum). The chosen counts are printed; `--pretrain-steps` / `--sft-steps` override them.
 """
 
@@ -33,7 +35,15 @@ SFT = dict(seq_len=256, batch_size=8, lr=1e-3, warmup_steps=10, min_lr_ratio=0.1
 # ones, hence batch 8. Minimums keep the demo meaningful on a slow machine; a GPU hits the maximums.
 PRETRAIN_STEPS = (120, 6000)  # (min, max)
 SFT_STEPS = (60, 1500)
-SHARES = (0.65, 0.2)  # of the time budget: pretraining, SFT (the rest: data, evaluation, chat)
+SHARES = (0.6, 0.3)  # of the time budget: pretraining, SFT (the rest: data, evaluation, chat)
+# `--full` continues SFT -> DPO -> reasoning -> GRPO, each from the previous stage's checkpoint.
+# Small fixed budgets (a few minutes each on a laptop CPU); settings as in benchmarks/posttrain.py.
+POSTTRAIN = (
+    ("dpo", "dpo", dict(max_steps=60, batch_size=8, seq_len=256, lr=5e-5, beta=0.1)),
+    ("reason", "sft", dict(max_steps=60, batch_size=8, seq_len=256, lr=5e-4, no_think_ratio=0.3, tag_weight=2.0)),
+    ("grpo", "rl", dict(max_steps=30, batch_size=8, group_size=4, max_new_tokens=96, lr=3e-5, beta_kl=0.02,
+                        rewards="correct:1,format:0.2")),
+)
 QUESTIONS = ["你好，你是谁？", "Who are you?", "What is the capital of France?", "请用一句话介绍一下人工智能。"]
 
 
@@ -117,7 +127,8 @@ def chat_replies(ckpt: Path, questions: list[str], max_new_tokens: int = 80, see
 
 
 def quickstart(out_dir: str | Path, device: str = "auto", pretrain_steps: int | None = None,
-               sft_steps: int | None = None, force: bool = False, minutes: float = 9.0) -> dict[str, Path]:
+               sft_steps: int | None = None, force: bool = False, minutes: float = 9.0,
+               full: bool = False, posttrain_steps: int | None = None) -> dict[str, Path]:
     from ..checkpoint import resolve_checkpoint
     from ..data.demo import write_demo
     from ..data.prepare import prepare
@@ -142,6 +153,9 @@ def quickstart(out_dir: str | Path, device: str = "auto", pretrain_steps: int | 
         plan = {"tokens_per_s_probe": round(tok_s), "pretrain_steps": pretrain_steps or auto_pre,
                 "sft_steps": sft_steps or auto_sft}
         plan_file.write_text(json.dumps(plan, indent=2) + "\n")
+    if posttrain_steps is not None and plan.get("posttrain_steps") != posttrain_steps:
+        plan["posttrain_steps"] = posttrain_steps  # remembered, like the other budgets, for re-runs
+        plan_file.write_text(json.dumps(plan, indent=2) + "\n")
     print(f"speed probe: {plan['tokens_per_s_probe']:,} tokens/s -> pretrain {plan['pretrain_steps']} steps, "
           f"SFT {plan['sft_steps']} steps (budget ~{minutes:g} min)")
     pre = _schedule(dict(PRETRAIN, data=[str(prepared["pretrain"])], device=device), plan["pretrain_steps"], 3)
@@ -150,12 +164,21 @@ def quickstart(out_dir: str | Path, device: str = "auto", pretrain_steps: int | 
                     plan["sft_steps"], 2)
     _stage("sft", out / "sft", sft)
 
-    final = resolve_checkpoint(out / "sft")
-    print("\n== chat with the SFT model (thinking off):")
+    last = "sft"
+    if full:  # each post-training stage starts from the previous stage's checkpoint
+        for name, data_key, options in POSTTRAIN:
+            steps = plan.get("posttrain_steps") or options["max_steps"]
+            opts = dict(options, data=[str(data[data_key])], init=str(out / last), device=device,
+                        max_steps=steps, eval_batches=0, num_samples=0, save_every=steps)
+            _stage(name, out / name, opts)
+            last = name
+    final = resolve_checkpoint(out / last)
+    print(f"\n== chat with the {last} model (thinking off):")
     for q, a in zip(QUESTIONS, chat_replies(final, QUESTIONS)):
         print(f"  user: {q}\n  minimind: {a}\n")
     minutes = (time.perf_counter() - start) / 60
-    print(f"done in {minutes:.1f} min. Run directories: {out / 'pretrain'}, {out / 'sft'} "
+    stages = ["pretrain", "sft"] + ([name for name, _, _ in POSTTRAIN] if full else [])
+    print(f"done in {minutes:.1f} min. Run directories: {', '.join(str(out / n) for n in stages)} "
           f"(checkpoints/, metrics.jsonl, loss.png, lr.png)")
-    print(f"next: minimind chat --ckpt {out / 'sft'}")
-    return {"data": out / "data", "pretrain": out / "pretrain", "sft": out / "sft", "checkpoint": final}
+    print(f"next: minimind chat --ckpt {out / last}")
+    return {"data": out / "data", **{n: out / n for n in stages}, "checkpoint": final}
