@@ -142,7 +142,7 @@ def test_quickstart_plan_fits_the_budget():
     pre, sft = plan_steps(tok_s=3000.0, minutes=9.0)
     tokens = pre * PRETRAIN["batch_size"] * PRETRAIN["seq_len"] + sft * SFT["batch_size"] * SFT["seq_len"]
     assert tokens / 3000.0 <= (SHARES[0] + SHARES[1]) * 9 * 60 + 1
-    assert pre == int(0.65 * 540 * 3000 / 2048)
+    assert pre == int(SHARES[0] * 540 * 3000 / 2048)
     assert plan_steps(1.0, 9.0) == (PRETRAIN_STEPS[0], SFT_STEPS[0])  # slow machine: the minimums
     assert plan_steps(1e9, 9.0) == (PRETRAIN_STEPS[1], SFT_STEPS[1])  # GPU: the maximums
 
