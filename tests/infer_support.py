@@ -17,16 +17,6 @@ CORPUS = (
 ) * 20
 
 
-def one_torch_thread():
-    """Generator for a module-scoped autouse fixture: run torch on one thread, then restore.
-
-    Tiny models gain nothing from a second thread, and on a CPU shared with other processes
-    (pytest -n 2 on 2 cores) OpenMP threads waiting for each other can make them 100x slower.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_model(vocab_size: int = 128, seed: int = 0, max_seq_len: int = 256, sharp: bool = True) -> MiniMindLM:

@@ -42,11 +42,6 @@ CONVERSATIONS = [
 
 
 @pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer()
-
-
-@pytest.fixture(scope="module")
 def hf_tok():
     transformers = pytest.importorskip("transformers")
     return transformers.AutoTokenizer.from_pretrained(str(default_tokenizer_dir()))

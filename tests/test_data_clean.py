@@ -8,16 +8,12 @@ from minimind.cli import main
 from minimind.data.clean import (CleanConfig, clean, even_pick, interleave_schedule, letter_ratio, mix_quotas,
                                  normalize_text, repetition_ratio)
 from minimind.errors import UserError
+from support import write_jsonl
 
 EN = ("The river runs through the old town, past the mill and the market square, where farmers sell "
       "apples, cheese and fresh bread every Saturday morning while children play by the fountain.")
 ZH = ("春天来了，公园里的花都开了。孩子们在草地上放风筝，老人们坐在长椅上聊天，湖面上有几只小船慢慢地划过，"
       "远处传来悠扬的歌声。傍晚时分，夕阳把天空染成了橘红色，散步的人们三三两两地回家，街边的小店亮起了灯。")
-
-
-def write_jsonl(path, records):
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    return path
 
 
 def read_texts(path):

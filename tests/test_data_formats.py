@@ -1,18 +1,12 @@
 """Readers and validation: every record shape, gzip and Parquet, errors with file:line, skip counts."""
 
 import gzip
-import json
 
 import pytest
 
 from minimind.data.formats import ReadStats, iter_examples, iter_raw, normalize_record, RecordError
 from minimind.errors import UserError
-
-
-def write_jsonl(path, records):
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n"
-                            for r in records), encoding="utf-8")
-    return path
+from support import write_jsonl
 
 
 SFT = {"conversations": [

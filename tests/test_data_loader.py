@@ -11,17 +11,7 @@ from minimind.chat import render_conversation, render_prompt
 from minimind.data import IGNORE, make_loader
 from minimind.data.prepare import prepare
 from minimind.errors import UserError
-from minimind.tokenizer import load_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer()
-
-
-def write_jsonl(path, records):
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    return path
+from support import write_jsonl
 
 
 def texts(n):

@@ -12,7 +12,7 @@ import minimind.data.prepare as prepare_mod
 from minimind.data.prepare import prepare, read_meta, token_dtype
 from minimind.data.store import DocStore
 from minimind.errors import UserError
-from minimind.tokenizer import load_tokenizer
+from support import write_jsonl
 
 TEXTS = ["Hello world, this is MiniMind.", "今天天气很好，我们去公园散步。", "Mixed 中文 and English 123.",
          "  leading spaces and\nnew lines\n", "emoji 🙂 and tabs\tok", "短", "x" * 300]
@@ -27,22 +27,12 @@ CONVS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer()
-
-
-def write_jsonl(path, records):
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    return path
-
-
 def test_pretrain_round_trip_and_workers_agree(tmp_path, tok, monkeypatch):
     a = write_jsonl(tmp_path / "a.jsonl", [{"text": t} for t in TEXTS])
     b = write_jsonl(tmp_path / "b.jsonl", [{"text": t[::-1]} for t in TEXTS[:3]])
     monkeypatch.setattr(prepare_mod, "CHUNK_ROWS", 2)  # many small chunks: exercise the ordered window
     one = prepare("pretrain", [a, b], tmp_path / "w1", tok, workers=1)
-    two = prepare("pretrain", [a, b], tmp_path / "w2", tok, workers=2)
+    prepare("pretrain", [a, b], tmp_path / "w2", tok, workers=2)
     assert not one.reused and one.meta["docs"] == len(TEXTS) + 3 and one.meta["dtype"] == "uint16"
     assert [s["docs"] for s in one.meta["shards"]] == [len(TEXTS), 3]
     for name in ("00000.tokens.bin", "00000.offsets.bin", "00001.tokens.bin", "00001.offsets.bin"):

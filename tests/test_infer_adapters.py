@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from infer_support import one_torch_thread, tiny_model
+from infer_support import tiny_model
 
 from minimind.errors import UserError
 from minimind.infer import Engine, InvalidParams, SamplingParams
@@ -14,11 +14,6 @@ from minimind.infer import Engine, InvalidParams, SamplingParams
 lora = pytest.importorskip("minimind.train.lora")
 
 PROMPTS = [[5, 6, 7], [9, 8, 7, 6, 5, 4], [30, 31], [40, 41, 42, 43]]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    yield from one_torch_thread()
 
 
 def make_adapter(base, folder, seed: int, targets: str):

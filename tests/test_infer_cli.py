@@ -10,16 +10,11 @@ import time
 
 import httpx
 import pytest
-from infer_support import one_torch_thread, shared_trained_checkpoint
+from infer_support import shared_trained_checkpoint
 
 from minimind.cli import main
 
 REASONING, ANSWER = "用户在打招呼。", "你好，世界！我是小模型。"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    yield from one_torch_thread()
 
 
 @pytest.fixture(scope="module")

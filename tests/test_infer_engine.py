@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from infer_support import one_torch_thread, tiny_model, tiny_tokenizer
+from infer_support import tiny_model, tiny_tokenizer
 
 from minimind.infer import Engine, InvalidParams, SamplingParams
 
 PROMPTS = [[5, 6, 7], [9] * 11, list(range(3, 19)), [20, 21], [40, 41, 42, 43, 44, 45]]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    yield from one_torch_thread()
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from infer_support import one_torch_thread, tiny_model
+from infer_support import tiny_model
 
 from minimind.infer import Engine, SamplingParams
 from minimind.interop import export_hf
@@ -12,11 +12,6 @@ from minimind.interop import export_hf
 transformers = pytest.importorskip("transformers")
 
 PROMPTS = [[5, 6, 7], [9, 8, 7, 6, 5, 4, 3, 10, 11, 12, 13], [60, 61], list(range(20, 47))]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    yield from one_torch_thread()
 
 
 @pytest.mark.parametrize("sharp", [True, False])

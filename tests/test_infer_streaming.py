@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from infer_support import one_torch_thread, tiny_tokenizer
+from infer_support import tiny_tokenizer
 
 from minimind.infer import IncrementalDecoder, ReasoningSplitter, SamplingParams, StopMatcher, sample_tokens
 from minimind.infer.sampling import apply_repetition_penalty, make_generator
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    yield from one_torch_thread()
 
 
 # -- sampling ---------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from _train_support import SyntheticBatches, run, tiny_config
+from _train_support import SyntheticBatches, tiny_config
 from minimind.model import MiniMindLM
 from minimind.train.lora import (
     add_lora, adapter_state_dict, freeze_base, load_adapter, lora_target_names, merge_lora, save_adapter,

@@ -7,7 +7,7 @@ import json
 
 import httpx
 import pytest
-from infer_support import LiveServer, one_torch_thread, shared_trained_checkpoint
+from infer_support import LiveServer, shared_trained_checkpoint
 
 from minimind.chat import render_prompt
 from minimind.infer import ReasoningSplitter, SamplingParams
@@ -17,11 +17,6 @@ from minimind.serve import create_app
 openai = pytest.importorskip("openai")
 
 REASONING, ANSWER = "用户在打招呼。", "你好，世界！我是小模型。"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    yield from one_torch_thread()
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from minimind.checkpoint import save_model
 from minimind.cli import main
 from minimind.config import ModelConfig
 from minimind.model import MiniMindLM
-from minimind.tokenizer import load_tokenizer
+from support import write_jsonl
 
 
 def _user(c):
@@ -24,16 +24,6 @@ def _user(c):
 
 def _assistant(c):
     return {"role": "assistant", "content": c}
-
-
-def _write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer(None)
 
 
 def _tiny_ckpt(path, tok, vocab=None, seed=0):
@@ -50,11 +40,11 @@ def files(tmp_path_factory, tok):
     qa = [(f"What is {i} + 2?", str(i + 2)) for i in range(12)]
     return {
         "init": _tiny_ckpt(d / "init", tok),
-        "sft": _write_jsonl(d / "sft.jsonl", [{"conversations": [_user(q), _assistant(f"The answer is {a}.")]} for q, a in qa]),
-        "dpo": _write_jsonl(d / "dpo.jsonl", [{"chosen": [_user(q), _assistant(f"The answer is {a}.")],
-                                               "rejected": [_user(q), _assistant("No idea, sorry.")]} for q, a in qa]),
-        "rl": _write_jsonl(d / "rl.jsonl", [{"conversations": [_user(q), _assistant(f"The answer is {a}.")], "answer": a}
-                                            for q, a in qa]),
+        "sft": str(write_jsonl(d / "sft.jsonl", [{"conversations": [_user(q), _assistant(f"The answer is {a}.")]} for q, a in qa])),
+        "dpo": str(write_jsonl(d / "dpo.jsonl", [{"chosen": [_user(q), _assistant(f"The answer is {a}.")],
+                                               "rejected": [_user(q), _assistant("No idea, sorry.")]} for q, a in qa])),
+        "rl": str(write_jsonl(d / "rl.jsonl", [{"conversations": [_user(q), _assistant(f"The answer is {a}.")], "answer": a}
+                                            for q, a in qa])),
     }
 
 
@@ -270,7 +260,7 @@ def test_tag_weight_loss_hand_check(files, tok):
 
 
 def test_reason_cli(files, tmp_path):
-    data = _write_jsonl(tmp_path / "r.jsonl", [{"conversations": _reasoning_conv(i)} for i in range(12)])
+    data = str(write_jsonl(tmp_path / "r.jsonl", [{"conversations": _reasoning_conv(i)} for i in range(12)]))
     out = tmp_path / "reason"
     _run(["reason", "--init", files["init"], "--data", data, "--out", str(out), "--no-think-ratio", "0.5",
           "--tag-weight", "3", *COMMON])

@@ -18,11 +18,6 @@ SAMPLES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer()
-
-
 def test_default_special_ids(tok):
     assert (tok.pad_id, tok.bos_id, tok.eos_id) == (0, 1, 2)
     assert tok.vocab_size == 6400

@@ -13,7 +13,7 @@ from _train_support import MaskedStage, SyntheticStage, run, tiny_config, train_
 from minimind.model import MiniMindLM
 from minimind.train import checkpointing as ckpt
 from minimind.train.optim import lr_at, param_groups
-from minimind.train.trainer import Trainer, TrainingError
+from minimind.train.trainer import TrainingError
 
 
 def test_loss_falls_and_run_dir_is_complete(tmp_path):

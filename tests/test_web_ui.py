@@ -9,7 +9,7 @@ import json
 import shutil
 
 import pytest
-from infer_support import LiveServer, one_torch_thread, shared_trained_checkpoint
+from infer_support import LiveServer, shared_trained_checkpoint
 
 from minimind.infer.loading import load_engine
 from minimind.serve import create_app
@@ -37,13 +37,10 @@ new MutationObserver(() => {
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    gen = one_torch_thread()
-    next(gen)
     ckpt, _ = shared_trained_checkpoint(tmp_path_factory)
     engine = load_engine(ckpt, max_batch_size=2, max_len=128)
     with LiveServer(create_app(engine, "tiny")) as srv:
         yield srv
-    next(gen, None)
 
 
 @pytest.fixture

@@ -81,7 +81,6 @@ def sample_tokens(logits: torch.Tensor, params: list[SamplingParams], generators
     tokens each row has already seen (for the repetition penalty), or None.
     """
     logits = logits.float()
-    B = logits.shape[0]
     if seen is not None and any(p.repetition_penalty != 1.0 for p in params):
         penalty = torch.tensor([p.repetition_penalty for p in params])
         logits = apply_repetition_penalty(logits, seen, penalty)
