@@ -23,8 +23,10 @@ import resource
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch loads when a benchmark runs, not when `minimind --help` builds its parser
+    import torch
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -42,12 +44,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _peak_memory(device: torch.device) -> str:
+    import torch
     if device.type == "cuda":
         return f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
     return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB RSS"
 
 
 def _make_step(model, optimizer, device, dtype, compiled: bool):
+    import torch
     fwd = torch.compile(model) if compiled else model
     amp = dtype != torch.float32
 
@@ -62,6 +66,7 @@ def _make_step(model, optimizer, device, dtype, compiled: bool):
 
 
 def _sync(device: torch.device) -> None:
+    import torch
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -83,6 +88,7 @@ def _time_batches(step, batches: list[dict], warmup: int, device: torch.device) 
 
 def _padded_batches(kind: str, path: Path, tok, seq_len: int, batch_size: int, n: int) -> list[dict]:
     """Upstream-style batches: one example per row, truncated to seq_len, right-padded."""
+    import torch
     from ..chat import render_conversation
 
     rows: list[tuple[list[int], list[int]]] = []
@@ -126,6 +132,7 @@ def _packed_batches(kind: str, path: Path, tok, seq_len: int, batch_size: int, n
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
     from ..config import flops_per_token, get_preset
     from ..model import MiniMindLM
     from ..train.distributed import pick_device
@@ -175,6 +182,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _data_bench(args, cfg, device, dtype) -> list[dict]:
+    import torch
     from ..data.demo import write_demo
     from ..model import MiniMindLM
     from ..tokenizer import load_tokenizer

@@ -1,0 +1,22 @@
+"""The benchmark commands run end to end on the tiny preset and report sane figures."""
+
+import json
+
+from minimind.cli import main
+
+
+def test_bench_train_reports_throughput_and_mfu(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "train", "--preset", "tiny", "--seq-len", "32", "--batch-size", "2", "--steps", "1",
+                 "--warmup", "1", "--dtype", "fp32", "--no-data-bench", "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())
+    assert row["mode"] == "eager" and row["dtype"] == "float32"
+    assert row["tokens_per_s"] > 0 and 0 < row["mfu"] < 5  # CPU MFU is relative to a measured matmul
+    assert "tokens/s" in capsys.readouterr().out
+
+
+def test_bench_infer_runs_against_transformers(capsys):
+    assert main(["bench", "infer", "--preset", "tiny", "--prompt-len", "8", "--new-tokens", "4",
+                 "--batch-sizes", "1,2", "--repeats", "1", "--threads", "1", "--no-server"]) == 0
+    printed = capsys.readouterr().out
+    assert "transformers" in printed and "minimind" in printed
