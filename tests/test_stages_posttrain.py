@@ -171,6 +171,14 @@ def test_grpo_no_thinking_rolls_out_from_the_thinking_off_prompt(files, tok):
         assert b["texts"][i].startswith("<think>\n\n</think>\n\n")  # rewards see the empty block
 
 
+def test_grpo_freeze_embeddings_trains_everything_else(files, tok):
+    stage, ctx = _grpo_stage_and_ctx(files, tok)
+    every = [n for n, _ in stage.trainable_parameters(ctx.model)]
+    frozen, _ = _grpo_stage_and_ctx(files, tok, freeze_embeddings=True)
+    assert "embed_tokens.weight" in every
+    assert [n for n, _ in frozen.trainable_parameters(ctx.model)] == [n for n in every if n != "embed_tokens.weight"]
+
+
 def test_grpo_bad_options_are_user_errors(files, tmp_path, capsys):
     for extra, msg in ((["--group-size", "1"], "--group-size"), (["--rewards", "fromat:1"], "unknown reward"),
                        (["--fsdp"], "does not support --fsdp")):

@@ -54,6 +54,9 @@ class GRPOConfig(SFTConfig):
     rewards: str = knob("correct:1,format:0.5,repetition:0.5",
                         "reward terms name[:weight][@param]: correct, format, length, repetition")
     eval_batches: int = knob(0, "held-out rollout batches per evaluation (the RL loss is a poor metric)")
+    freeze_embeddings: bool = knob(False, "train all but the token embeddings (tied to the output head): with "
+                                          "Adam, RL's tiny, noisy gradients on every vocabulary row become "
+                                          "full-size steps that raise never-sampled tokens")
     thinking: bool = knob(True, "rollout and sample prompts open a <think> block (off: an empty block, "
                                 "the thinking-off mode; short answers need no reasoning)")
 
@@ -110,6 +113,12 @@ class GRPOStage(SFTStage):
 
     def batches(self, ctx: TrainContext, split: str = "train") -> RolloutBatches:
         return RolloutBatches(self, ctx, iter(super().batches(ctx, split)))
+
+    def trainable_parameters(self, model: "nn.Module") -> list[tuple[str, "nn.Parameter"]]:
+        params = super().trainable_parameters(model)
+        if self.config.freeze_embeddings:
+            params = [(n, p) for n, p in params if not n.endswith("embed_tokens.weight")]
+        return params
 
     def extra_models(self, ctx: TrainContext) -> dict[str, "nn.Module"]:
         return {"ref": load_frozen(ctx.init_path)} if self.config.beta_kl > 0 else {}
