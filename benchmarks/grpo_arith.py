@@ -35,6 +35,8 @@ from minimind.chat import render_prompt
 from minimind.checkpoint import resolve_checkpoint
 from minimind.infer import SamplingParams
 from minimind.infer.loading import load_engine
+from minimind.train.metrics import read_metrics
+from minimind.train.plot import plot_run
 from minimind.train.rewards import correctness_reward
 from minimind.train.stages import get_stage
 from minimind.train.trainer import Trainer
@@ -106,27 +108,10 @@ def accuracy(ckpt: Path, triples: list[tuple], max_new_tokens: int) -> dict:
             "examples": [f"{q} -> {t!r}" for (q, _), t in list(zip(qa, texts))[:4]]}
 
 
-def reward_curve(run_dir: Path, title: str) -> list[float]:
-    """Per-step mean reward from metrics.jsonl, plotted to run_dir/reward.png."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    recs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    recs = [r for r in recs if r.get("split") == "train" and "reward" in r]
-    steps, rewards = [r["step"] for r in recs], [r["reward"] for r in recs]
-    k = max(1, len(rewards) // 10)  # moving average over ~10% of the run
-    smooth = [sum(rewards[max(0, i - k + 1): i + 1]) / len(rewards[max(0, i - k + 1): i + 1]) for i in range(len(rewards))]
-    fig, ax = plt.subplots(figsize=(5, 3))
-    ax.plot(steps, rewards, alpha=0.35, label="batch mean")
-    ax.plot(steps, smooth, label=f"moving average ({k})")
-    ax.set(xlabel="GRPO step", ylabel="reward (share correct)", title=title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(run_dir / "reward.png", dpi=80)
-    plt.close(fig)
-    return rewards
+def reward_curve(run_dir: Path) -> list[float]:
+    """Per-step mean reward from metrics.jsonl; `minimind plot` draws it to run_dir/reward.png."""
+    plot_run(run_dir)
+    return [r["reward"] for r in read_metrics(run_dir / "metrics.jsonl") if r.get("split") == "train" and "reward" in r]
 
 
 def main() -> None:
@@ -176,7 +161,7 @@ def main() -> None:
                      thinking=False, seq_len=128, seed=seed)
         after = accuracy(ckpt, eval_set, args.max_new_tokens)
         after_train = accuracy(ckpt, train_probe, args.max_new_tokens)
-        rewards = reward_curve(run / "grpo", f"GRPO on a+b / a-b (seed {seed})")
+        rewards = reward_curve(run / "grpo")
         n = max(1, len(rewards) // 5)
         results[f"seed{seed}"] = {
             "heldout_before": before, "heldout_after": after,

@@ -36,6 +36,8 @@ from minimind.infer import SamplingParams
 from minimind.infer.loading import load_engine
 from minimind.tokenizer import load_tokenizer
 from minimind.train.losses import distill_loss, sequence_logprobs
+from minimind.train.metrics import read_metrics
+from minimind.train.plot import plot_run
 from minimind.train.rewards import correctness_reward, format_reward
 from minimind.train.stages import get_stage
 from minimind.train.trainer import Trainer
@@ -115,26 +117,10 @@ def accuracy(ckpt: Path, tasks: list[tuple[str, str]], max_new_tokens: int) -> f
 
 
 def reward_curve(run_dir: Path) -> list[tuple[int, float]]:
-    recs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    curve = [(r["step"], r["reward"]) for r in recs if r.get("split") == "train" and "reward" in r]
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    steps, rewards = zip(*curve)
-    k = max(1, len(rewards) // 10)  # moving average over ~10% of the run
-    smooth = [sum(rewards[max(0, i - k + 1): i + 1]) / len(rewards[max(0, i - k + 1): i + 1]) for i in range(len(rewards))]
-    ax.plot(steps, rewards, alpha=0.35, label="batch mean")
-    ax.plot(steps, smooth, label=f"moving average ({k})")
-    ax.set_xlabel("step")
-    ax.set_ylabel("reward")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(run_dir / "reward.png", dpi=120)
-    plt.close(fig)
-    return curve
+    """(step, mean reward) from metrics.jsonl; `minimind plot` draws it to run_dir/reward.png."""
+    plot_run(run_dir)
+    return [(r["step"], r["reward"]) for r in read_metrics(run_dir / "metrics.jsonl")
+            if r.get("split") == "train" and "reward" in r]
 
 
 def main() -> None:

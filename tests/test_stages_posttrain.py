@@ -78,6 +78,7 @@ def test_dpo_cli(files, tmp_path):
     assert recs[0]["rewards/margin"] == pytest.approx(0.0, abs=1e-6)
     # After two updates the policy prefers the chosen answers on the training pairs.
     assert recs[2]["rewards/margin"] > 0 and recs[2]["loss"] < math.log(2)
+    assert (out / "loss.png").is_file() and not (out / "reward.png").exists()  # no per-step RL reward here
 
 
 def test_distill_cli_student_equal_to_teacher_has_zero_kl(files, tmp_path):
@@ -118,6 +119,7 @@ def test_grpo_cli(files, tmp_path):
     # Step 1 samples from the reference itself: zero KL, ratio 1, nothing clipped.
     assert recs[0]["kl"] == pytest.approx(0.0, abs=1e-6)
     assert recs[0]["clip_fraction"] == 0.0
+    assert (out / "reward.png").stat().st_size > 0  # `minimind plot` draws the reward curve of RL runs
 
 
 def _grpo_stage_and_ctx(files, tok, **kw):

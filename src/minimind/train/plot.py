@@ -1,8 +1,8 @@
 """`minimind plot RUN_DIR`: loss and learning-rate curves from metrics.jsonl, as PNG files.
 
 Contract: `plot_run(run_dir)` reads `RUN_DIR/metrics.jsonl` and writes `RUN_DIR/loss.png`
-(training loss per step, a smoothed line, and held-out loss points) and `RUN_DIR/lr.png`;
-returns the written paths. Uses matplotlib's Agg canvas directly, so it never touches the
+(training loss per step, a smoothed line, and held-out loss points), `RUN_DIR/lr.png` and, for
+RL runs that log a per-step `reward`, `RUN_DIR/reward.png`; returns the written paths. Uses matplotlib's Agg canvas directly, so it never touches the
 user's display backend.
 """
 
@@ -23,10 +23,32 @@ def _smooth(values: list[float], weight: float = 0.9) -> list[float]:
     return out
 
 
-def plot_run(run_dir: str | Path) -> list[Path]:
+def _figure(height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    fig = Figure(figsize=(7, height), dpi=110)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
+
+
+def _save(fig, ax, path: Path, xlabel: str, ylabel: str) -> Path:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def _noisy_curve(ax, steps: list[int], values: list[float], color: str, label: str) -> None:
+    """Raw values faintly, and a smoothed line once there are enough points to smooth."""
+    ax.plot(steps, values, alpha=0.3, color=color, label=label)
+    if len(values) > 10:
+        ax.plot(steps, _smooth(values), color=color, label=f"{label} (smoothed)")
+
+
+def plot_run(run_dir: str | Path) -> list[Path]:
     run_dir = Path(run_dir)
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
@@ -36,35 +58,26 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     val = [r for r in records if r.get("split") == "val" and isinstance(r.get("loss"), (int, float))]
     if not train:
         raise UserError(f"{path}: no training records to plot yet")
+    steps = [r["step"] for r in train]
     written = []
 
-    fig = Figure(figsize=(7, 4), dpi=110)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    steps = [r["step"] for r in train]
-    losses = [r["loss"] for r in train]
-    ax.plot(steps, losses, alpha=0.3, color="tab:blue", label="train")
-    if len(losses) > 10:
-        ax.plot(steps, _smooth(losses), color="tab:blue", label="train (smoothed)")
+    fig, ax = _figure(4)
+    _noisy_curve(ax, steps, [r["loss"] for r in train], "tab:blue", "train")
     if val:
         ax.plot([r["step"] for r in val], [r["loss"] for r in val], "o-", color="tab:orange", label="held-out")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats/token)")
     ax.set_title(run_dir.name)
-    ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(run_dir / "loss.png")
-    written.append(run_dir / "loss.png")
+    written.append(_save(fig, ax, run_dir / "loss.png", "step", "loss (nats/token)"))
 
-    fig = Figure(figsize=(7, 3), dpi=110)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    fig, ax = _figure(3)
     ax.plot(steps, [r.get("lr", 0.0) for r in train], color="tab:green")
-    ax.set_xlabel("step")
-    ax.set_ylabel("learning rate")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(run_dir / "lr.png")
-    written.append(run_dir / "lr.png")
+    written.append(_save(fig, ax, run_dir / "lr.png", "step", "learning rate"))
+
+    rewarded = [r for r in train if isinstance(r.get("reward"), (int, float))]
+    if rewarded:  # RL stages (GRPO) log the mean reward of each step's samples
+        fig, ax = _figure(3.5)
+        _noisy_curve(ax, [r["step"] for r in rewarded], [r["reward"] for r in rewarded], "tab:purple", "mean reward")
+        ax.set_title(run_dir.name)
+        ax.legend()
+        written.append(_save(fig, ax, run_dir / "reward.png", "step", "reward"))
     return written
