@@ -180,5 +180,5 @@ def quickstart(out_dir: str | Path, device: str = "auto", pretrain_steps: int | 
     stages = ["pretrain", "sft"] + ([name for name, _, _ in POSTTRAIN] if full else [])
     print(f"done in {minutes:.1f} min. Run directories: {', '.join(str(out / n) for n in stages)} "
           f"(checkpoints/, metrics.jsonl, loss.png, lr.png)")
-    print(f"next: minimind chat --ckpt {out / last}")
+    print(f"next: minimind chat --ckpt {out / last} --no-think")
     return {"data": out / "data", **{n: out / n for n in stages}, "checkpoint": final}
