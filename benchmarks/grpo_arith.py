@@ -96,12 +96,14 @@ def train(stage: str, out: Path, **options) -> Path:
     return resolve_checkpoint(out)
 
 
-def accuracy(ckpt: Path, triples: list[tuple], max_new_tokens: int) -> dict:
-    """Greedy, thinking-off accuracy under the same `correct` reward GRPO optimises."""
+def accuracy(ckpt: Path, triples: list[tuple], max_new_tokens: int, temperature: float = 0.0) -> dict:
+    """Thinking-off accuracy under the same `correct` reward GRPO optimises: greedy by default;
+    with a temperature, one seeded sample per question (what a GRPO rollout sees)."""
     engine = load_engine(ckpt, max_batch_size=64)
     qa = [question(*t) for t in triples]
     prompts = [render_prompt(engine.tokenizer, [{"role": "user", "content": q}], thinking=False) for q, _ in qa]
-    texts = [s.text for s in engine.generate(prompts, SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0))]
+    params = [SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=i) for i in range(len(qa))]
+    texts = [s.text for s in engine.generate(prompts, params)]
     right = [correctness_reward(t, a) for t, (_, a) in zip(texts, qa)]
     by_op = {op: [r for r, t in zip(right, triples) if t[0] == op] for op in "+-"}
     return {"accuracy": sum(right) / len(right), **{f"accuracy_{op}": sum(v) / max(1, len(v)) for op, v in by_op.items()},
@@ -129,6 +131,8 @@ def main() -> None:
     ap.add_argument("--warmup-lr", type=float, default=1e-3)
     ap.add_argument("--grpo-steps", type=int, default=100)
     ap.add_argument("--grpo-lr", type=float, default=2e-4)
+    ap.add_argument("--grpo-lr-warmup", type=int, default=10, help="GRPO linear lr warmup steps")
+    ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the GRPO rollouts")
     ap.add_argument("--group-size", type=int, default=8)
     ap.add_argument("--prompts", type=int, default=8, help="prompts per GRPO step (each sampled --group-size times)")
     ap.add_argument("--beta-kl", type=float, default=0.0)
@@ -154,9 +158,13 @@ def main() -> None:
                           batch_size=8, seq_len=256, lr=args.warmup_lr, warmup_steps=5, seed=seed)
         before = accuracy(start, eval_set, args.max_new_tokens)
         before_train = accuracy(start, train_probe, args.max_new_tokens)
+        # What the rollouts see: with few right samples per group of G, most groups carry no signal.
+        sampled_before = accuracy(start, train_probe, args.max_new_tokens, args.temperature)["accuracy"]
+        print(f"seed {seed}: start held-out {before['accuracy']:.3f}, trained {before_train['accuracy']:.3f}, "
+              f"sampled at T={args.temperature} {sampled_before:.3f}")
         ckpt = train("grpo", run / "grpo", init=str(start), data=[str(data["rl"])], max_steps=args.grpo_steps,
                      batch_size=args.prompts, group_size=args.group_size, max_new_tokens=args.max_new_tokens,
-                     temperature=1.0, lr=args.grpo_lr, warmup_steps=10, beta_kl=args.beta_kl,
+                     temperature=args.temperature, lr=args.grpo_lr, warmup_steps=args.grpo_lr_warmup, beta_kl=args.beta_kl,
                      freeze_embeddings=args.freeze_embeddings, rewards=args.rewards,
                      thinking=False, seq_len=128, seed=seed)
         after = accuracy(ckpt, eval_set, args.max_new_tokens)
@@ -166,6 +174,7 @@ def main() -> None:
         results[f"seed{seed}"] = {
             "heldout_before": before, "heldout_after": after,
             "train_before": before_train["accuracy"], "train_after": after_train["accuracy"],
+            "train_sampled_before": sampled_before,
             "reward_first_20pct": sum(rewards[:n]) / n, "reward_last_20pct": sum(rewards[-n:]) / n,
             "reward_png": str(run / "grpo" / "reward.png"), "seconds": time.perf_counter() - t,
         }
