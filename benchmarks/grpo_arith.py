@@ -136,6 +136,8 @@ def main() -> None:
     ap.add_argument("--group-size", type=int, default=8)
     ap.add_argument("--prompts", type=int, default=8, help="prompts per GRPO step (each sampled --group-size times)")
     ap.add_argument("--beta-kl", type=float, default=0.0)
+    ap.add_argument("--scale-advantages", action=argparse.BooleanOptionalAction, default=True,
+                    help="divide advantages by the group's reward std (--no-scale-advantages: Dr. GRPO)")
     ap.add_argument("--freeze-embeddings", action=argparse.BooleanOptionalAction, default=True,
                     help="GRPO leaves the (tied) token embeddings alone; without it lr 3e-4 collapsed the model")
     ap.add_argument("--rewards", default="correct:1")
@@ -166,6 +168,7 @@ def main() -> None:
                      batch_size=args.prompts, group_size=args.group_size, max_new_tokens=args.max_new_tokens,
                      temperature=args.temperature, lr=args.grpo_lr, warmup_steps=args.grpo_lr_warmup, beta_kl=args.beta_kl,
                      freeze_embeddings=args.freeze_embeddings, rewards=args.rewards,
+                     scale_advantages=args.scale_advantages,
                      thinking=False, seq_len=128, seed=seed)
         after = accuracy(ckpt, eval_set, args.max_new_tokens)
         after_train = accuracy(ckpt, train_probe, args.max_new_tokens)

@@ -229,6 +229,17 @@ def test_group_advantages_hand_values():
         group_advantages(torch.zeros(6), 4)
 
 
+def test_group_advantages_unscaled_dr_grpo():
+    # scale=False: r - mean only. One success in 4: mean 0.25 -> [0.75, -0.25, -0.25, -0.25];
+    # scaled, the same group gets 0.75 / std = 0.75 / sqrt(3/16) = sqrt(3).
+    r = torch.tensor([1.0, 0.0, 0.0, 0.0, 2.0, 2.0, 2.0, 2.0])
+    adv = group_advantages(r, group_size=4, scale=False)
+    assert adv.tolist() == [0.75, -0.25, -0.25, -0.25, 0.0, 0.0, 0.0, 0.0]
+    scaled = group_advantages(r, group_size=4, eps=0.0)
+    assert math.isclose(float(scaled[0]), math.sqrt(3.0), rel_tol=1e-6)
+    assert torch.allclose(scaled[:4] * math.sqrt(3.0 / 16.0), adv[:4])
+
+
 def test_grpo_on_policy_hand_values():
     # On-policy (old == new): ratio 1, no clipping; loss = -sum(A * mask) / n_tokens.
     new = torch.tensor([[-1.0, -2.0, -3.0], [-1.0, -1.0, -1.0]], requires_grad=True)

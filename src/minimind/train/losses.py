@@ -157,20 +157,23 @@ def distill_loss(
 # ----------------------------------------------------------------------------- GRPO
 
 
-def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4) -> torch.Tensor:
+def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4, scale: bool = True) -> torch.Tensor:
     """Group-relative advantages: (r - mean_group) / (std_group + eps), shape [B*G] -> [B*G].
 
     The G completions of one prompt sit next to each other. Normalising inside the group
     replaces PPO's learned value baseline: a completion is good if it beats its siblings. The
     std is the population std (G in the denominator) so G=1 is defined. A group whose rewards
     are all equal carries no signal and gets exactly zero advantage.
+    `scale=False` keeps r - mean_group (Dr. GRPO, Liu et al. 2025): dividing by the std
+    up-weights groups that almost all agree (one success in G gets advantage ~sqrt(G - 1)),
+    so rare lucky samples and near-solved prompts dominate the batch.
     """
     if group_size < 1 or rewards.numel() % group_size:
         raise UserError(f"{rewards.numel()} rewards cannot be split into groups of {group_size}")
     r = rewards.float().view(-1, group_size)
     mean = r.mean(dim=1, keepdim=True)
     std = r.std(dim=1, keepdim=True, correction=0)
-    adv = (r - mean) / (std + eps)
+    adv = (r - mean) / (std + eps) if scale else r - mean
     # Rounding in the mean can leave tiny non-zero values in a constant group; zero them.
     constant = (r == r[:, :1]).all(dim=1, keepdim=True)
     return adv.masked_fill(constant, 0.0).view(-1)

@@ -50,6 +50,8 @@ class GRPOConfig(SFTConfig):
     top_p: float = knob(1.0, "nucleus sampling threshold of the rollouts")
     clip_eps: float = knob(0.2, "PPO clip range: the ratio is clipped to [1 - eps, 1 + eps_high]")
     clip_eps_high: float | None = knob(None, "upper clip range (DAPO 'clip higher'; default: --clip-eps)")
+    scale_advantages: bool = knob(True, "divide advantages by their group's reward std (off: Dr. GRPO, r - mean "
+                                        "only, so groups with one lucky success do not dominate)")
     beta_kl: float = knob(0.04, "weight of the k3 KL penalty to the --init model (0: no reference model)")
     rewards: str = knob("correct:1,format:0.5,repetition:0.5",
                         "reward terms name[:weight][@param]: correct, format, length, repetition")
@@ -172,7 +174,7 @@ class GRPOStage(SFTStage):
         messages = [m for m in raw["messages"] for _ in range(G)]
         totals, parts = self.reward_fn.score(texts, answers, messages)
         rewards = torch.tensor(totals, dtype=torch.float32)
-        advantages = group_advantages(rewards, G)
+        advantages = group_advantages(rewards, G, scale=cfg.scale_advantages)
 
         # prompt + completion (with its stop token, so the policy learns to stop), right-padded;
         # labels are -100 on the prompt and the padding: only sampled tokens are scored.
