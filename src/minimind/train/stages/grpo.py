@@ -5,7 +5,8 @@ One optimizer step:
    reference answers) and sample G completions for each with the inference engine (batched,
    KV-cached), from the current policy;
 2. score each completion with the reward functions (`--rewards`, see `train/rewards.py`) and turn
-   the scores into group-relative advantages: (r - mean of its group) / std of its group;
+   the scores into group-relative advantages: (r - mean of its group) / std of its group
+   (--no-scale-advantages: r - mean only, Dr. GRPO);
 3. loss = clipped policy-gradient term + beta * k3 KL to the frozen `--init` model, averaged over
    every completion token of the batch (`losses.grpo_loss`).
 
