@@ -45,6 +45,35 @@ class Batches(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
+class DerivedBatches:
+    """Batches made from another loader's batches, one by one (GRPO rollouts, reasoning mixes).
+
+    `count` numbers the batches made so far and seeds whatever randomness a subclass uses, so the
+    resume state is the source loader's position plus `count`. Subclasses define `make(batch)`.
+    """
+
+    def __init__(self, loader: Batches) -> None:
+        self.loader, self.count = loader, 0
+
+    def make(self, batch: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def __iter__(self) -> "DerivedBatches":
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        batch = self.make(next(self.loader))
+        self.count += 1
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"loader": self.loader.state_dict(), "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loader.load_state_dict(state["loader"])
+        self.count = int(state["count"])
+
+
 @dataclass
 class TrainContext:
     """What the Trainer shares with its stage."""

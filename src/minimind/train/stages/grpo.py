@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from ...errors import UserError
 from ..rewards import THINK_OPEN
 from ..config import knob
-from .base import TrainContext
+from .base import DerivedBatches, TrainContext
 from .dpo import load_frozen
 from .sft import SFTConfig, SFTStage
 
@@ -78,26 +78,15 @@ class GRPOConfig(SFTConfig):
         build_rewards(self.rewards)  # raises UserError on a bad spec, before any model loads
 
 
-class RolloutBatches:
+class RolloutBatches(DerivedBatches):
     """Endless, resumable iterator of generated GRPO batches (see the module docstring)."""
 
     def __init__(self, stage: "GRPOStage", ctx: TrainContext, loader) -> None:
-        self.stage, self.ctx, self.loader, self.count = stage, ctx, loader, 0
+        super().__init__(loader)
+        self.stage, self.ctx = stage, ctx
 
-    def __iter__(self) -> "RolloutBatches":
-        return self
-
-    def __next__(self) -> dict[str, Any]:
-        batch = self.stage.rollout(next(self.loader), self.ctx, self.count)
-        self.count += 1
-        return batch
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"loader": self.loader.state_dict(), "count": self.count}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.loader.load_state_dict(state["loader"])
-        self.count = int(state["count"])
+    def make(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return self.stage.rollout(batch, self.ctx, self.count)
 
 
 class GRPOStage(SFTStage):

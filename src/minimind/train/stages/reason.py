@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import UserError
 from ..config import knob
-from .base import TrainContext
+from .base import DerivedBatches, TrainContext
 from .sft import SFTConfig, SFTStage
 
 if TYPE_CHECKING:
@@ -68,25 +68,21 @@ def empty_think_blocks(ids: list[int], labels: list[int], start: int, end: int, 
     return out_ids, out_labels
 
 
-class MixedThinking:
+class MixedThinking(DerivedBatches):
     """Wraps the sft loader: empties the think blocks of a seeded random subset of rows."""
 
     def __init__(self, loader, tokenizer, ratio: float, seed: int) -> None:
-        self.loader, self.ratio, self.seed, self.count = loader, ratio, seed, 0
+        super().__init__(loader)
+        self.ratio, self.seed = ratio, seed
         self.start, self.end = tokenizer.token_to_id("<think>"), tokenizer.token_to_id("</think>")
         self.empty, self.pad = tokenizer.encode("\n\n"), tokenizer.pad_id
         if self.start is None or self.end is None:
             raise UserError(f"{tokenizer.path}: the tokenizer has no <think>/</think> tokens; reasoning training needs them")
 
-    def __iter__(self) -> "MixedThinking":
-        return self
-
-    def __next__(self) -> dict[str, Any]:
+    def make(self, batch: dict[str, Any]) -> dict[str, Any]:
         import torch
 
-        batch = next(self.loader)
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.count)
-        self.count += 1
         off = (torch.rand(batch["input_ids"].shape[0], generator=gen) < self.ratio).tolist()
         if not any(off):
             return batch
@@ -100,13 +96,6 @@ class MixedThinking:
         for k, (i, lab) in enumerate(rows):
             ids[k, : len(i)], labels[k, : len(lab)] = torch.tensor(i), torch.tensor(lab)
         return {"input_ids": ids, "labels": labels}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"loader": self.loader.state_dict(), "count": self.count}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.loader.load_state_dict(state["loader"])
-        self.count = int(state["count"])
 
 
 class ReasonStage(SFTStage):
