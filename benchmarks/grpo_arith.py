@@ -96,15 +96,19 @@ def train(stage: str, out: Path, **options) -> Path:
     return resolve_checkpoint(out)
 
 
-def accuracy(ckpt: Path, triples: list[tuple], max_new_tokens: int, temperature: float = 0.0) -> dict:
+def accuracy(ckpt: Path, triples: list[tuple], max_new_tokens: int, temperature: float = 0.0, samples: int = 1) -> dict:
     """Thinking-off accuracy under the same `correct` reward GRPO optimises: greedy by default;
-    with a temperature, one seeded sample per question (what a GRPO rollout sees)."""
+    with a temperature, the mean over `samples` seeded samples per question (sampled pass@1, what
+    a GRPO rollout sees; averaging k samples cuts the noise of one 0/1 draw per question)."""
     engine = load_engine(ckpt, max_batch_size=64)
     qa = [question(*t) for t in triples]
     prompts = [render_prompt(engine.tokenizer, [{"role": "user", "content": q}], thinking=False) for q, _ in qa]
-    params = [SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=i) for i in range(len(qa))]
-    texts = [s.text for s in engine.generate(prompts, params)]
-    right = [correctness_reward(t, a) for t, (_, a) in zip(texts, qa)]
+    k = samples if temperature > 0 else 1
+    params = [SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=i) for i in range(k * len(qa))]
+    texts = [s.text for s in engine.generate([p for p in prompts for _ in range(k)], params)]
+    scores = [correctness_reward(t, a) for t, (_, a) in zip(texts, [x for x in qa for _ in range(k)])]
+    right = [sum(scores[i * k:(i + 1) * k]) / k for i in range(len(qa))]
+    texts = texts[::k]
     by_op = {op: [r for r, t in zip(right, triples) if t[0] == op] for op in "+-"}
     return {"accuracy": sum(right) / len(right), **{f"accuracy_{op}": sum(v) / max(1, len(v)) for op, v in by_op.items()},
             "examples": [f"{q} -> {t!r}" for (q, _), t in list(zip(qa, texts))[:4]]}
@@ -142,6 +146,10 @@ def main() -> None:
                     help="GRPO leaves the (tied) token embeddings alone; without it lr 3e-4 collapsed the model")
     ap.add_argument("--rewards", default="correct:1")
     ap.add_argument("--max-new-tokens", type=int, default=16)
+    ap.add_argument("--eval-samples", type=int, default=8,
+                    help="samples per held-out question for the sampled pass@1 (at --temperature)")
+    ap.add_argument("--grad-accum", type=int, default=1, help="GRPO micro-batches per step (prompts per step = "
+                                                              "--prompts x --grad-accum)")
     args = ap.parse_args()
     out = Path(args.out)
     base = resolve_checkpoint(args.base)
@@ -162,22 +170,26 @@ def main() -> None:
         before_train = accuracy(start, train_probe, args.max_new_tokens)
         # What the rollouts see: with few right samples per group of G, most groups carry no signal.
         sampled_before = accuracy(start, train_probe, args.max_new_tokens, args.temperature)["accuracy"]
-        print(f"seed {seed}: start held-out {before['accuracy']:.3f}, trained {before_train['accuracy']:.3f}, "
+        sampled_heldout_before = accuracy(start, eval_set, args.max_new_tokens, args.temperature, args.eval_samples)["accuracy"]
+        print(f"seed {seed}: start held-out {before['accuracy']:.3f} (sampled {sampled_heldout_before:.3f}), "
+              f"trained {before_train['accuracy']:.3f}, "
               f"sampled at T={args.temperature} {sampled_before:.3f}")
         ckpt = train("grpo", run / "grpo", init=str(start), data=[str(data["rl"])], max_steps=args.grpo_steps,
                      batch_size=args.prompts, group_size=args.group_size, max_new_tokens=args.max_new_tokens,
                      temperature=args.temperature, lr=args.grpo_lr, warmup_steps=args.grpo_lr_warmup, beta_kl=args.beta_kl,
                      freeze_embeddings=args.freeze_embeddings, rewards=args.rewards,
-                     scale_advantages=args.scale_advantages,
+                     scale_advantages=args.scale_advantages, grad_accum=args.grad_accum,
                      thinking=False, seq_len=128, seed=seed)
         after = accuracy(ckpt, eval_set, args.max_new_tokens)
         after_train = accuracy(ckpt, train_probe, args.max_new_tokens)
+        sampled_heldout_after = accuracy(ckpt, eval_set, args.max_new_tokens, args.temperature, args.eval_samples)["accuracy"]
         rewards = reward_curve(run / "grpo")
         n = max(1, len(rewards) // 5)
         results[f"seed{seed}"] = {
             "heldout_before": before, "heldout_after": after,
             "train_before": before_train["accuracy"], "train_after": after_train["accuracy"],
             "train_sampled_before": sampled_before,
+            "heldout_sampled_before": sampled_heldout_before, "heldout_sampled_after": sampled_heldout_after,
             "reward_first_20pct": sum(rewards[:n]) / n, "reward_last_20pct": sum(rewards[-n:]) / n,
             "reward_png": str(run / "grpo" / "reward.png"), "seconds": time.perf_counter() - t,
         }
@@ -186,12 +198,13 @@ def main() -> None:
         print(f"seed {seed}: held-out {before['accuracy']:.3f} -> {after['accuracy']:.3f}, "
               f"reward {r['reward_first_20pct']:.3f} -> {r['reward_last_20pct']:.3f} ({r['seconds']:.0f} s)")
 
-    print("\n| seed | held-out accuracy before | after | (+ / -) after | trained questions before | after | "
-          "reward first 20% | last 20% |\n|---|---|---|---|---|---|---|---|")
+    print("\n| seed | held-out accuracy before | after | (+ / -) after | held-out sampled pass@1 before | after | "
+          "trained questions before | after | reward first 20% | last 20% |\n|---|---|---|---|---|---|---|---|---|---|")
     for seed in args.seed:
         r = results[f"seed{seed}"]
         b, a = r["heldout_before"], r["heldout_after"]
         print(f"| {seed} | {b['accuracy']:.3f} | {a['accuracy']:.3f} | {a['accuracy_+']:.3f} / {a['accuracy_-']:.3f} | "
+              f"{r['heldout_sampled_before']:.3f} | {r['heldout_sampled_after']:.3f} | "
               f"{r['train_before']:.3f} | {r['train_after']:.3f} | {r['reward_first_20pct']:.3f} | {r['reward_last_20pct']:.3f} |")
 
 
