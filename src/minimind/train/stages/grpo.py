@@ -191,11 +191,17 @@ class GRPOStage(SFTStage):
         cfg = self.config
         ids = batch["input_ids"].to(ctx.device)
         labels = batch["labels"].to(ctx.device)
-        new = sequence_logprobs(model(ids).logits, labels)
+        # Only completion tokens are scored, so the LM head runs on the columns from the last
+        # prompt token of the shortest prompt onwards: the [B, T, V] logits (the largest tensor
+        # of the step, V = vocabulary) shrink to [B, keep, V], often several times smaller.
+        scored = (labels != -100).any(0).nonzero()
+        keep = ids.shape[1] - int(scored[0]) + 1 if len(scored) else ids.shape[1]
+        labels = labels[:, -keep:]
+        new = sequence_logprobs(model(ids, logits_to_keep=keep).logits, labels)
         ref = None
         if "ref" in ctx.extra:
             with torch.no_grad():
-                ref = sequence_logprobs(ctx.extra["ref"](ids).logits, labels).token_logps
+                ref = sequence_logprobs(ctx.extra["ref"](ids, logits_to_keep=keep).logits, labels).token_logps
         clip = (cfg.clip_eps, cfg.clip_eps_high if cfg.clip_eps_high is not None else cfg.clip_eps)
         loss, metrics = grpo_loss(new.token_logps, new.token_logps.detach(), ref, batch["advantages"].to(ctx.device),
                                   new.mask, clip, cfg.beta_kl)
