@@ -22,6 +22,11 @@ logps_old = logps_new.detach(), the ratio is 1 and clipping only matters if that
 several updates per rollout, or PPO later, which would reuse this stage with a value head).
 Evaluation reports the same loss on held-out prompts, which is little use for RL; it is off
 by default (--eval-batches 0) and held-out accuracy is measured by benchmarks/posttrain.py.
+
+Batch size matters more than anything else here: the policy gradient of a few prompts is mostly
+noise (its direction from 8 prompts swings from agreeing to disagreeing with that of 128), and Adam
+turns noise into full-size steps. benchmarks/grpo_arith.py needs ~128 prompts per step
+(--batch-size 32 --grad-accum 4, G = 4) before held-out accuracy rises; see docs/benchmarks.md.
 """
 
 from __future__ import annotations
