@@ -5,7 +5,7 @@
 Why a dedicated task: GRPO learns only from groups whose completions disagree in reward. The demo
 RL tasks (4-digit sums, products...) are out of reach of the 2.9M `tiny` quick-start model (0%
 arithmetic), so every group scores all zeros and there is no signal. Here the task is easy enough
-for the base to solve a fair share of it after a short warm-up:
+for the base to solve a fair share of it after an SFT warm-up:
 
 1. data (generated here, deterministic): "What is a + b?" / "What is a - b?" with a in --a-range and
    b in --b-range (a >= b for subtraction; no carry or borrow unless --carry), answered

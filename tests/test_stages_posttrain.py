@@ -215,7 +215,6 @@ def test_grpo_gradient_estimates_the_expected_reward_gradient(files, tok):
     stage.reward_fn = WeightedRewards([("parity", parity, 1.0)])
     msgs = [[_user("What is 1 + 2?")], [_user("Name a colour.")]]
     prompts = [render_prompt(tok, m) for m in msgs]
-    torch.manual_seed(0)
     with torch.no_grad():  # a sharper policy than the random init, so E[r] has a clear gradient
         for p in ctx.model.parameters():
             p.mul_(4.0)
@@ -241,7 +240,7 @@ def test_grpo_gradient_estimates_the_expected_reward_gradient(files, tok):
 
     flat = lambda g: torch.cat([x.reshape(-1) for x in g])  # noqa: E731
     a, e = flat(sampled), flat(exact)
-    # Measured: cosine 0.92, norm ratio 1.02; a flipped sign gives -0.92, the noise alone ~0.7.
+    # Measured: cosine 0.92, norm ratio 1.02 (one round alone: 0.70, 1.33); a flipped sign gives -0.92.
     assert torch.nn.functional.cosine_similarity(a, e, dim=0) > 0.8
     assert 0.8 < float(a.norm() / e.norm()) < 1.3
 
