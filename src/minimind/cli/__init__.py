@@ -16,7 +16,7 @@ import sys
 from ..errors import UserError
 
 # Order = order in `minimind --help`. A module that is missing (not written yet) is skipped.
-COMMAND_MODULES = ("model_cmds", "tokenizer_cmds", "data_cmds", "train_cmds", "infer_cmds", "bench_cmds")
+COMMAND_MODULES = ("model_cmds", "tokenizer_cmds", "data_cmds", "train_cmds", "infer_cmds", "eval_cmds", "bench_cmds")
 
 
 def build_parser() -> argparse.ArgumentParser:
