@@ -48,10 +48,17 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(layer_idx, k, v)  # now [B, Hkv, S, D] with S = past + T
+        # One new token may see every cached one, so only T > 1 needs the causal mask. Written as
+        # a branch on purpose: under torch.compile with dynamic shapes `T > 1` is symbolic, SDPA
+        # rejects a symbolic `is_causal` (a graph break in every layer), while a branch becomes a
+        # guard on T and leaves a plain Python bool.
+        causal = False
+        if mask is None and T > 1:
+            causal = True
         out = F.scaled_dot_product_attention(
             q, k, v,
             attn_mask=mask,
-            is_causal=mask is None and T > 1,  # one new token may see every cached one
+            is_causal=causal,
             dropout_p=self.dropout if self.training else 0.0,
             enable_gqa=self.num_heads != self.num_kv_heads,
         )

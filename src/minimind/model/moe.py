@@ -37,7 +37,10 @@ class MoE(nn.Module):
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x [N, h] -> router probabilities [N, E], top-k weights [N, k] and expert ids [N, k]."""
-        probs = F.softmax(F.linear(x.float(), self.gate.weight.float()), dim=-1)
+        # Routing decisions are discrete, so rounding in the logits flips experts: keep the router
+        # in float32 even under autocast (which would otherwise run this linear in bf16/fp16).
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            probs = F.softmax(F.linear(x.float(), self.gate.weight.float()), dim=-1)
         weights, experts = probs.topk(self.top_k, dim=-1)
         if self.norm_topk_prob:
             weights = weights / weights.sum(-1, keepdim=True)
@@ -54,7 +57,9 @@ class MoE(nn.Module):
         token_of = order // self.top_k  # which token each sorted assignment came from
         counts = torch.bincount(assigned_expert, minlength=self.num_experts).tolist()
         inputs = flat[token_of]
-        outputs = [expert(chunk) for expert, chunk in zip(self.experts, inputs.split(counts)) if chunk.numel()]
+        # Every expert runs, even on an empty slice: its weights then get a zero gradient instead
+        # of none, which DDP needs (a parameter without a gradient stalls its all-reduce).
+        outputs = [expert(chunk) for expert, chunk in zip(self.experts, inputs.split(counts))]
         outputs = torch.cat(outputs) * weights.reshape(-1)[order].unsqueeze(-1).to(flat.dtype)
         # Scatter-add each weighted expert output back onto its token.
         y = torch.zeros_like(flat).index_add_(0, token_of, outputs.to(flat.dtype))
