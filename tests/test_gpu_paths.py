@@ -61,3 +61,20 @@ def test_router_stays_float32_under_autocast():
         probs, _, _ = moe.route(x)
     assert probs.dtype == torch.float32
     torch.testing.assert_close(probs, ref)
+
+
+def test_rope_keeps_the_autocast_dtype_of_q_and_k(monkeypatch):
+    # Under autocast q/k leave their projections in bf16; fp32 rope tables used to upcast them
+    # (and the KV cache behind them) to fp32.
+    model = MiniMindLM(get_preset("tiny"))
+    dtypes = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, **kw):
+        dtypes.append((q.dtype, k.dtype))
+        return sdpa(q, k, v, **kw)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(torch.randint(0, 100, (1, 8)))
+    assert dtypes and all(d == (torch.bfloat16, torch.bfloat16) for d in dtypes), dtypes

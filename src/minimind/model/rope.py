@@ -104,5 +104,11 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate each pair (a, b) by angle t: (a cos t - b sin t, b cos t + a sin t)."""
+    """Rotate each pair (a, b) by angle t: (a cos t - b sin t, b cos t + a sin t).
+
+    The result keeps x's dtype: under autocast q and k come out of their projections in bf16 while
+    the tables follow the fp32 residual stream, and mixing them would upcast q and k (and with them
+    the KV cache) to fp32.
+    """
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return x * cos + rotate_half(x) * sin
