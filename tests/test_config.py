@@ -71,8 +71,8 @@ def test_config_json_round_trip(name, tmp_path):
 
 
 @pytest.mark.parametrize("kw,message", [
-    (dict(num_heads=6, num_kv_heads=4), "multiple of num_kv_heads"),
-    (dict(hidden_size=0), "hidden_size must be positive"),
+    (dict(hidden_size=48, num_heads=6, num_kv_heads=4), "multiple of num_kv_heads"),
+    (dict(hidden_size=0), r"hidden_size must be in 1\.\.65536, got 0"),
     (dict(num_experts=4, num_experts_per_tok=5), "num_experts_per_tok"),
     (dict(rope_scaling={"type": "linear", "factor": 2}), "only YaRN"),
 ])

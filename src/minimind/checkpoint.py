@@ -10,7 +10,12 @@ Contract:
 - `save_model` writes each file to a temporary name and renames it into place, so a crash
   never leaves a half-written file under the real name. Loading never unpickles (safetensors).
 - `load_model` accepts our checkpoints, run directories and Hugging Face folders of the
-  architectures `minimind.interop` understands.
+  architectures `minimind.interop` understands. Whatever is wrong with one of them -- a config
+  value of the wrong type or out of range, a truncated or corrupt weights file, weights of another
+  shape -- is a `UserError` (a `ConfigError` or `CheckpointError`) naming the file, raised before
+  the model is allocated.
+- `read_safetensors` is the one way every loader (checkpoints, HF folders, LoRA adapters) reads a
+  weights file; `check_tokenizer_files` the one way exports and imports vet tokenizer files.
 """
 
 from __future__ import annotations
@@ -21,9 +26,11 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from tokenizers import Tokenizer
 
-from .config import ModelConfig
+from .config import ModelConfig, count_params
 from .errors import UserError
 from .model import MiniMindLM
 
@@ -68,6 +75,40 @@ def save_model(model: MiniMindLM, out_dir: str | Path, tokenizer_dir: str | Path
     return out
 
 
+def read_safetensors(path: str | Path, keys: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """Read the tensors of a .safetensors file (all, or `keys`); a damaged file is a CheckpointError."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            stored = set(handle.keys())
+            missing = sorted(set(keys or ()) - stored)
+            if missing:
+                raise CheckpointError(f"{path}: tensor {missing[0]} is missing ({len(missing)} missing in all)")
+            return {k: handle.get_tensor(k) for k in (keys if keys is not None else sorted(stored))}
+    except SafetensorError as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err}); the file is truncated "
+                              f"or corrupt, save or download it again") from None
+    except OSError as err:  # a folder, no permission, an I/O error (safetensors gives no filename)
+        raise CheckpointError(f"{path}: cannot read ({err.strerror or err})") from None
+
+
+def check_tokenizer_files(folder: str | Path) -> None:
+    """Raise CheckpointError if a tokenizer file in `folder` would not load (before it is copied)."""
+    folder = Path(folder)
+    for name in TOKENIZER_FILES:
+        path = folder / name
+        if not path.is_file() or not name.endswith(".json"):
+            continue
+        try:
+            if name == "tokenizer.json":
+                Tokenizer.from_file(str(path))
+            else:
+                json.loads(path.read_text(encoding="utf-8"))
+        except Exception as err:  # noqa: BLE001 - tokenizers raises a bare Exception for any bad file
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise CheckpointError(f"{path}: not a valid tokenizer file ({first})") from None
+
+
 def copy_tokenizer(src: str | Path, dst: str | Path) -> None:
     src, dst = Path(src), Path(dst)
     if src.resolve() == dst.resolve():
@@ -100,9 +141,10 @@ def is_hf_folder(path: Path) -> bool:
     if not config.is_file():
         return False
     try:
-        return "model_type" in json.loads(config.read_text())
-    except json.JSONDecodeError:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (ValueError, OSError):  # ValueError: bad JSON or bad UTF-8
         return False
+    return isinstance(data, dict) and "model_type" in data
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> MiniMindLM:
@@ -118,10 +160,21 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
         weights = ckpt / WEIGHTS_NAME
         if not weights.is_file():
             raise CheckpointError(f"{ckpt}: {WEIGHTS_NAME} is missing")
+        sd = read_safetensors(weights)
+        check_fits(config, sd, source=str(weights))
         model = MiniMindLM(config)
-        load_weights(model, load_file(str(weights)), source=str(weights))
+        load_weights(model, sd, source=str(weights))
     model.eval()
     return model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
+
+
+def check_fits(config: ModelConfig, sd: dict[str, torch.Tensor], source: str) -> None:
+    """Compare parameter counts *before* building the model: an absurd config must not allocate."""
+    expected = count_params(config)[0]
+    found = sum(v.numel() for k, v in sd.items() if not (config.tie_word_embeddings and k == "lm_head.weight"))
+    if found != expected:
+        raise CheckpointError(f"{source}: weights do not fit the config (the file holds {found:,} "
+                              f"parameters, the config describes {expected:,})")
 
 
 def load_weights(model: MiniMindLM, sd: dict[str, torch.Tensor], source: str) -> None:

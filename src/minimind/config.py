@@ -21,7 +21,14 @@ from .errors import UserError
 
 
 class ConfigError(UserError):
-    """A configuration value is invalid; the message says which one and why."""
+    """A configuration value is invalid; the message says which one and why.
+
+    `field` names the offending ModelConfig field (None for file-level problems), so a caller that
+    read the values under other names (a Hugging Face config.json) can name its own key."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 def swiglu_width(hidden_size: int, multiple_of: int = 64) -> int:
@@ -31,6 +38,56 @@ def swiglu_width(hidden_size: int, multiple_of: int = 64) -> int:
     the parameter count equal to a GELU MLP: 3 * h * (8h/3) == 2 * h * 4h.
     """
     return multiple_of * math.ceil(8 * hidden_size / 3 / multiple_of)
+
+
+# Inclusive range of every numeric ModelConfig field, declared once (the type comes from the
+# field's annotation). Bounds are generous -- every published model fits -- but stop absurd values
+# (a vocabulary of 1e11, a 0-token context) before they allocate memory or train on nothing.
+LIMITS: dict[str, tuple[float, float]] = {
+    "vocab_size": (2, 1 << 24),
+    "hidden_size": (1, 1 << 16),
+    "num_layers": (1, 1024),
+    "num_heads": (1, 1024),
+    "num_kv_heads": (1, 1024),
+    "head_dim": (2, 4096),
+    "intermediate_size": (1, 1 << 20),
+    "max_seq_len": (2, 1 << 22),  # a 1-token context leaves nothing to predict
+    "rope_theta": (1.0, 1e12),
+    "rms_norm_eps": (1e-12, 1.0),
+    "dropout": (0.0, 0.99),
+    "initializer_range": (0.0, 10.0),
+    "num_experts": (0, 1024),
+    "num_experts_per_tok": (1, 1024),
+    "num_shared_experts": (0, 1024),
+    "moe_intermediate_size": (1, 1 << 20),
+    "aux_loss_coef": (0.0, 100.0),
+    "pad_token_id": (0, (1 << 24) - 1),  # and below vocab_size, checked with the other relations
+    "bos_token_id": (0, (1 << 24) - 1),
+    "eos_token_id": (0, (1 << 24) - 1),
+}
+# Keys of `rope_scaling` (transformers' names) and the type each must have.
+YARN_KEYS = {"type": str, "rope_type": str, "factor": float, "original_max_position_embeddings": int,
+             "beta_fast": float, "beta_slow": float, "attention_factor": float, "truncate": bool}
+_KIND_WORDS = {"int": "an integer", "float": "a finite number", "bool": "true or false", "str": "a string",
+               "dict": "an object"}
+
+
+def _type_ok(kind: str, value: Any) -> bool:
+    """Is `value` of the JSON-level kind int/float/bool/str/dict? bool is not a number, 4.0 not an int."""
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, {"bool": bool, "str": str, "dict": dict}[kind])
+
+
+def _num(x: float) -> str:
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 @dataclass
@@ -72,7 +129,12 @@ class ModelConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes (e.g. the preset name)
 
     def __post_init__(self) -> None:
+        # Types and ranges first: the derived sizes below divide by num_heads.
+        self._check_values()
         if self.head_dim is None:
+            if self.hidden_size % self.num_heads:
+                raise ConfigError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads "
+                                  f"({self.num_heads}), or head_dim must be given", "hidden_size")
             self.head_dim = self.hidden_size // self.num_heads
         if self.intermediate_size is None:
             self.intermediate_size = swiglu_width(self.hidden_size)
@@ -81,30 +143,61 @@ class ModelConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ConfigError naming the first inconsistent field."""
-        positive = ["vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim"]
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        """Raise ConfigError naming the first field of a wrong type, out of range or inconsistent."""
+        self._check_values()
         if self.num_heads % self.num_kv_heads:
             raise ConfigError(
-                f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})"
+                f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})", "num_heads"
             )
         if self.head_dim % 2:
-            raise ConfigError(f"head_dim must be even for RoPE, got {self.head_dim}")
-        if self.num_experts:
-            if not 1 <= self.num_experts_per_tok <= self.num_experts:
-                raise ConfigError(
-                    f"num_experts_per_tok must be in 1..{self.num_experts}, got {self.num_experts_per_tok}"
-                )
-            if self.aux_loss_level not in ("seq", "batch"):
-                raise ConfigError(f"aux_loss_level must be 'seq' or 'batch', got {self.aux_loss_level!r}")
+            raise ConfigError(f"head_dim must be even for RoPE, got {self.head_dim}", "head_dim")
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            if getattr(self, name) >= self.vocab_size:
+                raise ConfigError(f"{name} ({getattr(self, name)}) is outside the vocabulary "
+                                  f"(vocab_size {self.vocab_size})", name)
+        if self.num_experts and self.num_experts_per_tok > self.num_experts:
+            raise ConfigError(f"num_experts_per_tok must be in 1..{self.num_experts}, "
+                              f"got {self.num_experts_per_tok}", "num_experts_per_tok")
+        if self.aux_loss_level not in ("seq", "batch"):
+            raise ConfigError(f"aux_loss_level must be 'seq' or 'batch', got {self.aux_loss_level!r}",
+                              "aux_loss_level")
         if self.rope_scaling is not None:
-            kind = self.rope_scaling.get("type", self.rope_scaling.get("rope_type"))
-            if kind != "yarn":
-                raise ConfigError(f"only YaRN rope_scaling is supported, got type {kind!r}")
-            if float(self.rope_scaling.get("factor", 0)) <= 0:
-                raise ConfigError("rope_scaling.factor must be a positive number")
+            self._check_rope_scaling(self.rope_scaling)
+
+    def _check_values(self) -> None:
+        """Every field against its annotated type and its LIMITS range; ints become floats where declared."""
+        for f in dataclasses.fields(self):
+            value, annotation = getattr(self, f.name), str(f.type)
+            kind = annotation.split("[")[0].split(" |")[0]
+            if value is None and annotation.endswith("| None"):
+                continue
+            if not _type_ok(kind, value):
+                none = " or null" if annotation.endswith("| None") else ""
+                raise ConfigError(f"{f.name} must be {_KIND_WORDS[kind]}{none}, got {_shown(value)}", f.name)
+            if kind == "float":
+                setattr(self, f.name, float(value))  # JSON 10000 means 10000.0
+            lo, hi = LIMITS.get(f.name, (None, None))
+            if lo is not None and not lo <= value <= hi:
+                raise ConfigError(f"{f.name} must be in {_num(lo)}..{_num(hi)}, got {_shown(value)}", f.name)
+
+    @staticmethod
+    def _check_rope_scaling(scaling: dict[str, Any]) -> None:
+        kind = scaling.get("type", scaling.get("rope_type"))
+        if kind != "yarn":
+            raise ConfigError(f"only YaRN rope_scaling is supported, got type {kind!r}", "rope_scaling")
+        for key, value in scaling.items():
+            if key not in YARN_KEYS:
+                raise ConfigError(f"rope_scaling has an unknown key {key!r} (known: {', '.join(YARN_KEYS)})",
+                                  "rope_scaling")
+            if value is not None and not _type_ok(YARN_KEYS[key].__name__, value):
+                raise ConfigError(f"rope_scaling.{key} must be {_KIND_WORDS[YARN_KEYS[key].__name__]}, "
+                                  f"got {_shown(value)}", "rope_scaling")
+        if not isinstance(scaling.get("factor"), (int, float)) or scaling["factor"] <= 0:
+            raise ConfigError("rope_scaling.factor must be a positive number", "rope_scaling")
+        if not isinstance(scaling.get("original_max_position_embeddings"), int) or \
+                scaling["original_max_position_embeddings"] <= 0:
+            raise ConfigError("rope_scaling.original_max_position_embeddings must be a positive integer",
+                              "rope_scaling")
 
     # -- serialisation -------------------------------------------------------------------------
 
@@ -112,14 +205,18 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
+    def from_dict(cls, data: dict[str, Any], source: str = "model config") -> "ModelConfig":
+        """Build and validate a config; errors start with `source` (the file it came from)."""
         if not isinstance(data, dict):
-            raise ConfigError(f"a model config must be a JSON object, got {type(data).__name__}")
+            raise ConfigError(f"{source}: a model config must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ConfigError(f"unknown model config keys: {', '.join(unknown)}")
-        return cls(**data)
+            raise ConfigError(f"{source}: unknown model config keys: {', '.join(unknown)}")
+        try:
+            return cls(**data)
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {err}", err.field) from None
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")
@@ -127,12 +224,14 @@ class ModelConfig:
     @classmethod
     def load(cls, path: str | Path) -> "ModelConfig":
         try:
-            data = json.loads(Path(path).read_text())
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such file") from None
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ConfigError(f"{path}: not valid JSON ({err})") from None
-        return cls.from_dict(data)
+        except OSError as err:
+            raise ConfigError(f"{path}: cannot read ({err.strerror or err})") from None
+        return cls.from_dict(data, source=str(path))
 
     # -- derived quantities --------------------------------------------------------------------
 

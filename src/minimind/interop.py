@@ -14,6 +14,13 @@ Contract:
   Qwen2, Qwen3, Qwen3-MoE and Ernie-4.5-MoE folders, with RoPE/YaRN read from either the 4.x
   `rope_scaling`/`rope_theta` keys or the 5.x `rope_parameters` dict. transformers itself is
   not needed to import or export; it is only the reference that tests compare against.
+- Both directions write a *new* folder through `minimind.fsutil.replace_dir`: a non-empty `out`
+  is refused unless `force`, one of our checkpoints or run directories is never written into,
+  and the result appears in one rename (a failed or killed export leaves `out` as it was).
+  Tokenizer files are loaded once before they are copied, so a corrupt one is refused.
+- An HF folder's weights are exactly what its `*.safetensors.index.json` names (each tensor from
+  the shard the index gives; a missing shard is an error), or its single weights file when it
+  has no index; stray `.safetensors` files beside them are never read.
 """
 
 from __future__ import annotations
@@ -24,13 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .checkpoint import (TOKENIZER_FILES, atomic_write, copy_tokenizer, load_model, load_weights,
-                         model_state_dict, save_model)
-from .config import ModelConfig
+from .checkpoint import (TOKENIZER_FILES, check_fits, check_tokenizer_files, copy_tokenizer, load_model,
+                         load_weights, model_state_dict, read_safetensors, resolve_checkpoint, save_model)
+from .config import ConfigError, ModelConfig
 from .errors import UserError
+from .fsutil import check_output_dir, replace_dir
 from .model import MiniMindLM
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -174,72 +181,89 @@ def generation_config(cfg: ModelConfig) -> dict[str, Any]:
 
 
 def export_hf(ckpt: str | Path | MiniMindLM, out_dir: str | Path, dtype: str | None = None,
-              tokenizer_dir: str | Path | None = None) -> Path:
-    """Write a transformers folder for a checkpoint (folder, run dir) or an in-memory model."""
-    if isinstance(ckpt, MiniMindLM):
-        model, source = ckpt, None
-    else:
-        from .checkpoint import resolve_checkpoint
+              tokenizer_dir: str | Path | None = None, force: bool = False) -> Path:
+    """Write a transformers folder for a checkpoint (folder, run dir) or an in-memory model.
 
-        source = resolve_checkpoint(ckpt)
-        model = load_model(source)
+    `out_dir` must be new or empty (or, with `force`, a folder of files to replace)."""
+    source = None if isinstance(ckpt, MiniMindLM) else resolve_checkpoint(ckpt)
+    inputs = [p for p in (source, tokenizer_dir) if p is not None]
+    check_output_dir(out_dir, force, sources=inputs)  # before the (slow) load
+    model = ckpt if source is None else load_model(source)
     cfg = model.config
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     sd = to_hf_state_dict(model)
     if dtype is not None:
         sd = {k: (v if k.endswith("mlp.gate.weight") else v.to(DTYPES[dtype])) for k, v in sd.items()}
     config = hf_config(cfg)
     config["torch_dtype"] = dtype or "float32"
     sd = {k: v.contiguous() for k, v in sd.items()}
-    atomic_write(out / "model.safetensors", lambda p: save_file(sd, str(p), metadata={"format": "pt"}))
-    for name, data in (("config.json", config), ("generation_config.json", generation_config(cfg))):
-        atomic_write(out / name, lambda p, d=data: p.write_text(json.dumps(d, indent=2) + "\n"))
     tok_src = tokenizer_dir or source
-    if tok_src is not None and any((Path(tok_src) / f).is_file() for f in TOKENIZER_FILES):
-        copy_tokenizer(tok_src, out)
-    return out
+    has_tok = tok_src is not None and any((Path(tok_src) / f).is_file() for f in TOKENIZER_FILES)
+    if has_tok:
+        check_tokenizer_files(tok_src)
+    with replace_dir(out_dir, force, sources=inputs) as tmp:
+        save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        for name, data in (("config.json", config), ("generation_config.json", generation_config(cfg))):
+            (tmp / name).write_text(json.dumps(data, indent=2) + "\n")
+        if has_tok:
+            copy_tokenizer(tok_src, tmp)
+    return Path(out_dir)
 
 
 # -- import ----------------------------------------------------------------------------------
 
 
-def _rope_from_hf(hf: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
+# Our field -> the config.json key it is read from, so an error names the key the user can see.
+HF_KEYS = {"num_layers": "num_hidden_layers", "num_heads": "num_attention_heads",
+           "num_kv_heads": "num_key_value_heads", "max_seq_len": "max_position_embeddings",
+           "aux_loss_coef": "router_aux_loss_coef"}
+
+
+def _need(hf: dict[str, Any], key: str, source: str) -> Any:
+    if hf.get(key) is None:
+        raise ConfigError(f"{source}: required key {key!r} is missing")
+    return hf[key]
+
+
+def _rope_from_hf(hf: dict[str, Any], source: str) -> tuple[Any, dict[str, Any] | None]:
     params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    theta = float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+    if not isinstance(params, dict):
+        raise ConfigError(f"{source}: rope_scaling / rope_parameters must be an object, got {params!r:.40}")
+    theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))  # its type is checked by ModelConfig
     kind = params.get("rope_type", params.get("type", "default"))
     if kind in (None, "default"):
         return theta, None
     if kind != "yarn":
-        raise UserError(f"RoPE type {kind!r} is not supported (only default and yarn)")
+        raise ConfigError(f"{source}: RoPE type {kind!r} is not supported (only default and yarn)")
     scaling = {k: params[k] for k in ("factor", "original_max_position_embeddings", "beta_fast", "beta_slow",
                                       "attention_factor", "truncate") if params.get(k) is not None}
     scaling.setdefault("original_max_position_embeddings", hf.get("original_max_position_embeddings")
-                       or hf["max_position_embeddings"])
+                       or hf.get("max_position_embeddings", 4096))
     for k in ("mscale", "mscale_all_dim"):
         if params.get(k):
-            raise UserError(f"YaRN with {k} (DeepSeek style) is not supported")
+            raise ConfigError(f"{source}: YaRN with {k} (DeepSeek style) is not supported")
     return theta, {"type": "yarn", **scaling}
 
 
-def hf_to_config(hf: dict[str, Any]) -> ModelConfig:
-    """A transformers config.json dict -> ModelConfig, or a UserError naming the unsupported key."""
+def hf_to_config(hf: dict[str, Any], source: str = "config.json") -> ModelConfig:
+    """A transformers config.json dict -> ModelConfig, or a ConfigError naming the file and the key."""
+    if not isinstance(hf, dict):
+        raise ConfigError(f"{source}: a model config must be a JSON object, got {type(hf).__name__}")
     arch = hf.get("model_type")
     if arch not in ARCH_CLASSES:
-        raise UserError(f"model_type {arch!r} is not supported; supported: {', '.join(ARCH_CLASSES)}")
+        raise ConfigError(f"{source}: model_type {arch!r} is not supported; supported: {', '.join(ARCH_CLASSES)}")
     if hf.get("hidden_act", "silu") != "silu":
-        raise UserError(f"hidden_act {hf['hidden_act']!r} is not supported (only silu / SwiGLU)")
+        raise ConfigError(f"{source}: hidden_act {hf['hidden_act']!r} is not supported (only silu / SwiGLU)")
     if hf.get("mlp_bias") or (arch == "ernie4_5_moe" and hf.get("use_bias")):
-        raise UserError("MLP biases are not supported")
+        raise ConfigError(f"{source}: MLP biases are not supported")
     if hf.get("use_sliding_window"):
-        raise UserError("sliding-window attention is not supported")
-    theta, scaling = _rope_from_hf(hf)
+        raise ConfigError(f"{source}: sliding-window attention is not supported")
+    theta, scaling = _rope_from_hf(hf, source)
     attention_bias = bool(hf.get("attention_bias", False))
+    heads = _need(hf, "num_attention_heads", source)
     kw: dict[str, Any] = dict(
-        vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"], num_layers=hf["num_hidden_layers"],
-        num_heads=hf["num_attention_heads"],
-        num_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
-        head_dim=hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"],
+        vocab_size=_need(hf, "vocab_size", source), hidden_size=_need(hf, "hidden_size", source),
+        num_layers=_need(hf, "num_hidden_layers", source), num_heads=heads,
+        num_kv_heads=hf.get("num_key_value_heads") or heads, head_dim=hf.get("head_dim"),
         intermediate_size=hf.get("intermediate_size"), max_seq_len=hf.get("max_position_embeddings", 4096),
         rope_theta=theta, rope_scaling=scaling, rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
         qk_norm=arch in ("qwen3", "qwen3_moe"), qkv_bias=arch == "qwen2" or attention_bias,
@@ -248,38 +272,72 @@ def hf_to_config(hf: dict[str, Any]) -> ModelConfig:
     )
     for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
         value = hf.get(key)
-        if isinstance(value, list):
-            value = value[0]
-        if isinstance(value, int):
+        if isinstance(value, list):  # several stop ids: the first is the end of a turn
+            value = value[0] if value else None
+        if value is not None:
             kw[key] = value
     if arch == "qwen3_moe":
         if hf.get("mlp_only_layers") or hf.get("decoder_sparse_step", 1) != 1:
-            raise UserError("Qwen3-MoE with dense layers (mlp_only_layers / decoder_sparse_step) is not supported")
+            raise ConfigError(f"{source}: Qwen3-MoE with dense layers (mlp_only_layers / decoder_sparse_step) "
+                              f"is not supported")
         # transformers 5.x calls it num_local_experts; 4.x folders say num_experts.
         num_experts = hf.get("num_experts", hf.get("num_local_experts"))
-        kw.update(num_experts=num_experts, num_experts_per_tok=hf["num_experts_per_tok"],
-                  moe_intermediate_size=hf["moe_intermediate_size"], norm_topk_prob=hf.get("norm_topk_prob", False),
-                  aux_loss_coef=hf.get("router_aux_loss_coef", 0.001))
+        kw.update(num_experts=num_experts, num_experts_per_tok=_need(hf, "num_experts_per_tok", source),
+                  moe_intermediate_size=_need(hf, "moe_intermediate_size", source),
+                  norm_topk_prob=hf.get("norm_topk_prob", False), aux_loss_coef=hf.get("router_aux_loss_coef", 0.001))
     if arch == "ernie4_5_moe":
+        last = kw["num_layers"] - 1 if isinstance(kw["num_layers"], int) else -1
         if hf.get("moe_layer_start_index", 1) != 0 or hf.get("moe_layer_interval", 1) != 1 or \
-                hf.get("moe_layer_end_index", -1) not in (-1, hf["num_hidden_layers"] - 1):
-            raise UserError("Ernie-4.5-MoE with dense layers is not supported")
-        kw.update(num_experts=hf["moe_num_experts"], num_experts_per_tok=hf["moe_k"],
+                hf.get("moe_layer_end_index", -1) not in (-1, last):
+            raise ConfigError(f"{source}: Ernie-4.5-MoE with dense layers is not supported")
+        kw.update(num_experts=_need(hf, "moe_num_experts", source), num_experts_per_tok=_need(hf, "moe_k", source),
                   num_shared_experts=hf.get("moe_num_shared_experts", 0),
-                  moe_intermediate_size=hf["moe_intermediate_size"], norm_topk_prob=True,
+                  moe_intermediate_size=_need(hf, "moe_intermediate_size", source), norm_topk_prob=True,
                   aux_loss_coef=hf.get("router_aux_loss_coef", 0.001))
-    return ModelConfig(**kw)
+    try:
+        return ModelConfig(**kw)
+    except ConfigError as err:
+        key = HF_KEYS.get(err.field or "", err.field)
+        where = f" (read from {key!r})" if key and key != err.field else ""
+        raise ConfigError(f"{source}: {err}{where}", err.field) from None
+
+
+def _weight_files(folder: Path) -> dict[Path, list[str] | None]:
+    """The files holding the model's weights -> the tensors to read from each (None: all of them)."""
+    indexes = sorted(folder.glob("*.safetensors.index.json"))
+    if len(indexes) > 1:
+        raise UserError(f"{folder}: several weight indexes ({', '.join(i.name for i in indexes)}); keep one")
+    if indexes:
+        try:
+            weight_map = json.loads(indexes[0].read_text(encoding="utf-8"))["weight_map"]
+        except (ValueError, KeyError, TypeError):  # ValueError: bad JSON or bad UTF-8
+            weight_map = None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise UserError(f"{indexes[0]}: not a valid safetensors index (needs a \"weight_map\" of "
+                            f"tensor name -> file name)")
+        files: dict[Path, list[str] | None] = {}
+        for name, shard in sorted(weight_map.items()):
+            if Path(shard).name != shard or shard in (".", ".."):  # a plain name, never a path out of the folder
+                raise UserError(f"{indexes[0]}: shard name {shard!r} is not a file name in this folder")
+            if not (folder / shard).is_file():
+                raise UserError(f"{indexes[0]} names {shard}, which is missing from {folder}")
+            files.setdefault(folder / shard, []).append(name)
+        return files
+    if (folder / "model.safetensors").is_file():
+        return {folder / "model.safetensors": None}
+    found = sorted(folder.glob("*.safetensors"))
+    if len(found) == 1:
+        return {found[0]: None}
+    if not found:
+        raise UserError(f"{folder}: no .safetensors weights (pytorch_model.bin is not read: it would unpickle)")
+    raise UserError(f"{folder}: {len(found)} .safetensors files but no model.safetensors and no "
+                    f"*.safetensors.index.json saying which hold the weights")
 
 
 def _read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise UserError(f"{folder}: no .safetensors weights (pytorch_model.bin is not read: it would unpickle)")
     sd: dict[str, torch.Tensor] = {}
-    for f in files:
-        with safe_open(str(f), framework="pt") as handle:
-            for key in handle.keys():
-                sd[key] = handle.get_tensor(key)
+    for path, keys in _weight_files(folder).items():
+        sd.update(read_safetensors(path, keys))
     return sd
 
 
@@ -313,21 +371,30 @@ def from_hf_state_dict(sd: dict[str, torch.Tensor], cfg: ModelConfig, arch: str)
 
 
 def load_hf_model(folder: str | Path) -> MiniMindLM:
-    """Build a MiniMindLM from a transformers folder (config.json + *.safetensors)."""
+    """Build a MiniMindLM from a transformers folder (config.json + its safetensors weights)."""
     folder = Path(folder)
+    path = folder / "config.json"
     try:
-        hf = json.loads((folder / "config.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError) as err:
-        raise UserError(f"{folder / 'config.json'}: cannot read ({err})") from None
-    cfg = hf_to_config(hf)
-    model = MiniMindLM(cfg)
+        hf = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:  # ValueError: bad JSON or bad UTF-8
+        raise ConfigError(f"{path}: cannot read ({getattr(err, 'strerror', None) or err})") from None
+    cfg = hf_to_config(hf, source=str(path))
     sd = from_hf_state_dict(_read_safetensors(folder), cfg, hf["model_type"])
+    check_fits(cfg, sd, source=str(folder))
+    model = MiniMindLM(cfg)
     load_weights(model, sd, source=str(folder))
     return model.eval()
 
 
-def import_hf(folder: str | Path, out_dir: str | Path) -> Path:
-    """Convert a transformers folder into a MiniMind checkpoint folder (tokenizer included)."""
+def import_hf(folder: str | Path, out_dir: str | Path, force: bool = False) -> Path:
+    """Convert a transformers folder into a MiniMind checkpoint folder (tokenizer included).
+
+    `out_dir` must be new or empty (or, with `force`, a folder of files to replace)."""
+    check_output_dir(out_dir, force, sources=[folder])  # before the (slow) load
     model = load_hf_model(folder)
     tok = folder if any((Path(folder) / f).is_file() for f in TOKENIZER_FILES) else None
-    return save_model(model, out_dir, tokenizer_dir=tok)
+    if tok is not None:
+        check_tokenizer_files(tok)
+    with replace_dir(out_dir, force, sources=[folder]) as tmp:
+        save_model(model, tmp, tokenizer_dir=tok)
+    return Path(out_dir)

@@ -6,6 +6,9 @@ import argparse
 
 from ..config import PRESETS, count_params, flops_per_token, get_preset, human
 
+FORCE_HELP = ("replace a non-empty --out folder of files (never a MiniMind checkpoint or run directory, "
+              "never a folder with sub-folders); the new folder replaces it in one rename")
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     model = sub.add_parser("model", help="inspect model presets")
@@ -20,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     export_sub.required = True
     hf = export_sub.add_parser("hf", help="write a Hugging Face transformers folder (no remote code needed)")
     hf.add_argument("--ckpt", required=True, help="checkpoint folder or run directory")
-    hf.add_argument("--out", required=True, help="output folder")
+    hf.add_argument("--out", required=True, help="output folder (new or empty; see --force)")
+    hf.add_argument("--force", action="store_true", help=FORCE_HELP)
     hf.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                     help="store weights in this dtype (default: as trained)")
     hf.set_defaults(func=cmd_export_hf)
@@ -30,7 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     imp_sub.required = True
     ihf = imp_sub.add_parser("hf", help="convert a Llama/Qwen2/Qwen3/Qwen3-MoE folder into a MiniMind checkpoint")
     ihf.add_argument("hf_dir", help="Hugging Face model folder (config.json + safetensors)")
-    ihf.add_argument("--out", required=True, help="output checkpoint folder")
+    ihf.add_argument("--out", required=True, help="output checkpoint folder (new or empty; see --force)")
+    ihf.add_argument("--force", action="store_true", help=FORCE_HELP)
     ihf.set_defaults(func=cmd_import_hf)
 
 
@@ -51,7 +56,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_export_hf(args: argparse.Namespace) -> int:
     from ..interop import export_hf
 
-    out = export_hf(args.ckpt, args.out, dtype=args.dtype)
+    out = export_hf(args.ckpt, args.out, dtype=args.dtype, force=args.force)
     print(f"wrote {out}")
     return 0
 
@@ -59,6 +64,6 @@ def cmd_export_hf(args: argparse.Namespace) -> int:
 def cmd_import_hf(args: argparse.Namespace) -> int:
     from ..interop import import_hf
 
-    out = import_hf(args.hf_dir, args.out)
+    out = import_hf(args.hf_dir, args.out, force=args.force)
     print(f"wrote {out}")
     return 0
