@@ -35,7 +35,7 @@ CONVERSATIONS = [
      {"role": "assistant", "content": "done"}],
     [{"role": "system", "content": ""}, {"role": "user", "content": "empty system"},
      {"role": "assistant", "content": ""}],
-    [{"role": "user", "content": "literal <|im_end|> and <think> in user text"},
+    [{"role": "user", "content": "angle brackets <b>, pipes |x| and <think-ish> text"},
      {"role": "assistant", "content": "ok\n\nsecond paragraph\n"}, {"role": "user", "content": "again"},
      {"role": "assistant", "content": "fine", "reasoning_content": ""}],
 ]
@@ -90,11 +90,16 @@ def test_tool_call_masks(tok):
             "</tool_response><|im_end|>\n") in text
 
 
+def trained_text(conv) -> str:
+    return "".join(p.text for p in render_pieces(conv) if p.trainable)
+
+
 @pytest.mark.parametrize("conv", CONVERSATIONS)
 def test_piecewise_ids_equal_whole_string_encoding(tok, conv):
+    # Without markers in messages, parsing the rendered string gives the renderer's ids.
     ids, mask = render_conversation(tok, conv)
-    assert ids == tok.encode(render_text(conv))
-    assert sum(mask) == sum(len(tok.encode(t)) for t, m in render_pieces(conv) if m)
+    assert ids == tok.encode(render_text(conv), allow_special=True)
+    assert tok.decode([i for i, m in zip(ids, mask) if m]) == trained_text(conv)
 
 
 def test_json_string_fields_match_parsed(tok):
@@ -183,12 +188,11 @@ def generated_conversations(n: int = 120) -> list[list[dict]]:
 def test_generated_conversations_parity(tok, hf_tok):
     for conv in generated_conversations():
         ids, mask = render_conversation(tok, conv)
-        assert ids == tok.encode(render_text(conv))
+        assert ids == tok.encode(render_text(conv), allow_special=True)
         out = hf_tok.apply_chat_template(conv, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
         assert list(out["input_ids"]) == ids and list(out["assistant_masks"]) == mask
         # masked runs decode to exactly the assistant bodies (+ <|im_end|>)
-        bodies = [t for t, m in render_pieces(conv) if m]
-        assert masked_spans(tok, ids, mask) == bodies
+        assert "".join(masked_spans(tok, ids, mask)) == trained_text(conv)
         hist = conv[:-1]
         for thinking in (True, False):
             hf = hf_tok.apply_chat_template(hist, tokenize=True, return_dict=True, add_generation_prompt=True,

@@ -20,12 +20,21 @@ mirrored exactly by CHAT_TEMPLATE, the Jinja template saved in tokenizer_config.
 - Loss mask: 1 exactly on the assistant content (think block, answer, tool calls) and its closing
   `<|im_end|>`; 0 on `<|im_start|>assistant\\n`, on the "\\n" after `<|im_end|>`, and everywhere else.
 
-Why the mask is exact *and* the ids equal encoding the whole rendered string: we encode piece by
-piece, and every boundary between a masked and an unmasked piece sits right after
-`assistant\\n` before `<think>`, or right after `<|im_end|>`. Those are added tokens, and a
-`tokenizers` tokenizer cuts the text at added tokens before anything else, so the pieces on either
-side are encoded independently in both cases (tests check ids == encode(render_text(...)) and
-parity with `transformers.apply_chat_template`).
+Text is never a source of control tokens (docs/reliability.md). Each piece is either *template*
+text, written here (role headers, `<think>` framing, the tools section), or *content* (any string
+that came from a message: content, reasoning, tool names and arguments, tool definitions). Only
+template text is cut at added tokens (`Tokenizer.split_special`), so only the renderer places
+control ids; content goes through the plain path (`Tokenizer.encode`), where `<|im_end|>`,
+`<think>`, `<tool_call>` written in a message are ordinary characters. Text runs between control
+ids are encoded whole, exactly as the added-token matcher would cut the rendered string: for
+messages without markers the ids equal `tok.encode(render_text(...), allow_special=True)` and
+transformers' `apply_chat_template` (tests compare both). For content with markers the *string*
+is still identical but the ids differ on purpose: transformers parses markers anywhere in the
+rendered string, so its ids carry the forged turns; ours spell them as text.
+
+Why the mask is exact: every boundary between a masked and an unmasked piece sits at a control
+id (after `assistant\n`, before `<think>`; right after `<|im_end|>`), and text runs are also cut
+at mask changes, so no token straddles a boundary.
 
 Jinja parity needs parsed lists: the template cannot parse JSON, so `tools` / `tool_calls`
 stored as JSON strings (the upstream data format) or as a single object are accepted here but
@@ -35,9 +44,11 @@ must be turned into lists (`json.loads`, `[obj]`) before calling `apply_chat_tem
 from __future__ import annotations
 
 import json
+from typing import NamedTuple
 
 from .errors import UserError
-from .tokenizer import EOS_TOKEN, BOS_TOKEN, THINK_END, THINK_START, Tokenizer
+from .tokenizer import (BOS_TOKEN, EOS_TOKEN, THINK_END, THINK_START, TOOL_CALL_END, TOOL_CALL_START,
+                        TOOL_RESPONSE_END, TOOL_RESPONSE_START, Tokenizer)
 
 ROLES = ("system", "user", "assistant", "tool")
 EMPTY_THINK = f"{THINK_START}\n\n{THINK_END}\n\n"
@@ -136,15 +147,32 @@ def _parse_json_field(value, what: str):
     return value
 
 
-def _assistant_body(msg: dict) -> str:
-    """The trained part of an assistant turn: think block, answer, tool calls (no <|im_end|>)."""
+class Piece(NamedTuple):
+    """A stretch of the rendered conversation: `content` text is message text (never parsed for
+    control tokens), otherwise it is template text whose markers become control ids."""
+
+    text: str
+    trainable: int  # 1: in the loss (assistant replies)
+    content: bool
+
+
+def _t(text: str, trainable: int = 0) -> Piece:
+    return Piece(text, trainable, False)
+
+
+def _c(text: str, trainable: int = 0) -> Piece:
+    return Piece(text, trainable, True)
+
+
+def _assistant_body(msg: dict) -> list[Piece]:
+    """The trained part of an assistant turn: think block, answer, tool calls, and its <|im_end|>."""
     content = _text(msg.get("content"))
     reasoning = msg.get("reasoning_content")
     if not isinstance(reasoning, str):
         split, content = split_reasoning(content)  # inline <think>...</think> in content
         reasoning = split or ""
     content = content.strip()
-    body = f"{THINK_START}\n{reasoning.strip()}\n{THINK_END}\n\n{content}"
+    body = [_t(f"{THINK_START}\n", 1), _c(reasoning.strip(), 1), _t(f"\n{THINK_END}\n\n", 1), _c(content, 1)]
     calls = _parse_json_field(msg.get("tool_calls"), "assistant tool_calls") or []
     if isinstance(calls, dict):  # a single call written as an object
         calls = [calls]
@@ -154,19 +182,32 @@ def _assistant_body(msg: dict) -> str:
         if not isinstance(call, dict):
             raise UserError(f"tool call {i} must be an object, got {type(call).__name__}")
         call = call.get("function") or call  # OpenAI style {"type": "function", "function": {...}}
+        if not isinstance(call, dict):
+            raise UserError(f"tool call {i}: function must be an object, got {type(call).__name__}")
         name = call.get("name")
         if not isinstance(name, str):
             raise UserError(f"tool call {i} has no function name")
         args = call.get("arguments")
         args = args if isinstance(args, str) else json.dumps(args or {}, ensure_ascii=False)
-        if content or i > 0:
-            body += "\n"
-        body += f'<tool_call>\n{{"name": "{name}", "arguments": {args}}}\n</tool_call>'
-    return body
+        sep = "\n" if content or i > 0 else ""
+        body += [_t(f'{sep}{TOOL_CALL_START}\n{{"name": "', 1), _c(name, 1), _t('", "arguments": ', 1),
+                 _c(args, 1), _t(f"}}\n{TOOL_CALL_END}", 1)]
+    return body + [_t(EOS_TOKEN, 1)]
 
 
-def render_pieces(messages: list[dict], tools=None) -> list[tuple[str, int]]:
-    """The conversation as (text, trainable) pieces; joined, they are the rendered string."""
+def _tools_turn(first: dict, tools: list) -> list[Piece]:
+    system = _text(first.get("content")) if first["role"] == "system" else ""
+    pieces = [_t(f"{BOS_TOKEN}system\n")]
+    if system:
+        pieces += [_c(system), _t("\n\n")]
+    pieces.append(_t(TOOLS_INTRO))
+    for t in tools:  # definitions come from the client: content, like any message text
+        pieces += [_t("\n"), _c(json.dumps(t, ensure_ascii=False))]
+    return pieces + [_t(f"{TOOLS_OUTRO}{EOS_TOKEN}\n")]
+
+
+def render_pieces(messages: list[dict], tools=None) -> list[Piece]:
+    """The conversation as pieces; their texts joined are the rendered string."""
     if not isinstance(messages, list) or not messages:
         raise UserError("a conversation must be a non-empty list of messages")
     for i, m in enumerate(messages):
@@ -182,28 +223,21 @@ def render_pieces(messages: list[dict], tools=None) -> list[tuple[str, int]]:
     if tools is not None and not isinstance(tools, list):
         raise UserError(f"tools must be a list of function definitions, got {type(tools).__name__}")
 
-    pieces: list[tuple[str, int]] = []
-    if tools:
-        system = _text(first.get("content")) if first["role"] == "system" else ""
-        listing = "".join("\n" + json.dumps(t, ensure_ascii=False) for t in tools)
-        pieces.append((f"{BOS_TOKEN}system\n{system + chr(10) * 2 if system else ''}"
-                       f"{TOOLS_INTRO}{listing}{TOOLS_OUTRO}{EOS_TOKEN}\n", 0))
+    pieces: list[Piece] = _tools_turn(first, tools) if tools else []
     for i, msg in enumerate(messages):
         role = msg["role"]
         if role == "system" and i == 0 and tools:
             continue  # already rendered with the tool section
         if role == "assistant":
-            pieces.append((f"{BOS_TOKEN}assistant\n", 0))
-            pieces.append((_assistant_body(msg) + EOS_TOKEN, 1))
-            pieces.append(("\n", 0))
+            pieces += [_t(f"{BOS_TOKEN}assistant\n"), *_assistant_body(msg), _t("\n")]
         elif role == "tool":
             opens = i == 0 or messages[i - 1]["role"] != "tool"
             closes = i == len(messages) - 1 or messages[i + 1]["role"] != "tool"
-            pieces.append(((f"{BOS_TOKEN}user" if opens else "")
-                           + f"\n<tool_response>\n{_text(msg.get('content'))}\n</tool_response>"
-                           + (f"{EOS_TOKEN}\n" if closes else ""), 0))
+            pieces += [_t((f"{BOS_TOKEN}user" if opens else "") + f"\n{TOOL_RESPONSE_START}\n"),
+                       _c(_text(msg.get("content"))),
+                       _t(f"\n{TOOL_RESPONSE_END}" + (f"{EOS_TOKEN}\n" if closes else ""))]
         else:
-            pieces.append((f"{BOS_TOKEN}{role}\n{_text(msg.get('content'))}{EOS_TOKEN}\n", 0))
+            pieces += [_t(f"{BOS_TOKEN}{role}\n"), _c(_text(msg.get("content"))), _t(f"{EOS_TOKEN}\n")]
     return pieces
 
 
@@ -213,33 +247,66 @@ def generation_prompt(thinking: bool = True) -> str:
 
 def render_text(messages: list[dict], tools=None, add_generation_prompt: bool = False,
                 thinking: bool = True) -> str:
-    """The rendered conversation as a string (what the Jinja template produces)."""
-    text = "".join(t for t, _ in render_pieces(messages, tools))
+    """The rendered conversation as a string (what the Jinja template produces).
+
+    For display and comparison only: encoding it with `allow_special=True` would turn markers
+    inside messages into control ids. Token ids come from `render_conversation` / `render_prompt`.
+    """
+    text = "".join(p.text for p in render_pieces(messages, tools))
     return text + generation_prompt(thinking) if add_generation_prompt else text
 
 
-def render_conversation(tok: Tokenizer, messages: list[dict], tools=None) -> tuple[list[int], list[int]]:
-    """Token ids and a 0/1 loss mask of the same length (1 = assistant content + its <|im_end|>)."""
-    # Merge neighbouring pieces with the same mask: fewer encode calls, and the only cuts left
-    # are the masked/unmasked boundaries, which sit at added tokens (see the module docstring).
-    merged: list[list] = []
-    for text, m in render_pieces(messages, tools):
-        if merged and merged[-1][1] == m:
-            merged[-1][0] += text
-        else:
-            merged.append([text, m])
+def encode_pieces(tok: Tokenizer, pieces: list[Piece]) -> tuple[list[int], list[int]]:
+    """Ids and loss mask of pieces: control ids from template markers, all other text plain."""
+    # Runs: a control id, or the text between two control ids that shares one mask value.
+    runs: list[list] = []  # [text or id, mask]
+    for p in pieces:
+        for part in ([p.text] if p.content else tok.split_special(p.text)):
+            if isinstance(part, str) and runs and isinstance(runs[-1][0], str) and runs[-1][1] == p.trainable:
+                runs[-1][0] += part
+            else:
+                runs.append([part, p.trainable])
+    texts = iter(tok.encode_batch([r for r, _ in runs if isinstance(r, str)]))
     ids: list[int] = []
     mask: list[int] = []
-    for text, m in merged:
-        piece = tok.encode(text)
+    for run, m in runs:
+        piece = [run] if isinstance(run, int) else next(texts)
         ids.extend(piece)
         mask.extend([m] * len(piece))
     return ids, mask
 
 
+def render_conversation(tok: Tokenizer, messages: list[dict], tools=None) -> tuple[list[int], list[int]]:
+    """Token ids and a 0/1 loss mask of the same length (1 = assistant content + its <|im_end|>)."""
+    return encode_pieces(tok, render_pieces(messages, tools))
+
+
 def render_prompt(tok: Tokenizer, messages: list[dict], tools=None, thinking: bool = True) -> list[int]:
     """Ids of the conversation so far plus the assistant generation prompt."""
-    return tok.encode(render_text(messages, tools, add_generation_prompt=True, thinking=thinking))
+    return encode_pieces(tok, render_pieces(messages, tools) + [_t(generation_prompt(thinking))])[0]
+
+
+def fit_prompt(tok: Tokenizer, messages: list[dict], budget: int, thinking: bool = True,
+               tools=None) -> tuple[list[int], int]:
+    """`render_prompt` ids of at most `budget` tokens, made by dropping the oldest messages.
+
+    A leading system message is kept; after it, messages go from the front until the rest fits,
+    a user message together with the replies that follow it, so what is kept starts at a user
+    turn. Returns (ids, number of messages dropped after the system message). Raises UserError
+    when even the last user turn does not fit: the caller refuses that message and goes on.
+    """
+    head = messages[:1] if messages and messages[0].get("role") == "system" else []
+    rest = messages[len(head):]
+    dropped = 0
+    while True:
+        ids = render_prompt(tok, head + rest[dropped:], tools, thinking)
+        if len(ids) <= budget:
+            return ids, dropped
+        later = [i for i in range(dropped + 1, len(rest)) if rest[i].get("role") == "user"]
+        if not later:
+            raise UserError(f"message too long: the prompt would be {len(ids)} tokens, the context "
+                            f"leaves room for {budget}; not sent")
+        dropped = later[0]
 
 
 def check_chatml(tok: Tokenizer) -> None:

@@ -8,8 +8,12 @@ Contract (see docs/architecture.md):
   1 `<|im_start|>` (beginning of a turn, our BOS), 2 `<|im_end|>` (end of a turn, our EOS), then
   `<think>`, `</think>`, `<tool_call>`, `</tool_call>`, `<tool_response>`, `</tool_response>` and
   spare `<|reserved_N|>` tokens a later version can give a meaning without resizing the model.
-- `encode` recognises special tokens written in the text (so a rendered chat string encodes to the
-  same ids as the renderer builds); `decode` is the exact inverse for any text (byte-level BPE).
+- Text is never trusted to carry control tokens. `encode(text)` treats every added token written in
+  the text (`<|im_end|>`, `<think>`, `<tool_call>`, ...) as plain characters: the ids never contain
+  an added-token id (checked on every call), and `decode` is the exact inverse (byte-level BPE). Only
+  `encode(text, allow_special=True)` turns written markers into their ids; it is for text we wrote
+  ourselves (a whole prompt typed by the person who owns it, tests). Chat control ids come from the
+  renderer (chat.py), which encodes message text through the plain path.
 - Training streams its input: files are read line by line and never held whole in memory.
 
 Why byte-level BPE: every string (any script, emoji, binary junk) maps to bytes first, so there is
@@ -21,8 +25,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -61,7 +66,11 @@ SPLIT_PATTERN = (
 
 @dataclass
 class Tokenizer:
-    """A `tokenizers.Tokenizer` plus the facts the rest of MiniMind needs about it."""
+    """A `tokenizers.Tokenizer` plus the facts the rest of MiniMind needs about it.
+
+    Two backends share one vocabulary: `backend` matches added tokens written in the text (the
+    `allow_special=True` path), `plain` never does (see `_plain_backend`).
+    """
 
     path: Path
     backend: _HFTokenizer
@@ -69,17 +78,66 @@ class Tokenizer:
     bos_id: int
     eos_id: int
     chat_template: str
+    plain: _HFTokenizer = field(init=False, repr=False)
+    added_ids: frozenset[int] = field(init=False, repr=False)
+    _added_re: re.Pattern | None = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        added = self.backend.get_added_tokens_decoder()
+        self.added_ids = frozenset(added)
+        self.plain = _plain_backend(self.backend)
+        # Longest first, so "<tool_response>" is not cut as a shorter marker that prefixes it.
+        names = sorted((t.content for t in added.values()), key=len, reverse=True)
+        self._added_re = re.compile("|".join(map(re.escape, names))) if names else None
 
     @property
     def vocab_size(self) -> int:
         return self.backend.get_vocab_size(with_added_tokens=True)
 
-    def encode(self, text: str) -> list[int]:
-        return self.backend.encode(text, add_special_tokens=False).ids
+    def encode(self, text: str, allow_special: bool = False) -> list[int]:
+        """Token ids of `text`. Markers written in it stay text unless `allow_special` (trusted text only)."""
+        try:
+            ids = (self.backend if allow_special else self.plain).encode(text, add_special_tokens=False).ids
+        except TypeError:
+            raise _not_unicode([text]) from None
+        return ids if allow_special else self._checked(ids)
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        """Encode many texts at once (the Rust side uses all cores)."""
-        return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
+    def encode_batch(self, texts: list[str], allow_special: bool = False) -> list[list[int]]:
+        """Encode many texts at once (the Rust side uses all cores); `allow_special` as in `encode`."""
+        try:
+            out = (self.backend if allow_special else self.plain).encode_batch(texts, add_special_tokens=False)
+        except TypeError:
+            raise _not_unicode(texts) from None
+        return [e.ids if allow_special else self._checked(e.ids) for e in out]
+
+    def _checked(self, ids: list[int]) -> list[int]:
+        # Plain ids must hold no added-token id. The plain backend cannot produce one for a
+        # tokenizer whose merges never build a marker's string (ours: the split pattern cuts
+        # "<", "|", letters apart); this C-speed scan makes that a guarantee for any folder.
+        if not self.added_ids.isdisjoint(ids):
+            bad = sorted(self.added_ids.intersection(ids))
+            raise UserError(f"{self.path}: plain text encodes to added-token ids {bad}; this "
+                            "tokenizer cannot keep text apart from control tokens")
+        return ids
+
+    def split_special(self, text: str) -> list[str | int]:
+        """Cut trusted text at the added tokens written in it: "a<|im_end|>b" -> ["a", 2, "b"].
+
+        The renderer uses it on its own template text, so that the markers there become ids
+        while message text beside them is encoded through the plain path.
+        """
+        if self._added_re is None:
+            return [text] if text else []
+        out: list[str | int] = []
+        pos = 0
+        for m in self._added_re.finditer(text):
+            if m.start() > pos:
+                out.append(text[pos:m.start()])
+            out.append(self.backend.token_to_id(m.group()))
+            pos = m.end()
+        if pos < len(text):
+            out.append(text[pos:])
+        return out
 
     def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
@@ -92,6 +150,36 @@ class Tokenizer:
 
     def __len__(self) -> int:
         return self.vocab_size
+
+
+def _plain_backend(backend: _HFTokenizer) -> _HFTokenizer:
+    """A copy of `backend` that encodes every added token written in the text as ordinary text.
+
+    `tokenizers` skips the added-token matcher only for tokens flagged special, and only while
+    `encode_special_tokens` is set (what transformers' `split_special_tokens=True` sets). Our
+    think/tool markers are added but not special (decoding must keep them), so the copy flags
+    every added token special. A separate object, not a flag toggled per call: the server
+    encodes from several threads at once.
+    """
+    data = json.loads(backend.to_str())
+    for entry in data.get("added_tokens", []):
+        entry["special"] = True
+    plain = _HFTokenizer.from_str(json.dumps(data))
+    plain.encode_special_tokens = True
+    return plain
+
+
+def _not_unicode(texts: list[str]) -> Exception:
+    """The error for texts the Rust side refused: lone surrogates (UTF-8 cannot encode them) are the
+    user's text, a UserError naming the place; anything else (not a str) is a programming error."""
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            return TypeError(f"can only encode str, got {type(t).__name__}")
+        for j, ch in enumerate(t):
+            if "\ud800" <= ch <= "\udfff":
+                where = f"text {i}, " if len(texts) > 1 else ""
+                return UserError(f"{where}character {j}: a lone surrogate (U+{ord(ch):04X}) is not valid Unicode text")
+    return TypeError("text the tokenizer cannot encode")
 
 
 def default_tokenizer_dir() -> Path:
