@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -44,13 +45,31 @@ class CheckpointError(UserError):
 
 
 def atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path) then rename tmp over `path`: readers see the old file or the new."""
+    """Call write(tmp_path) then rename tmp over `path`: readers see the old file or the new.
+
+    An OSError without a file name (Python's own writes, e.g. a full disk) gets `path`, so the
+    CLI can say which file could not be written."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as err:
+        if err.filename is not None:
+            raise
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from err
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_safetensors(sd: dict[str, torch.Tensor], path: Path) -> None:
+    """save_file, with a failed write (full disk, no permission) raised as an OSError naming `path`."""
+    try:
+        save_file(sd, str(path), metadata={"format": "pt"})
+    except SafetensorError as err:
+        found = re.search(r"I/O error: (.*) \(os error (\d+)\)", str(err))
+        if found is None:
+            raise
+        raise OSError(int(found.group(2)), found.group(1), str(path)) from None
 
 
 def model_state_dict(model: MiniMindLM) -> dict[str, torch.Tensor]:
@@ -68,7 +87,7 @@ def save_model(model: MiniMindLM, out_dir: str | Path, tokenizer_dir: str | Path
     out.mkdir(parents=True, exist_ok=True)
     sd = state_dict if state_dict is not None else model_state_dict(model)
     sd = {k: v.detach().cpu().contiguous() for k, v in sd.items()}
-    atomic_write(out / WEIGHTS_NAME, lambda p: save_file(sd, str(p), metadata={"format": "pt"}))
+    atomic_write(out / WEIGHTS_NAME, lambda p: write_safetensors(sd, p))
     atomic_write(out / CONFIG_NAME, lambda p: model.config.save(p))
     if tokenizer_dir is not None:
         copy_tokenizer(tokenizer_dir, out)

@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 from .checkpoint import (TOKENIZER_FILES, check_fits, check_tokenizer_files, copy_tokenizer, load_model,
-                         load_weights, model_state_dict, read_safetensors, resolve_checkpoint, save_model)
+                         load_weights, model_state_dict, read_safetensors, resolve_checkpoint, save_model,
+                         write_safetensors)
 from .config import ConfigError, ModelConfig
 from .errors import UserError
 from .fsutil import check_output_dir, replace_dir
@@ -201,7 +201,7 @@ def export_hf(ckpt: str | Path | MiniMindLM, out_dir: str | Path, dtype: str | N
     if has_tok:
         check_tokenizer_files(tok_src)
     with replace_dir(out_dir, force, sources=inputs) as tmp:
-        save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        write_safetensors(sd, tmp / "model.safetensors")
         for name, data in (("config.json", config), ("generation_config.json", generation_config(cfg))):
             (tmp / name).write_text(json.dumps(data, indent=2) + "\n")
         if has_tok:

@@ -3,12 +3,16 @@
 Contract: each `*_cmds` module in this package exposes `register(subparsers)`, which adds its
 subcommands and sets `func` on their parsers; `main` dispatches to `func(args)`, whose return
 value is the exit status. A `UserError` (bad flag, file or record) is printed as
-`error: ...` with exit status 2, never as a traceback.
+`error: ...` with exit status 2, never as a traceback. So is an OS error about the machine or a
+path the user gave (a full disk, a forbidden or read-only folder, a file where a folder belongs):
+`error: <reason>: <path>`. Any other exception -- a bug -- keeps its traceback, and
+MINIMIND_TRACEBACK=1 shows the traceback of OS errors too.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -16,6 +20,15 @@ import sys
 from ..errors import UserError
 
 # Order = order in `minimind --help`. A module that is missing (not written yet) is skipped.
+# OS errors that describe the machine or the user's paths, not our code. Whatever was finished
+# before them is already on disk (checkpoints and outputs are written by rename), so a one-line
+# report loses nothing; other errnos (EBADF, EINVAL, ...) point at bugs and keep their traceback.
+USER_ERRNOS = frozenset({
+    errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT,
+    errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.ENOTEMPTY, errno.ENAMETOOLONG, errno.ELOOP,
+    errno.EMFILE, errno.ENFILE, errno.EIO, errno.EXDEV,
+})
+
 COMMAND_MODULES = ("model_cmds", "tokenizer_cmds", "data_cmds", "train_cmds", "infer_cmds", "eval_cmds", "bench_cmds")
 
 
@@ -61,3 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         # /dev/null so the interpreter's final flush does not raise again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except OSError as err:
+        if err.errno not in USER_ERRNOS or os.environ.get("MINIMIND_TRACEBACK"):
+            raise
+        two = f" -> {err.filename2}" if err.filename2 is not None else ""
+        where = f": {err.filename}{two}" if err.filename is not None else ""
+        print(f"error: {err.strerror or err}{where}", file=sys.stderr)
+        return 2

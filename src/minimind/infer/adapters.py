@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
+from ..checkpoint import read_safetensors
 from ..errors import UserError
 
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter.safetensors"
@@ -39,6 +40,20 @@ def adapter_folder(path: str | Path) -> Path:
     return p
 
 
+def adapter_scale(path: Path) -> float:
+    """alpha / rank from an adapter_config.json, or a UserError naming the file and the key."""
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:  # ValueError: bad JSON or bad UTF-8
+        raise UserError(f"{path}: cannot read ({getattr(err, 'strerror', None) or err})") from None
+    rank, alpha = (cfg.get("rank"), cfg.get("alpha")) if isinstance(cfg, dict) else (None, None)
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
+        raise UserError(f"{path}: rank must be a positive integer, got {rank!r:.40}")
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not math.isfinite(alpha):
+        raise UserError(f"{path}: alpha must be a finite number, got {alpha!r:.40}")
+    return float(alpha) / rank
+
+
 class AdapterBank:
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -52,9 +67,8 @@ class AdapterBank:
         if not name or name in self.names:
             raise UserError(f"adapter name {name!r} is empty or already loaded")
         folder = adapter_folder(folder)
-        cfg = json.loads((folder / ADAPTER_CONFIG).read_text())
-        scale = float(cfg["alpha"]) / int(cfg["rank"])
-        tensors = load_file(str(folder / ADAPTER_WEIGHTS))
+        scale = adapter_scale(folder / ADAPTER_CONFIG)
+        tensors = read_safetensors(folder / ADAPTER_WEIGHTS)
         modules = dict(self.model.named_modules())
         w = self.model.embed_tokens.weight
         found: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}

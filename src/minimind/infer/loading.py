@@ -3,7 +3,9 @@
 Contract: `load_engine(ckpt, ...)` accepts what `minimind.load_model` accepts (a checkpoint
 folder, a run directory, a Hugging Face folder) and loads the tokenizer saved beside the
 weights, falling back to the shipped default tokenizer when there is none. It raises a
-`UserError` if the tokenizer and the model disagree on the vocabulary.
+`UserError` if the tokenizer and the model disagree on the vocabulary, and -- before anything is
+loaded -- if `device` is not a device name or names one this machine does not have (the same
+check, `minimind.train.distributed.pick_device`, as the training commands').
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ def load_engine(ckpt: str | Path, max_batch_size: int = 16, max_len: int | None 
                 device: str = "cpu", dtype: torch.dtype | None = None, compile: bool = False) -> Engine:
     from .. import load_model
     from ..tokenizer import load_tokenizer
+    from ..train.distributed import pick_device
 
-    model = load_model(ckpt, device=device, dtype=dtype)
+    model = load_model(ckpt, device=pick_device(str(device)), dtype=dtype)
     tok = load_tokenizer(tokenizer_folder(ckpt))
     if tok.vocab_size > model.config.vocab_size:
         raise UserError(f"{ckpt}: the tokenizer has {tok.vocab_size} tokens but the model only "
