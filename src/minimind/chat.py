@@ -33,7 +33,7 @@ is still identical but the ids differ on purpose: transformers parses markers an
 rendered string, so its ids carry the forged turns; ours spell them as text.
 
 Why the mask is exact: every boundary between a masked and an unmasked piece sits at a control
-id (after `assistant\n`, before `<think>`; right after `<|im_end|>`), and text runs are also cut
+id (after `assistant\\n`, before `<think>`; right after `<|im_end|>`), and text runs are also cut
 at mask changes, so no token straddles a boundary.
 
 Jinja parity needs parsed lists: the template cannot parse JSON, so `tools` / `tool_calls`
@@ -266,11 +266,10 @@ def encode_pieces(tok: Tokenizer, pieces: list[Piece]) -> tuple[list[int], list[
                 runs[-1][0] += part
             else:
                 runs.append([part, p.trainable])
-    texts = iter(tok.encode_batch([r for r, _ in runs if isinstance(r, str)]))
     ids: list[int] = []
     mask: list[int] = []
-    for run, m in runs:
-        piece = [run] if isinstance(run, int) else next(texts)
+    for run, m in runs:  # one encode per run: cheaper than encode_batch for a handful of short texts
+        piece = [run] if isinstance(run, int) else tok.encode(run)
         ids.extend(piece)
         mask.extend([m] * len(piece))
     return ids, mask
