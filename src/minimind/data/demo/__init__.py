@@ -2,134 +2,152 @@
 
 Contract: `write_demo(out_dir)` writes these JSONL files and returns {name: path}:
 
-  pretrain.jsonl / pretrain_eval.jsonl   {"text"}: real prose (news, reviews, documentation), ~8 MB
+  pretrain.jsonl / pretrain_eval.jsonl   {"text"}: real prose (classical Chinese, Python/NumPy
+                                         documentation) plus generated practice text, ~8 MB
   sft.jsonl / sft_eval.jsonl             {"conversations": [...]}: identity, real dialogues,
                                          reasoning (reasoning_content), tool calls, reading tasks,
-                                         multi-turn with system prompts
+                                         translation, multiple-choice practice, multi-turn
   dpo.jsonl / dpo_eval.jsonl             {"chosen": [...], "rejected": [...]}
   rl.jsonl / rl_eval.jsonl               {"conversations": [user, assistant], "answer", "kind"}:
                                          verifiable tasks; the assistant turn is the reference reply
+  eval/                                  the demo eval suites (`write_demo_eval`, evalsets.py):
+                                         ppl.jsonl, mcq/ (C-Eval layout), gen.jsonl, toolcall.jsonl
 
-The `*_eval` files are held out: no eval document, dialogue or RL question appears in the
-training files, and the shipped tokenizer never saw them, so later stages can measure gains.
-The output is a pure function of the shipped sources and fixed seeds: the same bytes every run.
-Real text comes from `sources/` (extracted once by build_sources.py; provenance and licences in
-README.md); everything else from the seeded generators in tasks.py and conversations.py.
+The `*_eval` files and `eval/` are held out: no held-out document, dialogue, question or tool
+request appears in the training files (write_demo removes any training item that asks one), and
+the shipped tokenizer never saw them, so later stages can measure gains. The output is a pure
+function of the shipped sources and fixed seeds: the same bytes every run. Real text comes from
+`sources/` (extracted once by scripts/build_demo_sources.py; provenance and licences in README.md);
+everything else from the seeded generators in tasks.py, conversations.py and mcq.py.
 """
 
 from __future__ import annotations
 
-import gzip
-import json
 import random
-from importlib import resources
 from pathlib import Path
 
 from . import conversations as C
-from .tasks import Task, make_task
+from . import mcq as Q
+from .evalsets import build_suites, held_out_prompts, normalise, write_demo_eval, write_jsonl, write_suites
+from .sources import source_dialogues, source_documents
+from .tasks import rl_records
+
+__all__ = ["write_demo", "write_demo_eval", "source_documents", "source_dialogues"]
 
 SEED = 1234
-EVAL_EVERY = 50          # every 50th source document is held out (2%)
-DIALOGUE_EVAL_EVERY = 20
 LANGS = ("zh", "en")
 # Conversations per language (SFT) or in total (RL, DPO). A few thousand: enough for a tiny model
 # to pick up the chat format, its identity and the task formats, small enough to write in seconds.
-SFT_COUNTS = {"identity": 300, "reasoning": 800, "multi_turn": 250, "tool_use": 250}
-READING_COUNT = 300      # headline / sentiment (zh) and documentation summaries (en) each
-RL_COUNT, RL_EVAL_COUNT = 2000, 300
+SFT_COUNTS = {"identity": 300, "reasoning": 800, "multi_turn": 250, "tool_use": 250, "translation": 150, "mcq": 200}
+READING_COUNT = 300      # poem titles and classical sources (zh), documentation summaries (en), each
+PRACTICE_DOCS = 150      # pretraining documents of answered multiple-choice questions, per subject
+PRACTICE_PER_DOC = 5
+RL_COUNT = 2000
 DPO_COUNT, DPO_EVAL_COUNT = 2000, 100
+POEM_SOURCES = ("chinese-poetry/tangshisanbaishou", "chinese-poetry/quantangshi/tang")
+PROSE_SOURCES = tuple(f"chinese-poetry/{s}" for s in ("lunyu", "mengzi", "daxue", "zhongyong", "guwenguanzhi",
+                                                        "youmengying", "youxueqionglin", "zengguangxianwen"))
 
 
-def _read_source(name: str) -> list[dict]:
-    path = resources.files(__name__) / "sources" / name
-    with gzip.open(path.open("rb"), "rt", encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh]
+def _poems(docs: list[dict]) -> list[str]:
+    """Tang poems "title\\nauthor\\nlines" out of the grouped documents."""
+    return [p for d in docs if d["src"] in POEM_SOURCES for p in d["text"].split("\n\n") if p.count("\n") >= 2]
 
 
-def source_documents() -> list[dict]:
-    """The real-text documents {"src", "lang", "text", "split": "train"|"eval"} in a fixed order."""
-    docs = _read_source("pretrain_text.jsonl.gz")
-    for i, d in enumerate(docs):
-        d["split"] = "eval" if i % EVAL_EVERY == 0 else "train"
-    return docs
-
-
-def source_dialogues() -> list[dict]:
-    """chatterbot-corpus dialogues {"src", "lang", "turns", "split"}."""
-    dialogues = _read_source("dialogues.jsonl.gz")
-    for i, d in enumerate(dialogues):
-        d["split"] = "eval" if i % DIALOGUE_EVAL_EVERY == 0 else "train"
-    return dialogues
-
-
-def _sft(rng: random.Random, docs: list[dict], dialogues: list[dict], scale: float) -> list[dict]:
-    convs: list[list[dict]] = []
-    for lang in LANGS:
-        for name, build in (("identity", C.identity), ("reasoning", C.reasoning_task),
-                            ("multi_turn", C.multi_turn), ("tool_use", C.tool_use)):
-            convs += [build(rng, lang) for _ in range(max(1, int(SFT_COUNTS[name] * scale)))]
-    convs += [C.dialogue(rng, d["turns"], d["lang"]) for d in dialogues]
-    k = max(1, int(READING_COUNT * scale))
-    news = [d["text"] for d in docs if d["src"].endswith("peoples-daily-1998-01") and "\n" in d["text"]]
-    reviews = [d for d in docs if "/reviews-" in d["src"]]
-    en_docs = [d["text"] for d in docs if d["lang"] == "en" and len(d["text"]) > 200]
-    convs += [C.headline_task(rng, t) for t in rng.sample(news, min(k, len(news)))]
-    convs += [C.sentiment_task(rng, d["text"], d["src"][-3:]) for d in rng.sample(reviews, min(k, len(reviews)))]
-    convs += [C.summary_task(rng, t) for t in rng.sample(en_docs, min(k, len(en_docs)))]
-    rng.shuffle(convs)
-    return [{"conversations": c} for c in convs]
-
-
-def _rl_record(task: Task) -> dict:
-    return {"conversations": [{"role": "user", "content": task.question},
-                              {"role": "assistant", "content": task.reply()}],
-            "answer": task.answer, "kind": task.kind}
-
-
-def _rl(rng: random.Random, n: int, exclude: set[str]) -> list[dict]:
-    out, seen = [], set(exclude)
-    while len(out) < n:
-        task = make_task(rng, LANGS[len(out) % 2])
-        if task.question not in seen:  # no duplicates, nothing from the held-out set
-            seen.add(task.question)
-            out.append(_rl_record(task))
+def _passages(docs: list[dict]) -> list[tuple[str, str]]:
+    """(passage, work) from the prose documents, whose first line is "work·chapter"."""
+    out = []
+    for d in docs:
+        if d["src"] in PROSE_SOURCES:
+            head, _, body = d["text"].partition("\n")
+            out.append((body, head.split("·")[0]))
     return out
 
 
-def _dpo(rng: random.Random, n: int, docs: list[dict], dialogues: list[dict]) -> list[dict]:
-    reviews = [(d["text"][:300], d["src"][-3:]) for d in docs if "/reviews-" in d["src"]]
+def _asks_held_out(conv: list[dict], held: set[str]) -> bool:
+    return any(m["role"] == "user" and normalise(m["content"]) in held for m in conv)
+
+
+def _practice(rng: random.Random, n: int, held: set[str]) -> dict[str, list[Q.Mcq]]:
+    """n training multiple-choice items per subject, none with a held-out stem."""
+    out: dict[str, list[Q.Mcq]] = {s: [] for s in Q.SUBJECTS}
+    for subject, items in out.items():
+        while len(items) < n:
+            item = Q.make_mcq(rng, subject, "train")
+            if normalise(item.question) not in held:
+                items.append(item)
+    return out
+
+
+def _sft(rng: random.Random, docs: list[dict], dialogues: list[dict], scale: float, held: set[str]) -> list[dict]:
+    convs: list[list[dict]] = []
+    builders = {"identity": C.identity, "reasoning": C.reasoning_task, "multi_turn": C.multi_turn,
+                "tool_use": C.tool_use, "translation": Q.translation_conversation}
+    for lang in LANGS:
+        for name, build in builders.items():
+            convs += [build(rng, lang) for _ in range(max(1, int(SFT_COUNTS[name] * scale)))]
+    k_mcq = max(1, int(SFT_COUNTS["mcq"] * scale)) * len(LANGS)
+    convs += [Q.practice_conversation(m) for items in _practice(rng, k_mcq // 4 + 1, held).values() for m in items]
+    convs += [C.dialogue(rng, d["turns"], d["lang"]) for d in dialogues]
+    k = max(1, int(READING_COUNT * scale))
+    poems, passages = _poems(docs), _passages(docs)
+    en_docs = [d["text"] for d in docs if d["lang"] == "en" and len(d["text"]) > 200]
+    convs += [C.poem_title_task(rng, p) for p in rng.sample(poems, min(k, len(poems)))]
+    convs += [C.source_task(rng, *p) for p in rng.sample(passages, min(k, len(passages)))]
+    convs += [C.summary_task(rng, t) for t in rng.sample(en_docs, min(k, len(en_docs)))]
+    rng.shuffle(convs)
+    return [{"conversations": c} for c in convs if not _asks_held_out(c, held)]
+
+
+def _pretrain(rng: random.Random, docs: list[dict], held: set[str]) -> list[dict]:
+    """Real documents plus a glossary and answered multiple-choice practice, shuffled together."""
+    texts = [d["text"] for d in docs] + [Q.glossary_document()]
+    practice = _practice(rng, PRACTICE_DOCS * PRACTICE_PER_DOC, held)
+    for subject, items in practice.items():
+        texts += [Q.practice_document(subject, items[i:i + PRACTICE_PER_DOC])
+                  for i in range(0, len(items), PRACTICE_PER_DOC)]
+    rng.shuffle(texts)
+    return [{"text": t} for t in texts]
+
+
+def _dpo(rng: random.Random, n: int, docs: list[dict], dialogues: list[dict], held: set[str]) -> list[dict]:
+    passages = [(p[:300], book) for p, book in _passages(docs)]
     by_lang = {lang: [d for d in dialogues if d["lang"] == lang] for lang in LANGS}
-    return [C.dpo_pair(rng, LANGS[i % 2], by_lang[LANGS[i % 2]], reviews) for i in range(n)]
-
-
-def _write_jsonl(path: Path, records: list[dict]) -> None:
-    with open(path, "w", encoding="utf-8", newline="\n") as fh:
-        for r in records:
-            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+    out = []
+    while len(out) < n:
+        lang = LANGS[len(out) % 2]
+        pair = C.dpo_pair(rng, lang, by_lang[lang], passages)
+        if not _asks_held_out(pair["chosen"], held):
+            out.append(pair)
+    return out
 
 
 def write_demo(out_dir: str | Path) -> dict[str, Path]:
-    """Write the demo JSONL files into `out_dir` (created if needed); return {name: path}."""
+    """Write the demo JSONL files into `out_dir` and the eval suites into `out_dir/eval/`;
+    return {name: path} with "eval" naming the suites' folder."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     docs, dialogues = source_documents(), source_dialogues()
     train_docs = [d for d in docs if d["split"] == "train"]
     eval_docs = [d for d in docs if d["split"] == "eval"]
+    suites = build_suites()
+    held = held_out_prompts(suites)
     # Separate generators per file: changing one file's recipe leaves the others' bytes alone.
-    rl_eval = _rl(random.Random(SEED + 4), RL_EVAL_COUNT, set())
-    eval_questions = {r["conversations"][0]["content"] for r in rl_eval}
     files = {
-        "pretrain": [{"text": d["text"]} for d in train_docs],
+        "pretrain": _pretrain(random.Random(SEED + 7), train_docs, held),
         "pretrain_eval": [{"text": d["text"]} for d in eval_docs],
-        "sft": _sft(random.Random(SEED + 1), train_docs, [d for d in dialogues if d["split"] == "train"], 1.0),
-        "sft_eval": _sft(random.Random(SEED + 2), eval_docs, [d for d in dialogues if d["split"] == "eval"], 0.05),
-        "dpo": _dpo(random.Random(SEED + 5), DPO_COUNT, train_docs, dialogues),
-        "dpo_eval": _dpo(random.Random(SEED + 6), DPO_EVAL_COUNT, eval_docs, dialogues),
-        "rl": _rl(random.Random(SEED + 3), RL_COUNT, eval_questions),
-        "rl_eval": rl_eval,
+        "sft": _sft(random.Random(SEED + 1), train_docs, [d for d in dialogues if d["split"] == "train"], 1.0, held),
+        "sft_eval": _sft(random.Random(SEED + 2), eval_docs, [d for d in dialogues if d["split"] == "eval"], 0.05,
+                         set()),
+        "dpo": _dpo(random.Random(SEED + 5), DPO_COUNT, train_docs, dialogues, held),
+        "dpo_eval": _dpo(random.Random(SEED + 6), DPO_EVAL_COUNT, eval_docs, dialogues, set()),
+        "rl": rl_records(random.Random(SEED + 3), RL_COUNT, lambda q: normalise(q) in held),
+        "rl_eval": suites.rl_eval,
     }
     paths = {}
     for name, records in files.items():
         paths[name] = out / f"{name}.jsonl"
-        _write_jsonl(paths[name], records)
+        write_jsonl(paths[name], records)
+    write_suites(out / "eval", suites, eval_docs)
+    paths["eval"] = out / "eval"
     return paths

@@ -1,5 +1,6 @@
 """Builders of demo conversations: identity, real dialogues, reasoning tasks, tool calls, reading
-tasks on real text, and DPO preference pairs, in Chinese and English.
+tasks on real text (name a classical poem, say which work a classical passage comes from, summarise
+a documentation entry), and DPO preference pairs, in Chinese and English.
 
 Contract: every builder takes a `random.Random` (and source records where it needs real text) and
 returns conversations in the SFT format of docs/architecture.md: lists of
@@ -102,16 +103,17 @@ def multi_turn(rng: random.Random, lang: str) -> list[dict]:
     return conv
 
 
-def tool_use(rng: random.Random, lang: str) -> list[dict]:
-    """A tool-call round trip: the call, the tool's JSON result, the final answer."""
+def tool_use(rng: random.Random, lang: str, cities: tuple = CITIES, kind: str | None = None) -> list[dict]:
+    """A tool-call round trip: the call, the tool's JSON result, the final answer. `cities` and
+    `kind` let the held-out tool-call suite ask about places the training conversations never name."""
     zh = lang == "zh"
-    kind = rng.choice(("get_weather", "calculator", "convert_units", "none"))
+    kind = kind or rng.choice(("get_weather", "calculator", "convert_units", "none"))
     tools = [TOOLS[k] for k in sorted(TOOLS) if k == kind or rng.random() < 0.5] or [TOOLS["calculator"]]
     system = {"role": "system", "content": TOOL_SYSTEM[lang], "tools": tools}
     if kind == "none":  # tools offered but not needed: answer directly
         return [system] + identity(rng, lang)[-2:]
     if kind == "get_weather":
-        city = rng.choice(CITIES)[0 if zh else 1]
+        city = rng.choice(cities)[0 if zh else 1]
         temp, (w_zh, w_en) = rng.randint(-5, 35), rng.choice(WEATHER)
         user = f"{city}现在天气怎么样？" if zh else f"What's the weather like in {city} right now?"
         args = {"city": city}
@@ -142,18 +144,17 @@ def tool_use(rng: random.Random, lang: str) -> list[dict]:
     return conv
 
 
-def headline_task(rng: random.Random, article: str) -> list[dict]:
-    """Real news: write a headline (the article's own first line is the reference)."""
-    title, _, body = article.partition("\n")
-    body = body[:400]
-    return [{"role": "user", "content": f"请为下面这段新闻拟一个标题：\n{body}"},
-            {"role": "assistant", "content": title}]
+def poem_title_task(rng: random.Random, poem: str) -> list[dict]:
+    """A classical poem rendered "title / author / lines": name it (its own title is the reference)."""
+    title, author, body = poem.split("\n", 2)
+    return [{"role": "user", "content": f"请为下面这首{author}的诗拟一个题目：\n{body[:300]}"},
+            {"role": "assistant", "content": f"《{title}》"}]
 
 
-def sentiment_task(rng: random.Random, review: str, label: str) -> list[dict]:
-    verdict = "正面" if label == "pos" else "负面"
-    return [{"role": "user", "content": f"判断下面这条评论的情感是正面还是负面：\n{review[:300]}"},
-            {"role": "assistant", "content": f"这条评论的情感是{verdict}的。"}]
+def source_task(rng: random.Random, passage: str, book: str) -> list[dict]:
+    """A classical passage (without its heading): which work is it from (a handful of classes)."""
+    return [{"role": "user", "content": f"下面这段古文出自哪部作品？\n{passage[:300]}"},
+            {"role": "assistant", "content": f"这段文字出自《{book}》。"}]
 
 
 def summary_task(rng: random.Random, doc: str) -> list[dict]:
@@ -164,9 +165,10 @@ def summary_task(rng: random.Random, doc: str) -> list[dict]:
             {"role": "assistant", "content": sentence}]
 
 
-def dpo_pair(rng: random.Random, lang: str, dialogues: list[dict], reviews: list[tuple[str, str]]) -> dict:
-    """One preference pair: chosen is correct/on-topic, rejected is wrong, off-identity or off-topic."""
-    kind = rng.choice(("task", "identity", "dialogue", "sentiment" if lang == "zh" else "task"))
+def dpo_pair(rng: random.Random, lang: str, dialogues: list[dict], passages: list[tuple[str, str]]) -> dict:
+    """One preference pair: chosen is correct/on-topic, rejected is wrong, off-identity or off-topic.
+    `passages` are (classical passage, its work) for the Chinese "which work" pairs."""
+    kind = rng.choice(("task", "identity", "dialogue", "source" if lang == "zh" else "task"))
     if kind == "identity":
         prompt = [{"role": "user", "content": rng.choice(IDENTITY_Q[lang])}]
         good, bad = rng.choice(IDENTITY_A[lang]), rng.choice(WRONG_IDENTITY[lang])
@@ -176,11 +178,12 @@ def dpo_pair(rng: random.Random, lang: str, dialogues: list[dict], reviews: list
         good, bad = d["turns"][1], other["turns"][1]
         if good == bad:
             bad = rng.choice(WRONG_IDENTITY[lang])
-    elif kind == "sentiment" and reviews:
-        review, label = rng.choice(reviews)
-        conv = sentiment_task(rng, review, label)
+    elif kind == "source" and passages:
+        passage, book = rng.choice(passages)
+        conv = source_task(rng, passage, book)
         prompt, good = conv[:1], conv[1]["content"]
-        bad = good.replace("正面", "负面") if label == "pos" else good.replace("负面", "正面")
+        other = rng.choice(sorted({b for _, b in passages} - {book}) or ["红楼梦"])
+        bad = good.replace(f"《{book}》", f"《{other}》")
     else:
         task = make_task(rng, lang)
         wrong = int(float(task.answer)) + rng.choice((-10, -2, -1, 1, 2, 10))

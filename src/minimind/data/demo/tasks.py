@@ -6,12 +6,14 @@ answer as a canonical string (integers without separators, decimals without trai
 `question` is the user prompt, and whose `reasoning` is a short correct derivation (used as
 `reasoning_content` in SFT). `check_task(task)` recomputes the answer from the task's parameters
 alone, so tests (and GRPO reward code) can trust every answer. Everything depends only on the
-`random.Random` passed in: same seed, same tasks.
+`random.Random` passed in: same seed, same tasks. `rl_records(rng, n, exclude)` turns tasks into
+RL records {"conversations": [user, assistant], "answer", "kind"} with no repeated question.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -186,3 +188,21 @@ def check_task(task: Task) -> str:
     if task.kind == "word_problem":
         return fmt(p["have"] + p["buy"] - p["give"])
     raise ValueError(task.kind)
+
+
+def rl_record(task: Task) -> dict:
+    return {"conversations": [{"role": "user", "content": task.question},
+                              {"role": "assistant", "content": task.reply()}],
+            "answer": task.answer, "kind": task.kind}
+
+
+def rl_records(rng: random.Random, n: int, skip: Callable[[str], bool] = lambda q: False) -> list[dict]:
+    """`n` RL records alternating Chinese and English; no duplicates and no question for which
+    `skip(question)` holds (the held-out ones)."""
+    out, seen = [], set()
+    while len(out) < n:
+        task = make_task(rng, ("zh", "en")[len(out) % 2])
+        if task.question not in seen and not skip(task.question):
+            seen.add(task.question)
+            out.append(rl_record(task))
+    return out

@@ -1,0 +1,149 @@
+"""The embedded demo evaluation suites, held out from every demo training file.
+
+Contract: `write_demo_eval(out_dir)` writes, deterministically and in about a second, and returns
+{"ppl": file, "mcq": folder, "gen": file, "toolcall": file}:
+
+  ppl.jsonl       {"text"}: the held-out real documents (Chinese and English), which share no
+                  13-gram with any training document
+  mcq/            C-Eval layout: dev/{subject}_dev.csv (5 few-shot rows) and val/{subject}_val.csv,
+                  header id,question,A,B,C,D,answer,explanation; subjects in `mcq.SUBJECTS`
+  gen.jsonl       {"conversations": [user], "answer", "kind"}: verifiable tasks (the first
+                  GEN_COUNT records of rl_eval)
+  toolcall.jsonl  {"conversations": [system (tools: JSON string), user, assistant (tool_calls: JSON
+                  string)]}: the last turn's call is the reference; cities the training data never names
+
+`build_suites()` makes the held-out items and `held_out_prompts()` their normalised question texts,
+which `write_demo` removes from every training file. `ngrams()` is the 13-gram rule the held-out
+text obeys (one token per CJK character or ASCII word).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import conversations as C
+from .mcq import SUBJECTS, Mcq, make_mcq
+from .sources import source_documents
+from .tasks import rl_records
+
+SEED = 1234
+NGRAM = 13
+TOKEN_RE = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]|[A-Za-z0-9_]+")
+DEV_SHOTS = 5
+MCQ_COUNTS = {"arithmetic": 100, "units": 80, "vocabulary": 100, "identity": 40}  # val questions
+RL_EVAL_COUNT, GEN_COUNT, TOOLCALL_COUNT = 300, 100, 90
+EVAL_CITIES = (("杭州", "Hangzhou"), ("西安", "Xi'an"), ("武汉", "Wuhan"), ("南京", "Nanjing"),
+               ("Berlin", "Berlin"), ("Sydney", "Sydney"), ("Madrid", "Madrid"), ("Toronto", "Toronto"))
+CSV_HEADER = ("id", "question", "A", "B", "C", "D", "answer", "explanation")
+
+
+def ngrams(text: str, n: int = NGRAM) -> set[tuple[str, ...]]:
+    """Word n-grams with each CJK character a word (punctuation and spacing ignored)."""
+    toks = [t.lower() for t in TOKEN_RE.findall(text)]
+    return {tuple(toks[i:i + n]) for i in range(len(toks) - n + 1)}
+
+
+def normalise(text: str) -> str:
+    """Case and whitespace folded: the form in which held-out questions are compared."""
+    return " ".join(text.lower().split())
+
+
+@dataclass
+class Suites:
+    mcq: dict[str, dict[str, list[Mcq]]]   # subject -> {"dev": [...], "val": [...]}
+    rl_eval: list[dict]                    # RL format; the gen suite is its first GEN_COUNT records
+    toolcall: list[dict]
+
+
+def _mcq_suite(rng: random.Random) -> dict[str, dict[str, list[Mcq]]]:
+    out = {}
+    for subject, n_val in MCQ_COUNTS.items():
+        items: list[Mcq] = []
+        seen: set[str] = set()
+        while len(items) < DEV_SHOTS + n_val:
+            item = make_mcq(rng, subject, "eval", ("zh", "en")[len(items) % 2])
+            if normalise(item.question) not in seen:
+                seen.add(normalise(item.question))
+                items.append(item)
+        out[subject] = {"dev": items[:DEV_SHOTS], "val": items[DEV_SHOTS:]}
+    return out
+
+
+def _toolcall_case(rng: random.Random, lang: str, kind: str) -> dict:
+    conv = C.tool_use(rng, lang, cities=EVAL_CITIES, kind=kind)
+    system, user, call = conv[0], conv[1], conv[2]
+    return {"conversations": [
+        {"role": "system", "content": system["content"], "tools": json.dumps(system["tools"], ensure_ascii=False)},
+        {"role": "user", "content": user["content"]},
+        {"role": "assistant", "content": "", "tool_calls": json.dumps(call["tool_calls"], ensure_ascii=False)}]}
+
+
+def _toolcall_suite(rng: random.Random) -> list[dict]:
+    cases, seen = [], set()
+    kinds = ("get_weather", "calculator", "convert_units")
+    while len(cases) < TOOLCALL_COUNT:
+        case = _toolcall_case(rng, ("zh", "en")[len(cases) % 2], kinds[len(cases) // 2 % 3])
+        key = (case["conversations"][0]["tools"], normalise(case["conversations"][1]["content"]))
+        if key not in seen:
+            seen.add(key)
+            cases.append(case)
+    return cases
+
+
+def build_suites() -> Suites:
+    """The held-out items; separate seeds so each suite's bytes are independent of the others."""
+    return Suites(mcq=_mcq_suite(random.Random(SEED + 10)),
+                  rl_eval=rl_records(random.Random(SEED + 4), RL_EVAL_COUNT),
+                  toolcall=_toolcall_suite(random.Random(SEED + 11)))
+
+
+def held_out_prompts(suites: Suites) -> set[str]:
+    """Normalised question texts that must never appear in training: MCQ stems, RL/gen questions
+    and tool-call requests."""
+    held = {normalise(m.question) for split in suites.mcq.values() for items in split.values() for m in items}
+    held |= {normalise(r["conversations"][0]["content"]) for r in suites.rl_eval}
+    held |= {normalise(c["conversations"][1]["content"]) for c in suites.toolcall}
+    return held
+
+
+def _csv_text(items: list[Mcq]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_HEADER)
+    for i, m in enumerate(items):
+        writer.writerow([i, m.question, *m.choices, m.answer, m.explanation])
+    return buf.getvalue()
+
+
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8", newline="\n") as fh:
+        for r in records:
+            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+def write_suites(out_dir: str | Path, suites: Suites, ppl_docs: list[dict]) -> dict[str, Path]:
+    out = Path(out_dir)
+    for split in ("dev", "val"):
+        (out / "mcq" / split).mkdir(parents=True, exist_ok=True)
+    paths = {"ppl": out / "ppl.jsonl", "mcq": out / "mcq", "gen": out / "gen.jsonl", "toolcall": out / "toolcall.jsonl"}
+    write_jsonl(paths["ppl"], [{"text": d["text"]} for d in ppl_docs])
+    for subject in SUBJECTS:
+        for split, items in suites.mcq[subject].items():
+            (out / "mcq" / split / f"{subject}_{split}.csv").write_text(_csv_text(items), encoding="utf-8", newline="")
+    gen = [{"conversations": r["conversations"][:1], "answer": r["answer"], "kind": r["kind"]}
+           for r in suites.rl_eval[:GEN_COUNT]]
+    write_jsonl(paths["gen"], gen)
+    write_jsonl(paths["toolcall"], suites.toolcall)
+    return paths
+
+
+def write_demo_eval(out_dir: str | Path) -> dict[str, Path]:
+    """Write the demo eval suites into `out_dir` (created if needed); see the module docstring."""
+    held_out_docs = [d for d in source_documents() if d["split"] == "eval"]
+    return write_suites(out_dir, build_suites(), held_out_docs)
