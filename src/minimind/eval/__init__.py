@@ -1,0 +1,25 @@
+"""Evaluation: perplexity, multiple choice (C-Eval / CMMLU / JSONL), generation and tool-call tasks.
+
+One file per task family over one shared scorer, on top of the model and the inference engine;
+nothing here imports training or HTTP code.
+
+    scorer.py    log P(continuation | context), batched, lm-eval's tokenisation rules
+    ppl.py       loss, perplexity, bits per byte (sliding window, EOS before each document)
+    mcq_data.py  reading C-Eval / CMMLU folders and generic JSONL questions
+    mcq.py       lm-eval's exact prompts, accuracy (micro, macro, length-normalised, per subject)
+    gen.py       greedy accuracy and pass@k on verifiable prompts, thinking on and off
+    toolcall.py  well-formed call, right function, right arguments
+    answers.py   matching a generated answer against the reference
+    report.py    tables, --json reports, side-by-side comparison, a run's eval.jsonl
+    run.py       loading a checkpoint and running a task or the embedded demo suites
+
+    from minimind.eval import Settings, evaluate
+    report = evaluate("runs/quickstart/sft", "ceval", "ceval-exam/", Settings(shots=5))
+
+See docs/evaluation.md.
+"""
+
+from .run import TASKS, Settings, evaluate, run_demo, run_task
+from .scorer import Scorer
+
+__all__ = ["Scorer", "Settings", "TASKS", "evaluate", "run_demo", "run_task"]

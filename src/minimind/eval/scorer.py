@@ -1,0 +1,132 @@
+"""The one scorer every log-likelihood task shares: log P(continuation | context), batched.
+
+Contract (the semantics of lm-evaluation-harness's `loglikelihood`, so numbers are comparable):
+- `Scorer(model, tokenizer, batch_size, max_length)`; `max_length` defaults to the model's context.
+- `scorer.encode_pair(context, continuation) -> (context_ids, continuation_ids)` splits text the
+  way lm-eval's HF model does (`lm_eval/api/model.py: _encode_pair`): trailing whitespace of the
+  context moves to the start of the continuation, then context + continuation is encoded as ONE
+  string and cut after the tokens of the context alone. An empty context becomes the BOS token.
+  `encode_pairs(context, continuations)` does the same for several continuations of one context.
+- `scorer.loglikelihood(pairs, progress=None) -> [(logprob, is_greedy)]` for token-id pairs:
+  `logprob` is the sum of log-softmax scores of the continuation tokens, `is_greedy` is True when
+  every continuation token is the argmax at its position. Inputs longer than `max_length + 1`
+  tokens lose tokens on the left (as lm-eval does); `scorer.truncated` counts such requests.
+- Text that the tokenizer cannot encode (no ids for non-empty text, or its unknown token) raises
+  `UserError`: a silent 0 would look like a real score.
+
+Speed: requests whose `context + continuation[:-1]` is the same token sequence need one forward
+between them (lm-eval's "one-token continuation" cache, generalised): for 4 single-token choice
+letters, one forward of the prompt gives all four scores. Distinct sequences are batched,
+longest first, left-padded, and only the last positions go through the LM head
+(`logits_to_keep`): a C-Eval prompt is hundreds of tokens, but only the final few are scored.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ..errors import UserError
+
+Pair = tuple[list[int], list[int]]
+
+
+class Scorer:
+    def __init__(self, model, tokenizer, batch_size: int = 16, max_length: int | None = None) -> None:
+        if batch_size < 1:
+            raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+        model.eval()
+        self.model, self.tok, self.batch_size = model, tokenizer, batch_size
+        self.max_length = min(max_length or model.config.max_seq_len, model.config.max_seq_len)
+        self.device = model.embed_tokens.weight.device
+        self.pad_id = tokenizer.pad_id
+        self.truncated = 0
+        unk = getattr(tokenizer.backend.model, "unk_token", None) if hasattr(tokenizer, "backend") else None
+        self.unk_id = tokenizer.token_to_id(unk) if unk else None
+
+    # -- text -> ids --------------------------------------------------------------------------
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of `text` (no special tokens added); UserError if the tokenizer cannot encode it."""
+        ids = self.tok.encode(text)
+        if text and not ids:
+            raise UserError(f"the tokenizer ({self.tok.path}) encodes {text[:40]!r} to no tokens at all")
+        if self.unk_id is not None and self.unk_id in ids:
+            raise UserError(f"the tokenizer ({self.tok.path}) cannot encode {text[:40]!r}: "
+                            f"it produces the unknown token; this checkpoint cannot be scored on this text")
+        return ids
+
+    def encode_pairs(self, context: str, continuations: list[str]) -> list[Pair]:
+        """lm-eval's context/continuation split for each continuation of one context."""
+        out: list[Pair] = []
+        ctx_cache: dict[str, list[int]] = {}
+        for cont in continuations:
+            ctx = context
+            n = len(ctx) - len(ctx.rstrip())
+            if n:  # "Answer: " + "A" is scored as "Answer:" + " A", like the harness
+                ctx, cont = ctx[:-n], ctx[-n:] + cont
+            if not ctx:
+                ids = self.encode(cont)
+                pair = ([self.tok.bos_id], ids) if ids[0] != self.tok.bos_id else (ids[:1], ids[1:])
+            else:
+                if ctx not in ctx_cache:
+                    ctx_cache[ctx] = self.encode(ctx)
+                ctx_ids, whole = ctx_cache[ctx], self.encode(ctx + cont)
+                pair = (ctx_ids, whole[len(ctx_ids):])
+            if not pair[1]:
+                raise UserError(f"the continuation {cont!r} encodes to no tokens after its context "
+                                f"(the tokenizer merges it into the context)")
+            out.append(pair)
+        return out
+
+    def encode_pair(self, context: str, continuation: str) -> Pair:
+        return self.encode_pairs(context, [continuation])[0]
+
+    # -- scoring ------------------------------------------------------------------------------
+
+    def loglikelihood(self, pairs: list[Pair], progress: Callable[[int], None] | None = None
+                      ) -> list[tuple[float, bool]]:
+        """(sum of log-probs of the continuation, continuation is the greedy choice) per pair."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, (ctx, cont) in enumerate(pairs):
+            if not ctx or not cont:
+                raise ValueError("context and continuation must both be non-empty token lists")
+            if len(cont) > self.max_length:
+                raise UserError(f"a continuation of {len(cont)} tokens does not fit the context of "
+                                f"{self.max_length} tokens")
+            full = (ctx + cont)[-(self.max_length + 1):]
+            self.truncated += len(ctx) + len(cont) > self.max_length + 1
+            groups.setdefault(tuple(full[:-1]), []).append(i)
+        # Longest first: a batch's rows have similar lengths (little padding), and running out of
+        # memory, if it happens, happens at once.
+        rows = sorted(groups.items(), key=lambda kv: (-len(kv[0]), kv[0]))
+        out: list[tuple[float, bool] | None] = [None] * len(pairs)
+        for b in range(0, len(rows), self.batch_size):
+            batch = rows[b:b + self.batch_size]
+            keep = max(len(pairs[i][1]) for _, members in batch for i in members)
+            logprobs = self._logprobs([list(key) for key, _ in batch], keep)
+            for r, (_, members) in enumerate(batch):
+                for i in members:
+                    cont = torch.tensor(pairs[i][1], device=self.device)
+                    lp = logprobs[r, keep - len(cont):]  # the positions that predict the continuation
+                    score = lp.gather(-1, cont[:, None]).sum().item()
+                    out[i] = (score, bool((lp.argmax(-1) == cont).all()))
+            if progress is not None:
+                progress(sum(len(members) for _, members in batch))
+        return out  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def _logprobs(self, rows: list[list[int]], keep: int) -> torch.Tensor:
+        """Log-softmax [B, keep, V] (float32) of the last `keep` positions of left-padded rows."""
+        T = max(len(r) for r in rows)
+        ids = torch.full((len(rows), T), self.pad_id, dtype=torch.long)
+        mask = torch.zeros(len(rows), T, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, T - len(r):] = torch.tensor(r)
+            mask[i, T - len(r):] = 1
+        padded = bool((mask == 0).any())
+        # Unpadded batches need no mask: plain causal attention, the same as a single row.
+        out = self.model(ids.to(self.device), attention_mask=mask.to(self.device) if padded else None,
+                         logits_to_keep=min(keep, T))
+        return torch.log_softmax(out.logits.float(), dim=-1)

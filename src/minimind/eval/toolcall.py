@@ -1,0 +1,115 @@
+"""Tool-call accuracy: does the model call the right function with the right arguments?
+
+Contract:
+- A case is one JSONL record in the upstream SFT shape: {"conversations": [system message with
+  "tools" (JSON string or list of OpenAI function specs), user (, assistant, tool, ...) ..., assistant
+  with "tool_calls"]}. The LAST assistant message's tool_calls are the reference; everything before
+  it is the prompt (rendered by `chat.render_prompt`, thinking off unless asked). A case whose last
+  message has no tool_calls, or that offers no tools, is a bad record (`file:line: ...`).
+- `parse_tool_calls(text)` reads `<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>`
+  blocks (the layout `chat.py` trains on) from the text after `</think>`; it returns the calls and
+  whether the output was well formed (at least one block, every block closed, valid JSON, a string
+  name and an object of arguments).
+- `evaluate_toolcall(engine, cases, ...)` generates greedily and reports, each over all cases:
+  format_accuracy (well-formed), name_accuracy (the same function names in the same order),
+  arguments_accuracy = accuracy (names and arguments JSON-equal: parsed objects compared, so key
+  order and spacing do not matter, 2 == 2.0).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+from ..chat import render_prompt
+from ..data.formats import RecordError
+from ..infer import SamplingParams
+from ..tokenizer import TOOL_CALL_END, TOOL_CALL_START
+from .answers import split_think
+from .gen import Prompts, generate_texts, read_records
+
+_BLOCK = re.compile(re.escape(TOOL_CALL_START) + r"\s*(.*?)\s*" + re.escape(TOOL_CALL_END), re.S)
+
+Call = tuple[str, Any]
+
+
+def normalize_call(call: Any) -> Call | None:
+    """(name, arguments object) of an OpenAI-style or flat call; None if it is not one."""
+    if not isinstance(call, dict):
+        return None
+    call = call.get("function") if isinstance(call.get("function"), dict) else call
+    name, args = call.get("name"), call.get("arguments", {})
+    if isinstance(args, str):
+        try:
+            args = json.loads(args) if args.strip() else {}
+        except json.JSONDecodeError:
+            return None
+    if not isinstance(name, str) or not name or not isinstance(args, dict):
+        return None
+    return name, args
+
+
+def parse_tool_calls(text: str) -> tuple[list[Call], bool]:
+    """The calls written in generated text, and whether all of it was well formed."""
+    _, answer = split_think(text)
+    blocks = _BLOCK.findall(answer)
+    ok = bool(blocks) and answer.count(TOOL_CALL_START) == len(blocks) == answer.count(TOOL_CALL_END)
+    calls = []
+    for body in blocks:
+        try:
+            call = normalize_call(json.loads(body))
+        except json.JSONDecodeError:
+            call = None
+        if call is None:
+            ok = False
+        else:
+            calls.append(call)
+    return calls, ok
+
+
+def _reference(rec: dict) -> dict:
+    """Split a normalised sft record into prompt messages, tools and the reference calls."""
+    msgs = rec["messages"]
+    last = msgs[-1]
+    if last["role"] != "assistant" or not last.get("tool_calls"):
+        raise RecordError("the last message must be an assistant message with 'tool_calls' (the reference)")
+    raw = last["tool_calls"]
+    raw = json.loads(raw) if isinstance(raw, str) else raw
+    raw = [raw] if isinstance(raw, dict) else raw
+    calls = [normalize_call(c) for c in raw]
+    if not calls or any(c is None for c in calls):
+        raise RecordError("the reference 'tool_calls' must be calls with a 'name' and object 'arguments'")
+    tools = rec.get("tools") or msgs[0].get("tools")
+    if not tools:
+        raise RecordError("no 'tools' on the system message (the model must be shown the functions)")
+    if len(msgs) < 2 or msgs[-2]["role"] not in ("user", "tool"):
+        raise RecordError("the reference call must follow a user (or tool) message")
+    return {"messages": msgs[:-1], "tools": tools, "calls": calls}
+
+
+def read_cases(path: str | Path, skip_bad: bool = False, limit: int | None = None) -> Prompts:
+    return read_records(path, "sft", skip_bad, limit, _reference)
+
+
+def evaluate_toolcall(engine, cases: Prompts, max_new_tokens: int = 256, thinking: bool = False,
+                      progress: Callable[[int], None] | None = None) -> dict:
+    recs = cases.records
+    ids = [render_prompt(engine.tokenizer, r["messages"], tools=r["tools"], thinking=thinking) for r in recs]
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
+    texts = generate_texts(engine, ids, [params] * len(ids), progress)
+    fmt = names = args = 0
+    predictions = []
+    for i, (rec, text) in enumerate(zip(recs, texts)):
+        calls, ok = parse_tool_calls(text)
+        name_ok = ok and [c[0] for c in calls] == [c[0] for c in rec["calls"]]
+        args_ok = name_ok and [c[1] for c in calls] == [c[1] for c in rec["calls"]]
+        fmt, names, args = fmt + ok, names + name_ok, args + args_ok
+        predictions.append({"index": i, "reference": [{"name": n, "arguments": a} for n, a in rec["calls"]],
+                            "output": text, "well_formed": ok, "name_ok": name_ok, "arguments_ok": args_ok})
+    n = len(recs)
+    return {"task": "toolcall", "n": n, "accuracy": args / n, "format_accuracy": fmt / n,
+            "name_accuracy": names / n, "arguments_accuracy": args / n, "thinking": thinking,
+            "predictions": predictions}
+

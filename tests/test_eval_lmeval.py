@@ -1,0 +1,119 @@
+"""Our C-Eval / CMMLU numbers are lm-evaluation-harness's: same prompts, same choices, same accuracy.
+
+lm-eval's own `ceval-valid_*` and `cmmlu_*` task files are loaded with only the data source swapped
+for our local CSVs (`dataset_path: csv`, nothing from a hub), and run with lm-eval's own `hf`
+model on a transformers folder exported from one of our models. Skipped without lm_eval.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+lm_eval = pytest.importorskip("lm_eval")
+
+from test_eval_support import shipped_tokenizer, tiny_lm, write_ceval, write_cmmlu  # noqa: E402
+
+from minimind.eval import Settings, evaluate  # noqa: E402
+from minimind.eval.mcq import build_prompt, choice_strings  # noqa: E402
+from minimind.eval.mcq_data import read_suite  # noqa: E402
+from minimind.interop import export_hf  # noqa: E402
+from minimind.tokenizer import default_tokenizer_dir  # noqa: E402
+
+LM_TASKS = Path(lm_eval.__file__).parent / "tasks"
+CEVAL = {"computer_network": (5, 12), "logic": (5, 8)}
+CMMLU = {"agronomy": (5, 10), "arts": (5, 6)}
+SCORED = {"ceval": "val", "cmmlu": "test"}
+
+
+def _task_yaml(tasks: Path, family: str, subject: str, root: Path, cache: Path) -> str:
+    """lm-eval's real task file for `subject`, reading our CSVs instead of the hub dataset."""
+    name = f"local_{family}_{subject}"
+    base = f"ceval/ceval-valid_{subject}.yaml" if family == "ceval" else f"cmmlu/cmmlu_{subject}.yaml"
+    scored = SCORED[family]
+    files = {split: root / split / (f"{subject}_{split}.csv" if family == "ceval" else f"{subject}.csv")
+             for split in (scored, "dev")}
+    (tasks / f"{name}.yaml").write_text(
+        f"include: {LM_TASKS / base}\ntask: {name}\ndataset_path: csv\ndataset_name: null\n"
+        f"dataset_kwargs:\n  cache_dir: {cache}\n  data_files:\n"
+        + "".join(f"    {split}: {path}\n" for split, path in files.items()), encoding="utf-8")
+    return name
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("lmeval")
+    roots = {"ceval": write_ceval(d / "ceval", CEVAL), "cmmlu": write_cmmlu(d / "cmmlu", CMMLU)}
+    tasks = d / "tasks"
+    tasks.mkdir()
+    names = {fam: {s: _task_yaml(tasks, fam, s, roots[fam], d / "hf_cache") for s in subj}
+             for fam, subj in (("ceval", CEVAL), ("cmmlu", CMMLU))}
+    from lm_eval.tasks import TaskManager
+
+    return {"roots": roots, "names": names, "tm": TaskManager(include_path=str(tasks)), "dir": d}
+
+
+def _lm_eval_task(setup, family: str, subject: str, shots: int):
+    name = setup["names"][family][subject]
+    if hasattr(setup["tm"], "load"):
+        task = setup["tm"].load([name])["tasks"][name]
+    else:  # lm-eval before 0.4.10
+        from lm_eval.tasks import get_task_dict
+
+        task = get_task_dict([name], setup["tm"])[name]
+    task.set_config("num_fewshot", shots)
+    task.build_all_requests(limit=None, rank=0, world_size=1, apply_chat_template=False)
+    return task
+
+
+@pytest.mark.parametrize("family,shots", [("ceval", 0), ("ceval", 3), ("cmmlu", 0), ("cmmlu", 5)])
+def test_prompts_equal_the_harness_byte_for_byte(setup, family, shots):
+    suite = read_suite(family, setup["roots"][family])
+    for subject in (CEVAL if family == "ceval" else CMMLU):
+        task = _lm_eval_task(setup, family, subject, shots)
+        theirs = [inst.args for inst in sorted(task.instances, key=lambda i: (i.doc_id, i.idx))]
+        ours = [(build_prompt(q, suite.fewshot[subject][:shots], family), " " + c)
+                for q in suite.questions if q.subject == subject for c in choice_strings(q)]
+        assert ours == theirs
+
+
+def _load_lm_eval_api():
+    try:
+        import accelerate  # noqa: F401  (lm-eval's hf model imports it)
+    except ImportError:
+        pytest.skip("lm_eval's hf model needs accelerate: pip install 'lm-eval[hf]'")
+
+
+@pytest.mark.parametrize("family,shots", [("ceval", 0), ("cmmlu", 5)])
+def test_same_choices_and_accuracy_as_lm_eval_hf(setup, family, shots):
+    _load_lm_eval_api()
+    hf = setup["dir"] / "hf_model"
+    if not hf.is_dir():
+        export_hf(tiny_lm(), hf, tokenizer_dir=default_tokenizer_dir())
+    names = list(setup["names"][family].values())
+    out = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={hf},device=cpu,dtype=float32",
+                                  tasks=names, task_manager=setup["tm"], num_fewshot=shots, log_samples=True,
+                                  batch_size=4)
+    theirs_pred, theirs_ll, hits = [], [], 0
+    for subject, name in setup["names"][family].items():
+        for s in sorted(out["samples"][name], key=lambda s: s["doc_id"]):
+            lls = [r[0] for r in s["filtered_resps"]]
+            theirs_ll.append(lls)
+            theirs_pred.append("ABCD"[max(range(4), key=lambda i: (lls[i], -i))])
+        hits += out["results"][name]["acc,none"] * out["results"][name]["sample_len"]
+    ours = evaluate(hf, family, setup["roots"][family], Settings(shots=shots, batch_size=3))
+    preds = [p["pred"] for p in ours["predictions"]]
+    agree = sum(a == b for a, b in zip(preds, theirs_pred))
+    print(f"{family} {shots}-shot: lm-eval accuracy {hits / len(preds):.4f}, ours {ours['accuracy']:.4f}, "
+          f"per-question agreement {agree}/{len(preds)}")
+    assert len(set(preds)) > 1  # the model's answers depend on the question: agreement means something
+    assert preds == theirs_pred
+    assert ours["accuracy"] == pytest.approx(hits / len(preds))
+    for subject, name in setup["names"][family].items():
+        assert ours["per_subject"][subject] == pytest.approx(out["results"][name]["acc,none"])
+    for mine, theirs in zip(ours["predictions"], theirs_ll):
+        assert mine["logprobs"] == pytest.approx(theirs, abs=2e-3)
