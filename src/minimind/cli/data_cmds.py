@@ -1,9 +1,20 @@
-"""`minimind data demo | prepare | clean`: thin wrappers over `minimind.data`."""
+"""`minimind data demo | prepare | clean`: thin wrappers over `minimind.data`.
+
+Contract: an `--out` under a path that is a file, or a file where a folder goes (or the
+reverse), is a `UserError` before any work (OS errors such as a full disk are reported in one
+line by `minimind.cli.main`). `data demo` never overwrites a file it did not write: an existing
+file with other content than the demo file of the same name is refused.
+"""
 
 from __future__ import annotations
 
 import argparse
+import filecmp
+import os
+import shutil
+import tempfile
 import time
+from pathlib import Path
 
 from ..errors import UserError
 
@@ -44,11 +55,43 @@ def register(sub: argparse._SubParsersAction) -> None:
     cl.set_defaults(func=cmd_clean)
 
 
+def _check_out(out: str, folder: bool) -> Path:
+    """--out must not lie under a file, nor be a file where a folder goes (or the reverse)."""
+    path = Path(out)
+    for parent in path.parents:  # nearest first: the first one that exists must be a folder
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"--out {out}: {parent} is a file, not a folder")
+            break
+    if path.exists() and path.is_dir() != folder:
+        raise UserError(f"--out {out}: is a {'file' if folder else 'folder'}; give a "
+                        f"{'folder' if folder else 'file path'}")
+    return path
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from ..data.demo import write_demo
 
-    for name, path in write_demo(args.out).items():
-        print(f"{name:<10} {path}")
+    out = _check_out(args.out, folder=True)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=out))
+    try:
+        # Written aside first: a user's file that happens to share a demo file's name must
+        # survive; one identical to ours (an earlier `data demo`) may be replaced.
+        fresh = write_demo(tmp)
+        files = sorted(f.relative_to(tmp) for f in tmp.rglob("*") if f.is_file())
+        clash = [str(rel) for rel in files if (out / rel).exists()
+                 and not ((out / rel).is_file() and filecmp.cmp(tmp / rel, out / rel, shallow=False))]
+        if clash:
+            raise UserError(f"{out}: {', '.join(clash)} already exist(s) with other content; refusing "
+                            f"to overwrite (move them, or choose another --out)")
+        for rel in files:
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp / rel, out / rel)
+        for name, path in fresh.items():
+            print(f"{name:<10} {out / path.relative_to(tmp)}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
@@ -57,6 +100,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
     if args.workers is not None and args.workers < 1:
         raise UserError("--workers must be at least 1")
+    _check_out(args.out, folder=True)
     t0 = time.time()
     res = prepare(args.kind, args.data, args.out, args.tokenizer, skip_bad=args.skip_bad,
                   workers=args.workers, log=print)
@@ -84,6 +128,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
     cfg = CleanConfig(unicode_form=args.unicode, min_chars=args.min_chars, max_chars=args.max_chars,
                       max_repetition=args.max_repetition, min_letter_ratio=args.min_letter_ratio,
                       minhash_threshold=args.minhash_threshold, skip_bad=args.skip_bad)
+    _check_out(args.out, folder=False)
     report = clean(args.data, args.out, cfg, weights)
     print(report.table())
     if sum(report.removed["bad"]):

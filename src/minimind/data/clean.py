@@ -27,15 +27,19 @@ Contract:
 - Records may be in any shape of `minimind.data.formats` ({"text"}, conversations, DPO pairs, RL
   prompts): the strings inside (text, message contents, reasoning) are normalised in place and
   their concatenation is what the filters and dedup look at. Fields we do not know are kept.
-- A record without any text, or a line that is not JSON, is an error naming `file:line`, or with
-  `skip_bad=True` is counted under `bad` in the report. The report counts, for each source and
-  step, how many documents the step removed.
+- A record without any text, or a line that is not JSON (or over `formats.MAX_RECORD_BYTES`, or
+  with a lone surrogate), is an error naming `file:line`, or with `skip_bad=True` is counted
+  under `bad` in the report. The report counts, for each source and step, how many documents the
+  step removed.
+- Thresholds and weights are checked before any work (`check_config`). `out` may not be a
+  directory or one of the inputs (cleaning a file onto itself would destroy the raw data).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -96,6 +100,21 @@ class CleanReport:
         lines.append(row("kept", self.kept))
         lines.append(row("written (mix)", self.written))
         return "\n".join(lines)
+
+
+def check_config(cfg: CleanConfig) -> None:
+    """UserError naming the first threshold that is out of range (NaN included)."""
+    if cfg.unicode_form not in UNICODE_FORMS:
+        raise UserError(f"unknown Unicode form {cfg.unicode_form!r}; use one of {', '.join(UNICODE_FORMS)}")
+    for name in ("min_chars", "max_chars"):
+        if getattr(cfg, name) < 0:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
+    for name in ("max_repetition", "min_letter_ratio", "minhash_threshold"):
+        value = getattr(cfg, name)
+        if not 0.0 <= value <= 1.0:  # also false for NaN
+            raise UserError(f"--{name.replace('_', '-')} must be between 0 and 1, got {value}")
+    if cfg.num_perm < 1 or cfg.shingle_chars < 1:
+        raise UserError(f"num_perm and shingle_chars must be >= 1, got {cfg.num_perm}, {cfg.shingle_chars}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -246,8 +265,8 @@ def mix_quotas(counts: list[int], weights: list[float] | None) -> list[int]:
         return list(counts)
     if len(weights) != len(counts):
         raise UserError(f"--weights has {len(weights)} values for {len(counts)} data files")
-    if any(w < 0 for w in weights) or sum(weights) <= 0:
-        raise UserError("--weights must be non-negative and not all zero")
+    if not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) <= 0:
+        raise UserError("--weights must be finite, non-negative and not all zero")
     total, wsum = sum(counts), sum(weights)
     # largest-remainder rounding: the quotas add up to `total` exactly
     exact = [total * w / wsum for w in weights]
@@ -292,12 +311,15 @@ def clean(paths: list[str | Path], out: str | Path, cfg: CleanConfig | None = No
           weights: list[float] | None = None) -> CleanReport:
     """Run steps 1-7 over `paths` and write the cleaned, mixed JSONL to `out`."""
     cfg = cfg or CleanConfig()
-    if cfg.unicode_form not in UNICODE_FORMS:
-        raise UserError(f"unknown Unicode form {cfg.unicode_form!r}; use one of {', '.join(UNICODE_FORMS)}")
+    check_config(cfg)
     files = check_files(paths)
     if weights is not None:
         mix_quotas([1] * len(files), weights)  # fail on a bad --weights before doing any work
     out = Path(out)
+    if out.is_dir():
+        raise UserError(f"{out}: is a directory; --out is the cleaned .jsonl file to write")
+    if any(out.exists() and out.samefile(f) for f in files):
+        raise UserError(f"{out}: is also an input; write the cleaned data to a new file (the raw data is kept)")
     out.parent.mkdir(parents=True, exist_ok=True)
     n = len(files)
     report = CleanReport([str(p) for p in files], [0] * n, {s: [0] * n for s in STEPS}, [0] * n,

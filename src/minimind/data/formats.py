@@ -2,7 +2,11 @@
 
 Contract:
 - Files are JSONL (`.jsonl`, `.json`), gzip-compressed JSONL (`.jsonl.gz`, `.json.gz`) or Parquet
-  (`.parquet`, needs the optional `pyarrow`). Every reader streams: a file is never held in RAM.
+  (`.parquet`, needs the optional `pyarrow`). Every reader streams: a file is never held in RAM,
+  and no record is: a line (or row) over `MAX_RECORD_BYTES` is a bad record ("record is N MB,
+  over the limit"), read past in pieces, never whole. A UTF-8 byte order mark opening a file is
+  ignored. A file that cannot be read (not gzip, not Parquet, corrupt, unreadable) is a
+  `UserError` naming it.
 - Record shapes, one object per line (or per Parquet row):
     pretrain  {"text": str}
     sft       {"conversations": [message, ...], "tools"?: list | JSON str}
@@ -15,6 +19,9 @@ Contract:
   raises `RecordError` saying what is wrong. `iter_examples` attaches `file:line: ` to that message
   and raises it as a `UserError`, or with `skip_bad=True` skips and counts the record in
   `ReadStats`. Blank lines are not records and are passed over; nothing else is ever dropped.
+  Beyond the shapes, a record is bad when it holds text no encoder can take (a lone UTF-16
+  surrogate written as a `\\uD800` escape), a value JSON cannot hold (a Parquet timestamp), or a
+  tool call whose `function` is not an object with a string `name`.
 - Normalized forms: pretrain -> str; sft -> {"messages", "tools"}; dpo -> {"chosen", "rejected",
   "tools"}; rl -> {"messages", "answer", "gt", "tools"}. Messages keep only the known keys, and
   `None` optional fields (Parquet fills missing struct fields with null) are removed.
@@ -22,8 +29,11 @@ Contract:
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import json
+import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -33,10 +43,24 @@ from ..errors import UserError
 KINDS = ("pretrain", "sft", "dpo", "rl")
 ROLES = ("system", "user", "assistant", "tool")
 MESSAGE_KEYS = ("role", "content", "reasoning_content", "tool_calls", "tools")
+# Largest record (one JSONL line, or the text of one Parquet row) we read. Tokenising takes ~180
+# bytes of RAM per byte of text (the Rust encoding's per-token data plus Python int lists), so a
+# 4 MiB record costs ~0.75 GB in one worker while a 50 MB line would cost ~9 GB. Real documents
+# are far smaller; a bigger one is almost always a whole corpus on one line, or should be split.
+MAX_RECORD_BYTES = 4 << 20
+# A JSON \u escape of a UTF-16 surrogate; json.loads pairs valid ones, a lone one stays in the str.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
 class RecordError(ValueError):
     """One record is malformed; the reader prefixes the message with `file:line: `."""
+
+
+@dataclass(frozen=True)
+class Oversized:
+    """The payload of a record over MAX_RECORD_BYTES: only its size is kept, never its bytes."""
+
+    size: int
 
 
 @dataclass
@@ -82,6 +106,8 @@ def check_files(paths: list[str | Path]) -> list[Path]:
     out = []
     for p in paths:
         p = Path(p)
+        if p.is_dir():
+            raise UserError(f"{p}: is a directory, not a data file (give the files inside it)")
         if not p.is_file():
             raise UserError(f"{p}: no such data file")
         file_format(p)
@@ -89,8 +115,10 @@ def check_files(paths: list[str | Path]) -> list[Path]:
     return out
 
 
-def iter_raw(path: str | Path, batch_rows: int = 1024) -> Iterator[tuple[int, bytes | dict]]:
-    """Yield (line number, payload) for every non-blank line (JSONL) or row (Parquet), streaming."""
+def iter_raw(path: str | Path, batch_rows: int = 1024) -> Iterator[tuple[int, bytes | dict | Oversized]]:
+    """Yield (line number, payload) for every non-blank line (JSONL) or row (Parquet), streaming.
+
+    A line longer than MAX_RECORD_BYTES comes out as `Oversized` (parse_payload rejects it)."""
     fmt = file_format(path)
     if fmt == "parquet":
         yield from _iter_parquet(path, batch_rows)
@@ -98,13 +126,37 @@ def iter_raw(path: str | Path, batch_rows: int = 1024) -> Iterator[tuple[int, by
     opener = gzip.open if fmt == "jsonl.gz" else open
     try:
         with opener(path, "rb") as f:
-            for lineno, line in enumerate(f, start=1):
-                if line.strip():
+            for lineno, line in _bounded_lines(f, MAX_RECORD_BYTES):
+                if lineno == 1 and isinstance(line, bytes) and line.startswith(codecs.BOM_UTF8):
+                    line = line[len(codecs.BOM_UTF8):]  # Windows editors start UTF-8 files with one
+                if isinstance(line, Oversized) or line.strip():
                     yield lineno, line
     except gzip.BadGzipFile as err:
         raise UserError(f"{path}: not a valid gzip file ({err})") from None
-    except EOFError:
-        raise UserError(f"{path}: gzip file is truncated") from None
+    except (EOFError, zlib.error) as err:
+        raise UserError(f"{path}: gzip file is truncated or corrupt ({err or 'unexpected end'})") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot read it ({err.strerror or err})") from None
+
+
+def _bounded_lines(f, limit: int) -> Iterator[tuple[int, bytes | Oversized]]:
+    """(line number, line) pairs, never holding more than `limit` + 1 bytes of one line in RAM."""
+    lineno = 0
+    while True:
+        line = f.readline(limit + 1)
+        if not line:
+            return
+        lineno += 1
+        if len(line) <= limit or line.endswith(b"\n") and len(line) == limit + 1:
+            yield lineno, line
+            continue
+        size = len(line)
+        while not line.endswith(b"\n"):  # read past the rest of the line in 1 MiB pieces
+            line = f.readline(1 << 20)
+            if not line:
+                break
+            size += len(line)
+        yield lineno, Oversized(size)
 
 
 def _iter_parquet(path: str | Path, batch_rows: int) -> Iterator[tuple[int, dict]]:
@@ -118,16 +170,35 @@ def _iter_parquet(path: str | Path, batch_rows: int) -> Iterator[tuple[int, dict
         raise UserError(f"{path}: not a readable Parquet file ({err})") from None
     row = 0
     # iter_batches reads one row group slice at a time: memory is bounded by batch_rows.
-    for batch in pf.iter_batches(batch_size=batch_rows):
+    batches = pf.iter_batches(batch_size=batch_rows)
+    while True:
+        try:
+            batch = next(batches, None)
+        except Exception as err:  # a corrupt page surfaces only when its batch is read
+            raise UserError(f"{path}: Parquet file is corrupt after row {row} ({err})") from None
+        if batch is None:
+            return
         for rec in batch.to_pylist():
             row += 1
             yield row, rec
 
 
-def parse_payload(payload: bytes | str | dict) -> dict:
+def _too_big(size: int) -> RecordError:
+    def mb(n: int) -> str:
+        return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n} bytes"
+
+    return RecordError(f"record is {mb(size)}, over the limit of {mb(MAX_RECORD_BYTES)} per record "
+                       f"(minimind.data.formats.MAX_RECORD_BYTES); split it into smaller documents")
+
+
+def parse_payload(payload: bytes | str | dict | Oversized) -> dict:
     """A JSON object from a raw line (or the row dict itself); RecordError when it is not one."""
+    if isinstance(payload, Oversized):
+        raise _too_big(payload.size)
     if isinstance(payload, dict):
+        _check_row(payload)
         return payload
+    raw = payload.encode("utf-8", "surrogatepass") if isinstance(payload, str) else payload
     if isinstance(payload, bytes):
         try:
             payload = payload.decode("utf-8")
@@ -137,9 +208,51 @@ def parse_payload(payload: bytes | str | dict) -> dict:
         rec = json.loads(payload)
     except json.JSONDecodeError as err:
         raise RecordError(f"bad JSON: {err.msg} (column {err.colno})") from None
+    except RecursionError:
+        raise RecordError("bad JSON: nested too deeply") from None
+    except ValueError as err:  # e.g. an integer literal over Python's 4300-digit limit
+        raise RecordError(f"bad JSON: {err}") from None
     if not isinstance(rec, dict):
         raise RecordError(f"expected a JSON object, got {type(rec).__name__}")
+    if _SURROGATE_ESCAPE.search(raw):  # cheap test first: a surrogate can only come from an escape
+        _check_strings(rec, "")
     return rec
+
+
+def _check_strings(value: Any, at: str) -> None:
+    """RecordError naming the first string (key or value) under `value` that UTF-8 cannot encode."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            bad = value[err.start]
+            raise RecordError(f"{at or 'record'} holds a lone surrogate \\u{ord(bad):04x} (half of a UTF-16 "
+                              f"pair, from a broken \\u escape): it is not text and cannot be encoded") from None
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_strings(k, at)
+            _check_strings(v, f"{at}.{k}" if at else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_strings(v, f"{at}[{i}]")
+
+
+def _check_row(rec: dict) -> None:
+    """A Parquet row: only JSON types (records are stored and rendered as JSON), size bounded."""
+    size = 0
+    stack: list[tuple[str, Any]] = [(k, v) for k, v in rec.items()]
+    while stack:
+        at, v = stack.pop()
+        if isinstance(v, str):
+            size += len(v)
+        elif isinstance(v, dict):
+            stack.extend((f"{at}.{k}", x) for k, x in v.items())
+        elif isinstance(v, list):
+            stack.extend((f"{at}[{i}]", x) for i, x in enumerate(v))
+        elif not (v is None or isinstance(v, (bool, int, float))):
+            raise RecordError(f"{at} is a {type(v).__name__}, which JSON cannot hold; store it as a string")
+    if size > MAX_RECORD_BYTES:
+        raise _too_big(size)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -195,12 +308,30 @@ def normalize_messages(msgs: Any, where: str = "conversations") -> list[dict]:
             if role != "assistant":
                 raise RecordError(f"{at} ({role}) has 'tool_calls'; only assistant messages may")
             msg["tool_calls"] = _json_field(m["tool_calls"], f"{at} 'tool_calls'")
+            _check_tool_calls(msg["tool_calls"], f"{at} 'tool_calls'")
         if m.get("tools") not in (None, "", []):
             if role != "system":
                 raise RecordError(f"{at} ({role}) has 'tools'; only the system message may")
             msg["tools"] = _json_field(m["tools"], f"{at} 'tools'")
         out.append(msg)
     return out
+
+
+def _check_tool_calls(value: Any, what: str) -> None:
+    """Each call is {"name", "arguments"} or OpenAI's {"type", "function": {"name", "arguments"}}."""
+    calls = json.loads(value) if isinstance(value, str) else value
+    calls = [calls] if isinstance(calls, dict) else calls  # a single call written as an object
+    if not isinstance(calls, list):
+        raise RecordError(f"{what} must be a list of calls, got {type(calls).__name__}")
+    for i, call in enumerate(calls):
+        if not isinstance(call, dict):
+            raise RecordError(f"{what}[{i}] must be an object, got {type(call).__name__}")
+        fn = call.get("function")
+        if fn and not isinstance(fn, dict):
+            raise RecordError(f"{what}[{i}] 'function' must be an object with 'name' and 'arguments', "
+                              f"got {type(fn).__name__}")
+        if not isinstance((fn or call).get("name"), str):
+            raise RecordError(f"{what}[{i}] has no function 'name' string")
 
 
 def _record_tools(rec: dict) -> Any:

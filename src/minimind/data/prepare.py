@@ -21,11 +21,18 @@ Contract:
   (`chat.render_prompt` ids, thinking on).
 - Atomic: everything is written into `.NAME.tmp-PID` beside the target and renamed into place,
   so a killed run never leaves a directory with a meta.json that is incomplete.
+- Ours only: a run deletes nothing it did not write. It replaces an existing target only when
+  every entry there is one of the names above (`is_ours`); a target holding anything else (a
+  run directory, notes) is refused with a `UserError` naming it, before any work and again just
+  before the swap. The replaced directory is emptied name by name, never with rmtree, so a
+  file that slipped in meanwhile survives (and is reported). Temp dirs of killed runs are swept
+  the same way.
 - Reuse: if the target holds a meta.json whose `config_hash` (format version, kind, tokenizer
   hash, skip_bad, and every source's resolved path, size and mtime) equals this run's, nothing
   is redone (`PrepareResult.reused` is True). Any change rebuilds and replaces it.
 - Bad records raise `UserError("file:line: why")`; with skip_bad they are counted in meta.json
-  ("skipped", and the first few reasons in "skipped_examples").
+  ("skipped", and the first few reasons in "skipped_examples"). A record the tokenizer or the
+  chat renderer cannot take is a bad record too. Input without a single good record is an error.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import re
 import shutil
 import sys
 import time
@@ -48,12 +56,15 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ..errors import UserError
+from ..fsutil import pid_alive
 from .formats import ReadStats, RecordError, check_files, check_kind, check_payload, iter_raw
 
 FORMAT_VERSION = 1
 CHUNK_BYTES = 1 << 20   # ~1 MB of input per task: big enough to amortise IPC, small for memory
 CHUNK_ROWS = 4096
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+# Every top-level name a prepared directory may hold (plus "tokenizer/" with TOKENIZER_FILES).
+_OUR_NAME = re.compile(r"meta\.json|\d{5}\.(tokens\.bin|offsets\.bin|mask\.bin|records\.jsonl|records\.offsets\.bin)")
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -117,7 +128,7 @@ def encode_items(kind: str, tok, items: list[tuple[int, Any]]) -> Encoded:
     masks: list[list[int]] = []
     records: list[bytes] = []
     errors: list[tuple[int, str]] = []
-    texts: list[str] = []
+    texts: list[tuple[int, str]] = []
     n_records = 0
     n_bytes = sum(len(p) for _, p in items if isinstance(p, (bytes, str)))
     for lineno, payload in items:
@@ -136,20 +147,41 @@ def encode_items(kind: str, tok, items: list[tuple[int, Any]]) -> Encoded:
                 ids_list.append(render_prompt(tok, ex["messages"], tools=ex["tools"]))
                 records.append(json.dumps(ex, ensure_ascii=False).encode("utf-8") + b"\n")
             else:
-                texts.append(ex)
+                texts.append((lineno, ex))
         except (RecordError, UserError) as err:  # UserError: the renderer rejected a message
             errors.append((lineno, str(err)))
             continue
+        except (TypeError, ValueError) as err:  # the tokenizer refused the text: this record's fault
+            errors.append((lineno, f"cannot be tokenised ({type(err).__name__}: {err})"))
+            continue
         n_records += 1
     if texts:
-        # one Rust call for the whole chunk: much less Python overhead than encode() per text
-        ids_list = tok.encode_batch(texts) if hasattr(tok, "encode_batch") else [tok.encode(t) for t in texts]
+        ids_list = _encode_texts(tok, texts, errors)
+        n_records -= len(texts) - len(ids_list)
     lengths = np.fromiter((len(x) for x in ids_list), dtype=np.int64, count=len(ids_list))
     flat = np.fromiter(chain.from_iterable(ids_list), dtype=np.uint32, count=int(lengths.sum()))
     mask = None
     if kind in ("sft", "dpo"):
         mask = np.fromiter(chain.from_iterable(masks), dtype=np.uint8, count=len(flat))
     return Encoded(flat, lengths, mask, records, errors, n_records, n_bytes)
+
+
+def _encode_texts(tok, texts: list[tuple[int, str]], errors: list[tuple[int, str]]) -> list[list[int]]:
+    """Ids of each (line, text); one the tokenizer refuses goes to `errors` and gets no ids."""
+    try:
+        # one Rust call for the whole chunk: much less Python overhead than encode() per text
+        if hasattr(tok, "encode_batch"):
+            return tok.encode_batch([t for _, t in texts])
+    except (TypeError, ValueError):
+        pass  # find the culprit(s) one by one below
+    out = []
+    for lineno, text in texts:
+        try:
+            out.append(tok.encode(text))
+        except (TypeError, ValueError) as err:
+            errors.append((lineno, f"cannot be tokenised ({type(err).__name__}: {err})"))
+    errors.sort()
+    return out
 
 
 @lru_cache(maxsize=4)
@@ -218,7 +250,10 @@ def encode_files(kind: str, files: list[Path], tok, workers: int = 1) -> Iterato
 
 def checked_chunks(kind: str, files: list[Path], tok, workers: int, skip_bad: bool,
                    stats: ReadStats) -> Iterator[tuple[int, Encoded]]:
-    """encode_files, turning each chunk's errors into a `file:line:` UserError or skip counts."""
+    """encode_files, turning each chunk's errors into a `file:line:` UserError or skip counts.
+
+    After the last chunk, no good record at all is a UserError (an empty prepared set only
+    fails later, further from its cause)."""
     for fi, enc in encode_files(kind, files, tok, workers):
         for lineno, why in enc.errors:
             if not skip_bad:
@@ -226,6 +261,11 @@ def checked_chunks(kind: str, files: list[Path], tok, workers: int, skip_bad: bo
             stats.skip(f"{files[fi]}:{lineno}", why)
         stats.records += enc.n_records
         yield fi, enc
+    if stats.records == 0:
+        names = ", ".join(str(f) for f in files)
+        if stats.skipped:
+            raise UserError(f"{names}: all {stats.skipped} {kind} record(s) are bad; first: {stats.examples[0]}")
+        raise UserError(f"{names}: no {kind} records (the input is empty)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -289,16 +329,48 @@ def read_meta(path: str | Path) -> dict | None:
     return meta if meta.get("format") == "minimind-prepared" else None
 
 
+def foreign_entries(root: Path) -> list[str]:
+    """Names inside `root` that `prepare` never writes (sorted; "tokenizer/x" for nested ones)."""
+    out = []
+    for p in sorted(root.iterdir()):
+        if p.name == "tokenizer" and p.is_dir() and not p.is_symlink():
+            out += [f"tokenizer/{q.name}" for q in sorted(p.iterdir()) if q.name not in TOKENIZER_FILES]
+        elif not (_OUR_NAME.fullmatch(p.name) and p.is_file() and not p.is_symlink()):
+            out.append(p.name + ("/" if p.is_dir() else ""))
+    return out
+
+
+def _refuse_foreign(out: Path) -> None:
+    foreign = foreign_entries(out)
+    if foreign:
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        raise UserError(f"{out}: holds {', '.join(foreign[:3])}{more}, which `data prepare` did not write; "
+                        f"refusing to replace it (move those out, or choose another --out)")
+
+
+def _remove_ours(root: Path) -> list[str]:
+    """Delete our files in `root` and then `root` itself if empty; return what was left (foreign)."""
+    for p in root.iterdir():
+        if _OUR_NAME.fullmatch(p.name) and p.is_file() and not p.is_symlink():
+            p.unlink()
+    tok_dir = root / "tokenizer"
+    if tok_dir.is_dir() and not tok_dir.is_symlink():
+        for name in TOKENIZER_FILES:
+            (tok_dir / name).unlink(missing_ok=True)
+        if not any(tok_dir.iterdir()):
+            tok_dir.rmdir()
+    left = foreign_entries(root)
+    if not left:
+        root.rmdir()
+    return left
+
+
 def _remove_stale_temps(out: Path) -> None:
-    """Temp dirs of killed runs (their PID is gone) are garbage: remove them."""
-    for tmp in out.parent.glob(f".{out.name}.tmp-*"):
-        try:
-            pid = int(tmp.name.rsplit("-", 1)[1])
-            os.kill(pid, 0)  # raises if no such process
-        except (ValueError, ProcessLookupError):
-            shutil.rmtree(tmp, ignore_errors=True)
-        except PermissionError:
-            pass  # someone else's live process
+    """Temp and replaced dirs of killed runs (their PID is gone): remove our files in them."""
+    for tmp in chain(out.parent.glob(f".{out.name}.tmp-*"), out.parent.glob(f".{out.name}.old-*")):
+        pid = tmp.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not pid_alive(int(pid)) and tmp.is_dir() and not tmp.is_symlink():
+            _remove_ours(tmp)
 
 
 def prepare(kind: str, paths: list[str | Path], out_dir: str | Path, tokenizer=None, *,
@@ -313,6 +385,7 @@ def prepare(kind: str, paths: list[str | Path], out_dir: str | Path, tokenizer=N
     tok = tokenizer if isinstance(tokenizer, Tokenizer) else load_tokenizer(tokenizer)
     workers = max(1, workers if workers is not None else available_cores())
     out = Path(out_dir)
+    out = out.resolve() if out.is_symlink() else out  # replace the real directory, not the link
     sources = source_info(files)
     tok_hash = tokenizer_hash(tok)
     chash = config_hash(kind, tok_hash, sources, skip_bad)
@@ -322,6 +395,8 @@ def prepare(kind: str, paths: list[str | Path], out_dir: str | Path, tokenizer=N
         return PrepareResult(out, old, True)
     if out.exists() and (not out.is_dir() or (old is None and any(out.iterdir()))):
         raise UserError(f"{out}: exists and is not a prepared data directory; refusing to overwrite it")
+    if out.is_dir():
+        _refuse_foreign(out)  # before hours of work, not after
 
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(out)
@@ -365,9 +440,11 @@ def prepare(kind: str, paths: list[str | Path], out_dir: str | Path, tokenizer=N
         if now is not None and now.get("config_hash") == chash:
             return PrepareResult(out, now, True)  # a concurrent run (another rank) finished first
         if out.exists():
+            _refuse_foreign(out)
             os.replace(out, trash)
         os.replace(tmp, out)
-        shutil.rmtree(trash, ignore_errors=True)
+        if trash.exists() and (left := _remove_ours(trash)):
+            log(f"warning: {trash} kept: {', '.join(left)} appeared in {out} during the run")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return PrepareResult(out, meta, False)
