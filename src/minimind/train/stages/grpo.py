@@ -143,7 +143,7 @@ class GRPOStage(SFTStage):
         if think is None or think not in prompt_ids:
             raise UserError(f"--no-thinking needs prompts ending with an open {THINK_OPEN} (the tokenizer's chat format)")
         cut = len(prompt_ids) - 1 - prompt_ids[::-1].index(think)
-        return prompt_ids[:cut] + tok.encode(EMPTY_THINK)  # EMPTY_THINK = "<think>\\n\\n</think>\\n\\n"
+        return prompt_ids[:cut] + tok.encode(EMPTY_THINK, allow_special=True)  # EMPTY_THINK = "<think>\\n\\n</think>\\n\\n"
 
     def rollout(self, raw: dict[str, Any], ctx: TrainContext, count: int) -> dict[str, Any]:
         """Sample G completions per prompt, score them, and build the training tensors."""
