@@ -348,7 +348,12 @@ def test_stale_temporaries_of_dead_processes_are_cleaned(tmp_path):
     (tmp_path / f".out.tmp-{dead}").mkdir()
     (tmp_path / f".out.old-{dead}").mkdir()  # a swap killed between its two renames ...
     (tmp_path / f".out.old-{dead}" / "config.json").write_text("{}")
-    with replace_dir(tmp_path / "out") as tmp:  # ... is first undone, then replaced (it is not ours)
+    with pytest.raises(UserError, match="is not empty"):  # ... is undone: the old folder is back, and guarded
+        with replace_dir(tmp_path / "out"):
+            pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert (tmp_path / "out" / "config.json").read_text() == "{}"
+    with replace_dir(tmp_path / "out", force=True) as tmp:
         (tmp / "new.txt").write_text("new")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["new.txt"]

@@ -101,10 +101,12 @@ def _clean_stale(target: Path) -> None:
 @contextlib.contextmanager
 def replace_dir(target: str | Path, force: bool = False, sources: Iterable[str | Path] = ()) -> Iterator[Path]:
     """Yield an empty temporary folder; on success it becomes `target` in one rename."""
+    absolute = Path(target).absolute()
+    if absolute.parent.is_dir():
+        _clean_stale(absolute)  # first: an undone swap brings back a folder the check must see
     check_output_dir(target, force, sources)  # messages name the path as the user gave it
-    target = Path(target).absolute()
+    target = absolute
     target.parent.mkdir(parents=True, exist_ok=True)
-    _clean_stale(target)
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()

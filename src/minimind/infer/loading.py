@@ -33,7 +33,11 @@ def load_engine(ckpt: str | Path, max_batch_size: int = 16, max_len: int | None 
     from ..tokenizer import load_tokenizer
     from ..train.distributed import pick_device
 
-    model = load_model(ckpt, device=pick_device(str(device)), dtype=dtype)
+    try:
+        device = pick_device(str(device))
+    except RuntimeError as err:  # torch's own parser, for a name pick_device lets through
+        raise UserError(f"--device {device}: not a device name ({err})") from None
+    model = load_model(ckpt, device=device, dtype=dtype)
     tok = load_tokenizer(tokenizer_folder(ckpt))
     if tok.vocab_size > model.config.vocab_size:
         raise UserError(f"{ckpt}: the tokenizer has {tok.vocab_size} tokens but the model only "
