@@ -38,7 +38,7 @@ SEED = 1234
 LANGS = ("zh", "en")
 # Conversations per language (SFT) or in total (RL, DPO). A few thousand: enough for a tiny model
 # to pick up the chat format, its identity and the task formats, small enough to write in seconds.
-SFT_COUNTS = {"identity": 300, "reasoning": 800, "multi_turn": 250, "tool_use": 250, "translation": 150, "mcq": 200}
+SFT_COUNTS = {"identity": 300, "reasoning": 800, "multi_turn": 250, "tool_use": 250, "translation": 250, "mcq": 200}
 READING_COUNT = 300      # poem titles and classical sources (zh), documentation summaries (en), each
 PRACTICE_DOCS = 150      # pretraining documents of answered multiple-choice questions, per subject
 PRACTICE_PER_DOC = 5
@@ -104,8 +104,8 @@ def _pretrain(rng: random.Random, docs: list[dict], held: set[str]) -> list[dict
     texts = [d["text"] for d in docs] + [Q.glossary_document()]
     practice = _practice(rng, PRACTICE_DOCS * PRACTICE_PER_DOC, held)
     for subject, items in practice.items():
-        texts += [Q.practice_document(subject, items[i:i + PRACTICE_PER_DOC])
-                  for i in range(0, len(items), PRACTICE_PER_DOC)]
+        chunks = [items[i:i + PRACTICE_PER_DOC] for i in range(0, len(items), PRACTICE_PER_DOC)]
+        texts += [Q.practice_document(subject, chunk, chinese_name=j % 2 == 0) for j, chunk in enumerate(chunks)]
     rng.shuffle(texts)
     return [{"text": t} for t in texts]
 

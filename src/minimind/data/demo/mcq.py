@@ -20,7 +20,7 @@ from .conversations import IDENTITY_A, IDENTITY_Q, WRONG_IDENTITY
 from .tasks import UNITS, fmt
 
 LETTERS = "ABCD"
-# File stem -> the Chinese subject name in the C-Eval prompt "以下是中国关于{name}的单项选择题…".
+# File stem -> Chinese subject name, for the C-Eval description "以下是中国关于{name}的单项选择题…".
 SUBJECTS = {"arithmetic": "算术", "units": "单位换算", "vocabulary": "词汇", "identity": "身份认知"}
 CEVAL_HEADER = "以下是中国关于{}的单项选择题，请选出其中的正确答案。\n\n"
 
@@ -102,7 +102,8 @@ def arithmetic(rng: random.Random, lang: str) -> Mcq:
         b = b + 1 if b == a else b
         q = f"{a} 和 {b}，哪个数更大？" if zh else f"Which number is larger, {a} or {b}?"
         big, small = max(a, b), min(a, b)
-        return _shuffle(rng, "arithmetic", q, str(big), [str(small)] + _numbers(big, [a + b, big - small], (small,))[:2])
+        wrong = [str(small)] + _numbers(big, [a + b, big - small], (small,))[:2]
+        return _shuffle(rng, "arithmetic", q, str(big), wrong)
     a, b = rng.randint(10, 99), rng.randint(10, 99)
     if kind == "sub":
         a, b = max(a, b), min(a, b)
@@ -160,9 +161,12 @@ def format_question(item: Mcq) -> str:
     return f"{item.question}\nA. {a}\nB. {b}\nC. {c}\nD. {d}\n答案："
 
 
-def practice_document(subject: str, items: list[Mcq]) -> str:
-    """A pretraining document of answered questions in the k-shot layout the C-Eval harness uses."""
-    return CEVAL_HEADER.format(SUBJECTS[subject]) + "\n\n".join(f"{format_question(m)} {m.answer}" for m in items)
+def practice_document(subject: str, items: list[Mcq], chinese_name: bool = True) -> str:
+    """A pretraining document of answered questions in the k-shot layout the C-Eval harness uses.
+    The header names the subject in Chinese or by its file name (what an evaluator falls back to
+    for subjects outside C-Eval's table), so the practice does not hinge on one wording."""
+    header = CEVAL_HEADER.format(SUBJECTS[subject] if chinese_name else subject)
+    return header + "\n\n".join(f"{format_question(m)} {m.answer}" for m in items)
 
 
 def practice_conversation(item: Mcq) -> list[dict]:
