@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import torch
@@ -80,3 +81,48 @@ def write_cmmlu(root: Path, subjects: dict[str, tuple[int, int]]) -> Path:
             rows = [[str(j)] + r[1:7] for j, r in enumerate(ceval_rows(n, off))]
             write_csv(root / split / f"{s}.csv", CMMLU_HEADER, rows)
     return root
+
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "天气查询",
+                                             "parameters": {"type": "object",
+                                                            "properties": {"city": {"type": "string"}}}}},
+         {"type": "function", "function": {"name": "calculator", "description": "计算",
+                                             "parameters": {"type": "object",
+                                                            "properties": {"expression": {"type": "string"}}}}}]
+WEATHER_CALL = {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "北京"}}}
+GEN_CHAT = [{"role": "user", "content": "3 加 4 等于多少？"}, {"role": "assistant", "content": "答案是 7。"}]
+
+
+def tool_case(user: str = "北京今天天气怎么样？", call: dict = WEATHER_CALL, as_strings: bool = True) -> dict:
+    """A tool-call case in the upstream SFT shape (tools and tool_calls as JSON strings)."""
+    dump = (lambda x: json.dumps(x, ensure_ascii=False)) if as_strings else (lambda x: x)
+    return {"conversations": [{"role": "system", "content": "你是助手。", "tools": dump(TOOLS)},
+                              {"role": "user", "content": user},
+                              {"role": "assistant", "content": "", "tool_calls": dump([call])}]}
+
+
+def overfit_checkpoint(folder: Path, steps: int = 150) -> Path:
+    """A tiny model overfit on two conversations (a few seconds): it answers "3 加 4 等于多少？" with
+    "答案是 7。" and "北京今天天气怎么样？" (tools offered) with the get_weather call, thinking off."""
+    from minimind.chat import render_conversation
+
+    tok = shipped_tokenizer()
+    case = tool_case(as_strings=False)["conversations"]
+    rows = [render_conversation(tok, GEN_CHAT), render_conversation(tok, case)]
+    T = max(len(ids) for ids, _ in rows)
+    x = torch.zeros(len(rows), T, dtype=torch.long)
+    y = torch.full((len(rows), T), -100, dtype=torch.long)
+    for i, (ids, mask) in enumerate(rows):
+        x[i, :len(ids)] = torch.tensor(ids)
+        y[i, :len(ids)] = torch.tensor([t if m else -100 for t, m in zip(ids, mask)])
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=tok.vocab_size, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                      max_seq_len=512)
+    model = MiniMindLM(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
+    for _ in range(steps):
+        loss = model(x, labels=y).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return save_model(model.eval(), folder, tokenizer_dir=default_tokenizer_dir())
