@@ -267,9 +267,12 @@ def _malformed(tmp_path, name):
         p.write_bytes(bytes(raw))
     elif name == "text.parquet":
         p.write_text("not parquet\n")
-    elif name == "dates.parquet":
-        import datetime
-        pq.write_table(pa.table({"text": ["when?"], "at": [datetime.datetime(2020, 1, 1)]}), p)
+    elif name == "torn.parquet":  # a valid footer, but the data pages are damaged
+        pq.write_table(pa.table({"text": [f"row {i} " * 20 for i in range(5000)]}), p,
+                       row_group_size=1000, compression="snappy")
+        raw = bytearray(p.read_bytes())
+        raw[len(raw) // 2:len(raw) // 2 + 4000] = b"\x07" * 4000
+        p.write_bytes(bytes(raw))
     return p
 
 
@@ -283,7 +286,7 @@ def _malformed(tmp_path, name):
     ("plain.jsonl.gz", "plain.jsonl.gz: not a valid gzip file"),
     ("corrupt.jsonl.gz", "corrupt.jsonl.gz: gzip file is truncated or corrupt"),
     ("text.parquet", "text.parquet: not a readable Parquet file"),
-    ("dates.parquet", "dates.parquet:1: at is a datetime, which JSON cannot hold"),
+    ("torn.parquet", "torn.parquet: Parquet file is corrupt after row "),
 ])
 @pytest.mark.parametrize("command", ["prepare", "clean"])
 def test_malformed_input_is_one_line(tmp_path, capsys, command, name, message):
@@ -318,6 +321,26 @@ def test_bad_out_paths_and_flags_are_one_line(tmp_path, capsys, argv, message):
     rc, _, err = _cli(capsys, "data", *argv, *([] if argv[0] == "demo" else ["--data", str(src)]))
     assert rc == 2 and err.startswith("error: " + message.format(**fill)) and err.count("\n") == 1
     assert f.read_text() == "user data" and src.read_text().count("\n") == 4
+
+
+def test_parquet_values_json_cannot_hold(tmp_path, tok):
+    import datetime
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    when = datetime.datetime(2020, 1, 2, 3, 4, 5)
+    src = tmp_path / "rl.parquet"
+    pq.write_table(pa.table({"prompt": ["what day is it?", "2+2?"], "gt": [[when], None],
+                             "created": [when, when]}), src)
+    with pytest.raises(UserError, match=r"rl\.parquet:1: 'gt' holds a value JSON cannot hold"):
+        prepare("rl", [src], tmp_path / "out", tok, workers=1)
+    res = prepare("rl", [src], tmp_path / "out", tok, workers=1, skip_bad=True)
+    assert res.meta["records"] == 1 and DocStore.open(res.path, tok, "rl").record(0)["messages"][0]["content"] == "2+2?"
+    # a column nobody reads does not matter to prepare, and clean keeps it as text
+    report = clean([src], tmp_path / "c.jsonl", CleanConfig(min_chars=1, min_letter_ratio=0, minhash_threshold=0))
+    rows = [json.loads(line) for line in (tmp_path / "c.jsonl").read_text().splitlines()]
+    assert report.kept == [2] and rows[1]["created"] == str(when) and rows[0]["gt"] == [str(when)]
 
 
 def test_demo_never_overwrites_a_foreign_file(tmp_path, capsys):

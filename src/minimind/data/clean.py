@@ -26,7 +26,8 @@ Contract:
                   the output is already mixed in the right proportions. No randomness.
 - Records may be in any shape of `minimind.data.formats` ({"text"}, conversations, DPO pairs, RL
   prompts): the strings inside (text, message contents, reasoning) are normalised in place and
-  their concatenation is what the filters and dedup look at. Fields we do not know are kept.
+  their concatenation is what the filters and dedup look at. Fields we do not know are kept
+  (a value JSON cannot hold, such as a Parquet timestamp, as its text).
 - A record without any text, or a line that is not JSON (or over `formats.MAX_RECORD_BYTES`, or
   with a lone surrogate), is an error naming `file:line`, or with `skip_bad=True` is counted
   under `bad` in the report. The report counts, for each source and step, how many documents the
@@ -351,7 +352,8 @@ def clean(paths: list[str | Path], out: str | Path, cfg: CleanConfig | None = No
                     if verdict:
                         report.removed[verdict][i] += 1
                         continue
-                    f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                    # default=str: a Parquet column we do not read (a timestamp) is kept as text
+                    f.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
                     report.kept[i] += 1
         # Pass 2: mix the survivors into one stream.
         quotas = mix_quotas(report.kept, weights)

@@ -20,8 +20,9 @@ Contract:
   and raises it as a `UserError`, or with `skip_bad=True` skips and counts the record in
   `ReadStats`. Blank lines are not records and are passed over; nothing else is ever dropped.
   Beyond the shapes, a record is bad when it holds text no encoder can take (a lone UTF-16
-  surrogate written as a `\\uD800` escape), a value JSON cannot hold (a Parquet timestamp), or a
-  tool call whose `function` is not an object with a string `name`.
+  surrogate written as a `\\uD800` escape), a value JSON cannot hold where we store or render
+  JSON (a Parquet timestamp in `gt`, `answer`, `tools`, `tool_calls`; other columns are not
+  read), or a tool call whose `function` is not an object with a string `name`.
 - Normalized forms: pretrain -> str; sft -> {"messages", "tools"}; dpo -> {"chosen", "rejected",
   "tools"}; rl -> {"messages", "answer", "gt", "tools"}. Messages keep only the known keys, and
   `None` optional fields (Parquet fills missing struct fields with null) are removed.
@@ -238,25 +239,32 @@ def _check_strings(value: Any, at: str) -> None:
 
 
 def _check_row(rec: dict) -> None:
-    """A Parquet row: only JSON types (records are stored and rendered as JSON), size bounded."""
+    """A Parquet row is over the size limit when its strings (and bytes) add up to more."""
     size = 0
-    stack: list[tuple[str, Any]] = [(k, v) for k, v in rec.items()]
+    stack: list[Any] = list(rec.values())
     while stack:
-        at, v = stack.pop()
-        if isinstance(v, str):
+        v = stack.pop()
+        if isinstance(v, (str, bytes)):
             size += len(v)
         elif isinstance(v, dict):
-            stack.extend((f"{at}.{k}", x) for k, x in v.items())
+            stack.extend(v.values())
         elif isinstance(v, list):
-            stack.extend((f"{at}[{i}]", x) for i, x in enumerate(v))
-        elif not (v is None or isinstance(v, (bool, int, float))):
-            raise RecordError(f"{at} is a {type(v).__name__}, which JSON cannot hold; store it as a string")
+            stack.extend(v)
     if size > MAX_RECORD_BYTES:
         raise _too_big(size)
 
 
 # ----------------------------------------------------------------------------------------------
 # Validation
+
+
+def _json_value(value: Any, what: str) -> Any:
+    """`value` if JSON can hold it (a Parquet row may carry timestamps, bytes, ...)."""
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as err:
+        raise RecordError(f"{what} holds a value JSON cannot hold ({err}); store it as a string") from None
+    return value
 
 
 def _json_field(value: Any, what: str) -> Any:
@@ -268,7 +276,7 @@ def _json_field(value: Any, what: str) -> Any:
             raise RecordError(f"{what} is a string but not valid JSON ({err.msg})") from None
     elif not isinstance(value, (list, dict)):
         raise RecordError(f"{what} must be a list or a JSON string, got {type(value).__name__}")
-    return value
+    return _json_value(value, what)
 
 
 def normalize_messages(msgs: Any, where: str = "conversations") -> list[dict]:
@@ -375,7 +383,8 @@ def normalize_record(kind: str, rec: dict) -> Any:
         gt = rec.get("gt")
         if gt is not None and not isinstance(gt, list):
             raise RecordError(f"'gt' must be a list of expected answers, got {type(gt).__name__}")
-        answer = rec.get("answer")
+        gt = _json_value(gt, "'gt'")
+        answer = _json_value(rec.get("answer"), "'answer'")
         if "conversations" in rec and rec["conversations"] is not None:
             msgs = normalize_messages(rec["conversations"])
             if msgs[-1]["role"] == "assistant":

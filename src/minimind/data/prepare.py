@@ -21,12 +21,11 @@ Contract:
   (`chat.render_prompt` ids, thinking on).
 - Atomic: everything is written into `.NAME.tmp-PID` beside the target and renamed into place,
   so a killed run never leaves a directory with a meta.json that is incomplete.
-- Ours only: a run deletes nothing it did not write. It replaces an existing target only when
-  every entry there is one of the names above (`is_ours`); a target holding anything else (a
-  run directory, notes) is refused with a `UserError` naming it, before any work and again just
-  before the swap. The replaced directory is emptied name by name, never with rmtree, so a
-  file that slipped in meanwhile survives (and is reported). Temp dirs of killed runs are swept
-  the same way.
+- Ours only: a run deletes nothing it did not write. It replaces an existing target only if
+  every entry there has one of the names above (`foreign_entries` lists the others); anything
+  else (a run directory, notes) is refused with a `UserError` naming it, before any work and
+  again just before the swap. The old directory is emptied name by name, never with rmtree, so
+  a file that slips in meanwhile survives. Dirs of killed runs are swept the same way.
 - Reuse: if the target holds a meta.json whose `config_hash` (format version, kind, tokenizer
   hash, skip_bad, and every source's resolved path, size and mtime) equals this run's, nothing
   is redone (`PrepareResult.reused` is True). Any change rebuilds and replaces it.
@@ -401,7 +400,8 @@ def prepare(kind: str, paths: list[str | Path], out_dir: str | Path, tokenizer=N
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    if tmp.is_dir():
+        _remove_ours(tmp)  # of a dead process that had our PID
     tmp.mkdir()
     t0 = time.time()
     try:
@@ -444,9 +444,9 @@ def prepare(kind: str, paths: list[str | Path], out_dir: str | Path, tokenizer=N
             os.replace(out, trash)
         os.replace(tmp, out)
         if trash.exists() and (left := _remove_ours(trash)):
-            log(f"warning: {trash} kept: {', '.join(left)} appeared in {out} during the run")
+            print(f"warning: kept {trash}: {', '.join(left)} appeared in {out} during the swap", file=sys.stderr)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # made by this run: only our files
     return PrepareResult(out, meta, False)
 
 
