@@ -128,6 +128,7 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
 
 
 def write_suites(out_dir: str | Path, suites: Suites, ppl_docs: list[dict]) -> dict[str, Path]:
+    """Write built suites and the held-out documents (`write_demo` passes the ones it already has)."""
     out = Path(out_dir)
     for split in ("dev", "val"):
         (out / "mcq" / split).mkdir(parents=True, exist_ok=True)
