@@ -67,7 +67,7 @@ def _fmt(name: str, value: float | None) -> str:
         return "-"
     if "accuracy" in name or name.startswith("pass@"):
         return f"{100 * value:.2f}%"
-    return f"{value:.4f}"
+    return f"{value:.4g}" if abs(value) >= 1e5 else f"{value:.4f}"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
