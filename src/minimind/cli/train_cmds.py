@@ -3,15 +3,18 @@
 Every training stage in `minimind.train.stages` becomes a subcommand whose flags are generated
 from its config dataclass: field `max_steps` is `--max-steps`, booleans get `--x/--no-x`, list
 fields take several values. `--config FILE` (JSON) supplies options too; explicit flags win.
-A new stage therefore needs no CLI code at all.
+A new stage therefore needs no CLI code at all. Flags are validated by the config's `validate()`
+(quickstart's by `cmd_quickstart`) before anything runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import typing
 
+from ..errors import UserError
 from ..train.config import _unwrap_optional, field_type, flag
 from ..train.stages import stage_registry
 
@@ -75,7 +78,7 @@ def config_from_args(stage_cls, args: argparse.Namespace):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from ..train import get_stage
-    from ..train.distributed import cleanup, init_distributed
+    from ..train.distributed import cleanup
     from ..train.trainer import Trainer
 
     stage_cls = get_stage(args.stage_name)
@@ -83,14 +86,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     stage = stage_cls(cfg)
     if stage.run_instead_of_training():
         return 0
+    trainer = Trainer(stage)
     try:
-        result = Trainer(stage).fit()
-        if init_distributed(cfg.device).is_main:
+        result = trainer.fit()
+        if trainer.main:
             loss = f"{result.train_loss:.4f}" if result.train_loss is not None else "n/a"
             val = f", val loss {result.val_loss:.4f}" if result.val_loss is not None else ""
             print(f"done: {result.step} steps, train loss {loss}{val}; checkpoint {result.checkpoint}")
     finally:
-        cleanup(init_distributed(cfg.device))
+        if getattr(trainer, "dist", None) is not None:  # not set when the config was refused
+            cleanup(trainer.dist)
     return 0
 
 
@@ -103,9 +108,16 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
+    from ..train.config import check_device_name
     from ..train.quickstart import quickstart
 
+    check_device_name(args.device)
+    if not (math.isfinite(args.minutes) and args.minutes > 0):
+        raise UserError(f"--minutes must be a positive number, got {args.minutes}")
+    for name in ("pretrain_steps", "sft_steps", "posttrain_steps"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     quickstart(args.out, device=args.device, pretrain_steps=args.pretrain_steps, sft_steps=args.sft_steps,
-               force=args.force, minutes=args.minutes, full=args.full,
-               posttrain_steps=args.posttrain_steps)
+               force=args.force, minutes=args.minutes, full=args.full, posttrain_steps=args.posttrain_steps)
     return 0

@@ -7,6 +7,9 @@ Contract:
   `help` in the field's metadata, so a new stage never writes argument-parsing code.
 - `load_config(cls, json_file, overrides)` builds a config from defaults < JSON file < flags, and
   raises `UserError` naming the bad key or value.
+- `validate()` checks every value a run could only trip over later (types, ranges, NaN, the device
+  name), so a bad flag fails before any work and never after training (`docs/reliability.md`).
+  Subclasses extend it with `super().validate()`; every float knob of every stage must be finite.
 - A config round-trips through JSON (`to_dict` / `from_dict`); the run directory stores it as
   `train_config.json`.
 """
@@ -15,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -46,6 +51,8 @@ class TrainConfig:
     max_steps: int | None = knob(None, "stop after this many optimizer steps")
     epochs: int | None = knob(None, "stop after this many passes over the data (needs a sized loader)")
     max_tokens: int | None = knob(None, "stop after this many training tokens (all processes together)")
+    max_minutes: float | None = knob(None, "also stop after this many minutes of wall clock: the step budget (and "
+                                           "the LR decay with it) shrinks to what the measured step time allows")
     # -- optimizer and schedule -------------------------------------------------------------------
     lr: float = knob(5e-4, "peak learning rate")
     min_lr_ratio: float = knob(0.1, "cosine decays to lr * min_lr_ratio")
@@ -95,24 +102,51 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise UserError naming the first bad value."""
-        positive = ["seq_len", "batch_size", "grad_accum"]
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise UserError(f"--{flag(name)} must be positive, got {getattr(self, name)}")
-        for name in ("max_steps", "epochs", "max_tokens"):
+        for f in dataclasses.fields(self):  # NaN passes every `<` test below, so reject it first
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UserError(f"--{flag(f.name)} must be a finite number, got {value}")
+        if self.seq_len < 2:
+            raise UserError(f"--seq-len must be at least 2 (each token predicts the next one), got {self.seq_len}")
+        for name, lowest in AT_LEAST.items():
+            if getattr(self, name) < lowest:
+                raise UserError(f"--{flag(name)} must be at least {lowest}, got {getattr(self, name)}")
+        if self.seed > MAX_SEED:
+            raise UserError(f"--seed must be at most {MAX_SEED}, got {self.seed}")
+        for name in ("max_steps", "epochs", "max_tokens", "max_minutes"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise UserError(f"--{flag(name)} must be positive, got {value}")
         if self.lr <= 0:
             raise UserError(f"--lr must be positive, got {self.lr}")
+        for name in ("beta1", "beta2"):  # Adam's moment decays: 1 would never forget, < 0 is meaningless
+            if not 0 <= getattr(self, name) < 1:
+                raise UserError(f"--{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise UserError(f"--weight-decay and --grad-clip must not be negative, got {self.weight_decay}, {self.grad_clip}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise UserError(f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.dtype not in ("auto", "fp32", "bf16", "fp16"):
             raise UserError(f"--dtype must be auto, fp32, bf16 or fp16, got {self.dtype!r}")
-        if self.keep_last < 1:
-            raise UserError(f"--keep-last must be at least 1, got {self.keep_last}")
+        check_device_name(self.device)
+        if self.num_samples > 0 and self.sample_tokens < 1:
+            raise UserError(f"--sample-tokens must be at least 1 when --num-samples is {self.num_samples} "
+                            f"(or pass --num-samples 0), got {self.sample_tokens}")
         if self.max_steps is None and self.epochs is None and self.max_tokens is None:
             raise UserError("give a training budget: --max-steps, --epochs or --max-tokens")
+
+
+# Lowest allowed value of counts and periods (0 means "off" where allowed).
+AT_LEAST = {"batch_size": 1, "grad_accum": 1, "log_every": 1, "keep_last": 1, "warmup_steps": 0, "save_every": 0,
+            "eval_every": 0, "eval_batches": 0, "num_samples": 0, "seed": 0}
+MAX_SEED = 2**32 - 1  # numpy's seed words are uint32; torch takes up to 2**64 - 1
+DEVICE_NAME = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def check_device_name(name: str) -> None:
+    """The device grammar every command accepts; whether it exists is checked when it is opened."""
+    if not DEVICE_NAME.fullmatch(name):
+        raise UserError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {name!r}")
 
 
 def flag(name: str) -> str:

@@ -22,6 +22,7 @@ import torch.distributed as td
 from torch import nn
 
 from ..errors import UserError
+from .config import check_device_name
 
 
 @dataclass
@@ -41,6 +42,8 @@ class Dist:
 
 
 def pick_device(pref: str, local_rank: int = 0) -> torch.device:
+    """The device `pref` names (see `config.check_device_name`), or a UserError if it is absent here."""
+    check_device_name(pref)
     if pref == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", local_rank)
