@@ -5,8 +5,9 @@ Contract:
   of `log(record)` to `RUN_DIR/metrics.jsonl` (flushed at once, so a killed run keeps its history),
   and mirrors numeric values to TensorBoard / Weights & Biases when asked. Those two are imported
   lazily and never required: asking for a missing one is a `UserError` saying what to install.
-- `truncate_metrics(path, step)` drops records past `step` (used on resume, so the file never
-  holds two versions of a step).
+- `read_metrics(path)` returns the records, skipping lines that are not JSON objects (a line cut
+  by a kill, bytes that are not UTF-8); `truncate_metrics(path, step)` drops records past `step`
+  (used on resume, so the file never holds two versions of a step).
 - `peak_flops(device, dtype)` is the hardware's dense bf16 matmul peak used as the MFU denominator
   (a table of known GPUs; None elsewhere). `measured_matmul_flops` times square matmuls, the
   reference `minimind bench train` uses on CPU.
@@ -108,15 +109,17 @@ class MetricsLogger:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The JSON-object lines of a metrics file; lines that are not (cut short by a kill -9, or
+    damaged bytes that are not UTF-8) are skipped, never fatal."""
     records = []
     if Path(path).is_file():
-        for line in Path(path).read_text(encoding="utf-8").splitlines():
-            line = line.strip()
-            if line:
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue  # a line cut short by a kill -9
+        for raw in Path(path).read_bytes().splitlines():
+            try:
+                record = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                continue
+            if isinstance(record, dict):
+                records.append(record)
     return records
 
 
@@ -125,7 +128,7 @@ def truncate_metrics(path: Path, step: int) -> None:
     path = Path(path)
     if not path.is_file():
         return
-    kept = [r for r in read_metrics(path) if r.get("step", 0) <= step]
+    kept = [r for r in read_metrics(path) if isinstance(r.get("step", 0), int) and r.get("step", 0) <= step]
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
     tmp.replace(path)

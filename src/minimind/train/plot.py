@@ -2,8 +2,9 @@
 
 Contract: `plot_run(run_dir)` reads `RUN_DIR/metrics.jsonl` and writes `RUN_DIR/loss.png`
 (training loss per step, a smoothed line, and held-out loss points), `RUN_DIR/lr.png` and, for
-RL runs that log a per-step `reward`, `RUN_DIR/reward.png`; returns the written paths. Uses matplotlib's Agg canvas directly, so it never touches the
-user's display backend.
+RL runs that log a per-step `reward`, `RUN_DIR/reward.png`; returns the written paths. Uses
+matplotlib's Agg canvas directly, so it never touches the user's display backend. Damaged lines
+(not UTF-8, not JSON, wrong types) are skipped; a file without any training record is a UserError.
 """
 
 from __future__ import annotations
@@ -12,6 +13,10 @@ from pathlib import Path
 
 from ..errors import UserError
 from .metrics import read_metrics
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _smooth(values: list[float], weight: float = 0.9) -> list[float]:
@@ -53,9 +58,10 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         raise UserError(f"{run_dir}: no metrics.jsonl (is this a training run directory?)")
-    records = read_metrics(path)
-    train = [r for r in records if r.get("split") == "train" and isinstance(r.get("loss"), (int, float))]
-    val = [r for r in records if r.get("split") == "val" and isinstance(r.get("loss"), (int, float))]
+    # Only well-formed records: read_metrics already skipped lines that are not JSON (or not UTF-8).
+    records = [r for r in read_metrics(path) if isinstance(r.get("step"), int)]
+    train = [r for r in records if r.get("split") == "train" and _number(r.get("loss"))]
+    val = [r for r in records if r.get("split") == "val" and _number(r.get("loss"))]
     if not train:
         raise UserError(f"{path}: no training records to plot yet")
     steps = [r["step"] for r in train]
@@ -70,10 +76,10 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     written.append(_save(fig, ax, run_dir / "loss.png", "step", "loss (nats/token)"))
 
     fig, ax = _figure(3)
-    ax.plot(steps, [r.get("lr", 0.0) for r in train], color="tab:green")
+    ax.plot(steps, [r["lr"] if _number(r.get("lr")) else float("nan") for r in train], color="tab:green")
     written.append(_save(fig, ax, run_dir / "lr.png", "step", "learning rate"))
 
-    rewarded = [r for r in train if isinstance(r.get("reward"), (int, float))]
+    rewarded = [r for r in train if _number(r.get("reward"))]
     if rewarded:  # RL stages (GRPO) log the mean reward of each step's samples
         fig, ax = _figure(3.5)
         _noisy_curve(ax, [r["step"] for r in rewarded], [r["reward"] for r in rewarded], "tab:purple", "mean reward")
