@@ -26,7 +26,9 @@ Contract (docs/architecture.md):
   (pairs for dpo) is held out for split="val". The choice depends only on the number of
   documents, never on the seed, so changing the seed cannot leak validation data into training.
 - Distributed: each epoch's shuffled units are dealt round-robin to ranks and cut to the same
-  count per rank (so every rank takes the same number of steps): disjoint across ranks.
+  count per rank (so every rank takes the same number of steps): disjoint across ranks. A split
+  with fewer units than ranks raises `UserError` when the Loader is built (the trainer opens the
+  held-out split before step 1, so such a run skips evaluation instead of failing at the end).
 - Resume: `state_dict()` is {"epoch", "index", ...} (plain ints/strings); after
   `load_state_dict(state)` the next batch is exactly the one that would have come next.
 """
@@ -80,6 +82,7 @@ class Loader:
         self.samples = split_indices(n, split, val_fraction)   # sample ids of this split
         self.epoch, self.index = 0, 0                          # position of the next unit
         self._plan: tuple[int, dict] | None = None
+        self._plan_for(0)  # a split too small for world_size fails here, not at its first batch
 
     # ------------------------------------------------------------------ epoch plans
 
