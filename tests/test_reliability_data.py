@@ -255,6 +255,8 @@ def _malformed(tmp_path, name):
         p.write_text("this is not json\n")
     elif name == "array.jsonl":
         p.write_text("[1, 2]\n")
+    elif name == "pretty.json":
+        p.write_text('{\n  "text": "pretty-printed"\n}\n')
     elif name == "nested.jsonl":
         p.write_text("[" * 100_000 + "\n")
     elif name == "bigint.jsonl":
@@ -280,7 +282,9 @@ def _malformed(tmp_path, name):
     ("empty.jsonl", "empty.jsonl: no pretrain records (the input is empty)"),
     ("adir.jsonl", "adir.jsonl: is a directory, not a data file"),
     ("notjson.jsonl", "notjson.jsonl:1: bad JSON: Expecting value"),
-    ("array.jsonl", "array.jsonl:1: expected a JSON object, got list"),
+    ("array.jsonl", "array.jsonl:1: expected a JSON object, got list; data files are JSON Lines"),
+    ("pretty.json", "pretty.json:1: bad JSON: Expecting property name enclosed in double quotes (column 1); "
+                    "data files are JSON Lines: one complete JSON object per line"),
     ("nested.jsonl", "nested.jsonl:1: bad JSON: nested too deeply"),
     ("bigint.jsonl", "bigint.jsonl:1: bad JSON: Exceeds the limit"),
     ("plain.jsonl.gz", "plain.jsonl.gz: not a valid gzip file"),

@@ -184,6 +184,9 @@ def _iter_parquet(path: str | Path, batch_rows: int) -> Iterator[tuple[int, dict
             yield row, rec
 
 
+_JSONL_HINT = "; data files are JSON Lines: one complete JSON object per line"
+
+
 def _too_big(size: int) -> RecordError:
     def mb(n: int) -> str:
         return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n} bytes"
@@ -208,13 +211,15 @@ def parse_payload(payload: bytes | str | dict | Oversized) -> dict:
     try:
         rec = json.loads(payload)
     except json.JSONDecodeError as err:
-        raise RecordError(f"bad JSON: {err.msg} (column {err.colno})") from None
+        hint = _JSONL_HINT if payload.strip() in ("{", "[") else ""  # a pretty-printed JSON file
+        raise RecordError(f"bad JSON: {err.msg} (column {err.colno}){hint}") from None
     except RecursionError:
         raise RecordError("bad JSON: nested too deeply") from None
     except ValueError as err:  # e.g. an integer literal over Python's 4300-digit limit
         raise RecordError(f"bad JSON: {err}") from None
     if not isinstance(rec, dict):
-        raise RecordError(f"expected a JSON object, got {type(rec).__name__}")
+        hint = _JSONL_HINT if isinstance(rec, list) else ""
+        raise RecordError(f"expected a JSON object, got {type(rec).__name__}{hint}")
     if _SURROGATE_ESCAPE.search(raw):  # cheap test first: a surrogate can only come from an escape
         _check_strings(rec, "")
     return rec

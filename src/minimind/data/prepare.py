@@ -339,12 +339,27 @@ def foreign_entries(root: Path) -> list[str]:
     return out
 
 
-def _refuse_foreign(out: Path) -> None:
-    foreign = foreign_entries(out)
+def _check_target(out: Path, meta: dict | None) -> None:
+    """UserError unless `out` (with its meta.json `meta`) is absent, empty or only our files."""
+    if out.exists() and (not out.is_dir() or (meta is None and any(out.iterdir()))):
+        raise UserError(f"{out}: exists and is not a prepared data directory; refusing to overwrite it")
+    foreign = foreign_entries(out) if out.is_dir() else []
     if foreign:
         more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
         raise UserError(f"{out}: holds {', '.join(foreign[:3])}{more}, which `data prepare` did not write; "
                         f"refusing to replace it (move those out, or choose another --out)")
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Rename `tmp` to `out`. The old `out` is moved aside first, so at every instant `out` is the
+    complete old result, absent, or the complete new one; then only our files in it are deleted."""
+    trash = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        _check_target(out, read_meta(out))  # again: files may have appeared during the run
+        os.replace(out, trash)
+    os.replace(tmp, out)
+    if trash.exists() and (left := _remove_ours(trash)):
+        print(f"warning: kept {trash}: {', '.join(left)} appeared in {out} during the swap", file=sys.stderr)
 
 
 def _remove_ours(root: Path) -> list[str]:
@@ -392,11 +407,7 @@ def prepare(kind: str, paths: list[str | Path], out_dir: str | Path, tokenizer=N
     if old is not None and old.get("config_hash") == chash:
         log(f"{out}: up to date with its inputs, reusing it (delete it to force a rebuild)")
         return PrepareResult(out, old, True)
-    if out.exists() and (not out.is_dir() or (old is None and any(out.iterdir()))):
-        raise UserError(f"{out}: exists and is not a prepared data directory; refusing to overwrite it")
-    if out.is_dir():
-        _refuse_foreign(out)  # before hours of work, not after
-
+    _check_target(out, old)  # before hours of work, and again before the swap
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
@@ -433,18 +444,10 @@ def prepare(kind: str, paths: list[str | Path], out_dir: str | Path, tokenizer=N
             "workers": workers,
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        # Swap into place: move the old directory aside first, so at every instant `out` is
-        # either the complete old result, absent, or the complete new one.
-        trash = out.parent / f".{out.name}.old-{os.getpid()}"
         now = read_meta(out)
         if now is not None and now.get("config_hash") == chash:
             return PrepareResult(out, now, True)  # a concurrent run (another rank) finished first
-        if out.exists():
-            _refuse_foreign(out)
-            os.replace(out, trash)
-        os.replace(tmp, out)
-        if trash.exists() and (left := _remove_ours(trash)):
-            print(f"warning: kept {trash}: {', '.join(left)} appeared in {out} during the swap", file=sys.stderr)
+        _swap_in(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # made by this run: only our files
     return PrepareResult(out, meta, False)
