@@ -108,10 +108,10 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
-    from ..train.config import check_device_name
+    from ..train.distributed import pick_device
     from ..train.quickstart import quickstart
 
-    check_device_name(args.device)
+    pick_device(args.device)  # a bad or absent device fails now, not after the data is prepared
     if not (math.isfinite(args.minutes) and args.minutes > 0):
         raise UserError(f"--minutes must be a positive number, got {args.minutes}")
     for name in ("pretrain_steps", "sft_steps", "posttrain_steps"):

@@ -16,6 +16,14 @@ Contract:
 - `load_trainer_state` reads the tensors with `torch.load(weights_only=True)`, which refuses to
   unpickle anything but tensors and plain containers, so a checkpoint cannot run code.
 - After each save, older checkpoints beyond the newest `keep_last` are deleted, except `best`.
+  A folder is first renamed to a hidden `.tmp-` name and then deleted, so a kill in the middle
+  never leaves a half-deleted `step-N` folder behind.
+- `record_val_loss` adds the held-out loss to a checkpoint already written (the trainer saves the
+  final checkpoint before it evaluates, so a failing evaluation cannot cost the run).
+- `clean_partial` deletes what a killed run leaves (temporary folders and `.latest.tmp-PID`-style
+  files); only names this module and `atomic_write` create, and only under the run lock.
+- A write that fails for lack of space (or any OS error) raises `CheckpointWriteError`, a
+  `UserError` naming the folder and the free space, after deleting the partial folder.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -31,9 +40,18 @@ from typing import Any
 import torch
 
 from ..checkpoint import CheckpointError, atomic_write
+from ..errors import UserError
 
 STATE_PT = "trainer_state.pt"
 STATE_JSON = "trainer_state.json"
+# Leftovers of a killed run, relative to the run directory: hidden temporary folders of saves and
+# prunes, and the temporary files of `atomic_write` (".NAME.tmp-PID") and `truncate_metrics`.
+PARTIAL = ("checkpoints/.tmp-*", "checkpoints/.latest.tmp-*", "checkpoints/.best.tmp-*",
+           f"checkpoints/step-*/.{STATE_JSON}.tmp-*", ".train_config.json.tmp-*", "metrics.jsonl.tmp")
+
+
+class CheckpointWriteError(UserError):
+    """A checkpoint could not be written (full disk, quota, permissions); the previous one is intact."""
 
 
 def checkpoint_name(step: int) -> str:
@@ -55,12 +73,31 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return target
 
 
-def clean_partial(run_dir: Path) -> None:
-    """Delete temporary folders left by a run killed in the middle of a save."""
-    ckdir = checkpoints_dir(run_dir)
-    if ckdir.is_dir():
-        for p in ckdir.glob(".tmp-*"):
-            shutil.rmtree(p, ignore_errors=True)
+def clean_partial(run_dir: Path) -> list[Path]:
+    """Delete what a run killed in the middle of a save left behind; returns what was removed.
+
+    Call it only while holding the run lock: then no live process is writing these files."""
+    removed = []
+    for pattern in PARTIAL:
+        for p in sorted(Path(run_dir).glob(pattern)):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+def _storage_failure(err: BaseException) -> str | None:
+    """The reason, if `err` is a failed write to disk (not a bug in the code that wrote)."""
+    if isinstance(err, OSError):
+        return err.strerror or str(err)
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    if isinstance(err, RuntimeError) and "inline_container" in text:  # torch.save's zip writer
+        return text.split("] ", 1)[-1].lstrip(". ")  # e.g. "unexpected pos 576 vs 534"
+    if type(err).__name__ == "SafetensorError" and "I/O error" in text:
+        return text
+    return None
 
 
 def save_checkpoint(run_dir: Path, step: int, write: Callable[[Path], None], state_json: dict[str, Any],
@@ -71,11 +108,21 @@ def save_checkpoint(run_dir: Path, step: int, write: Callable[[Path], None], sta
     name = checkpoint_name(step)
     tmp = ckdir / f".tmp-{name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    write(tmp)
-    # The JSON goes last: a folder with trainer_state.json is complete by construction.
-    (tmp / STATE_JSON).write_text(json.dumps({**state_json, "step": step}, indent=2) + "\n")
-    _fsync_dir(tmp)
+    try:
+        tmp.mkdir()
+        write(tmp)
+        # The JSON goes last: a folder with trainer_state.json is complete by construction.
+        (tmp / STATE_JSON).write_text(json.dumps({**state_json, "step": step}, indent=2) + "\n")
+        _fsync_dir(tmp)
+    except Exception as err:
+        reason = _storage_failure(err)
+        shutil.rmtree(tmp, ignore_errors=True)  # the space it took may be what the user needs
+        if reason is None:
+            raise
+        free = shutil.disk_usage(ckdir).free / 2**20
+        raise CheckpointWriteError(
+            f"could not write checkpoint {name} in {ckdir}: {reason} ({free:,.0f} MiB free there; a full disk?). "
+            f"The previous checkpoint is intact: free some space, then rerun with --resume") from None
     final = ckdir / name
     if final.exists():  # e.g. killed after the rename but before `latest` moved: replace it
         trash = ckdir / f".tmp-old-{name}-{os.getpid()}"
@@ -86,6 +133,14 @@ def save_checkpoint(run_dir: Path, step: int, write: Callable[[Path], None], sta
     _update_best(ckdir, name, state_json.get("val_loss"))
     _prune(ckdir, keep_last)
     return final
+
+
+def record_val_loss(folder: Path, val_loss: float, best_val: float | None) -> None:
+    """Store the held-out loss of an already written checkpoint, and move `best` if it is lower."""
+    meta = json.loads((folder / STATE_JSON).read_text())
+    meta.update(val_loss=val_loss, best_val=best_val)
+    atomic_write(folder / STATE_JSON, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
+    _update_best(folder.parent, folder.name, val_loss)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -122,8 +177,25 @@ def _prune(ckdir: Path, keep_last: int) -> None:
         if (ckdir / pointer).is_file():
             keep.add((ckdir / pointer).read_text().strip())
     for p in steps:
-        if p.name not in keep:
-            shutil.rmtree(p, ignore_errors=True)
+        if p.name not in keep:  # rename first: a kill mid-delete leaves a `.tmp-` folder, not a broken step
+            trash = ckdir / f".tmp-del-{p.name}-{os.getpid()}"
+            os.replace(p, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """Every RNG stream a training step draws from (saved per rank, so resume is exact)."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def save_tensors(path: Path, tensors: dict[str, Any]) -> None:

@@ -4,7 +4,8 @@ Contract:
 - `MetricsLogger(run_dir, tensorboard=False, wandb_project=None)` appends one JSON object per call
   of `log(record)` to `RUN_DIR/metrics.jsonl` (flushed at once, so a killed run keeps its history),
   and mirrors numeric values to TensorBoard / Weights & Biases when asked. Those two are imported
-  lazily and never required: asking for a missing one is a `UserError` saying what to install.
+  lazily and never required: asking for a missing one is a `UserError` saying what to install
+  (`check_optional_loggers`, which the trainer calls before it writes anything).
 - `read_metrics(path)` returns the records, skipping lines that are not JSON objects (a line cut
   by a kill, bytes that are not UTF-8); `truncate_metrics(path, step)` drops records past `step`
   (used on resume, so the file never holds two versions of a step).
@@ -17,6 +18,7 @@ Contract:
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
 from pathlib import Path
@@ -67,6 +69,14 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
     return None
 
 
+def check_optional_loggers(tensorboard: bool, wandb_project: str | None) -> None:
+    """UserError saying what to install, if a logger asked for is missing (checked before step 1)."""
+    if tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard")
+    if wandb_project and importlib.util.find_spec("wandb") is None:
+        raise UserError("--wandb needs the wandb package: pip install wandb")
+
+
 class MetricsLogger:
     def __init__(self, run_dir: Path, tensorboard: bool = False, wandb_project: str | None = None,
                  config: dict[str, Any] | None = None) -> None:
@@ -74,17 +84,14 @@ class MetricsLogger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a", encoding="utf-8")
         self._tb = self._wandb = None
+        check_optional_loggers(tensorboard, wandb_project)
         if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+            from torch.utils.tensorboard import SummaryWriter
+
             self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
         if wandb_project:
-            try:
-                import wandb
-            except ImportError:
-                raise UserError("--wandb needs the wandb package: pip install wandb") from None
+            import wandb
+
             self._wandb = wandb.init(project=wandb_project, dir=str(run_dir), config=config or {})
 
     def log(self, record: dict[str, Any]) -> None:

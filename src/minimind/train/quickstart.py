@@ -16,6 +16,11 @@ Budget: the demo must finish in minutes on any machine, so the step counts are n
 3-step probe measures this machine's training speed, then pretraining gets about 60% and SFT
 about 30% of `--minutes` (default 9), within fixed minimum and maximum step counts (a GPU hits the
 maximum). The chosen counts are printed; `--pretrain-steps` / `--sft-steps` override them.
+A probe only sees the first seconds, and a machine that gets busier later would overshoot, so the
+planned stages also run with a wall-clock limit (`--max-minutes`, see `budget.WallClock`): the
+trainer re-measures its speed as it goes and ends the stage early, its LR decay shortened to match.
+Pretraining may take its 60%; SFT what is left of the first 90% (at least half its own share).
+Step counts given by flag are honoured exactly, without a clock.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ SFT = dict(seq_len=256, batch_size=8, lr=1e-3, warmup_steps=10, min_lr_ratio=0.1
 PRETRAIN_STEPS = (120, 6000)  # (min, max)
 SFT_STEPS = (60, 1500)
 SHARES = (0.6, 0.3)  # of the time budget: pretraining, SFT (the rest: data, evaluation, chat)
+SFT_FLOOR = 0.5  # SFT gets at least this fraction of its share, even when pretraining ran late
 # `--full` continues SFT -> DPO -> reasoning -> GRPO, each from the previous stage's checkpoint.
 # Small fixed budgets (a few minutes each on a laptop CPU); settings as in benchmarks/posttrain.py.
 POSTTRAIN = (
@@ -56,7 +62,7 @@ def probe_tokens_per_second(device: str = "auto", seq_len: int = 256, batch_size
     from ..config import get_preset
     from ..model import MiniMindLM
     from .distributed import pick_device
-    from .trainer import resolve_dtype
+    from .build import resolve_dtype
 
     dev = pick_device(device)
     dtype = resolve_dtype("auto", dev)
@@ -86,6 +92,11 @@ def plan_steps(tok_s: float, minutes: float) -> tuple[int, int]:
     return steps(SHARES[0], PRETRAIN_STEPS, PRETRAIN), steps(SHARES[1], SFT_STEPS, SFT)
 
 
+def sft_minutes(minutes: float, elapsed: float) -> float:
+    """SFT's wall-clock limit: what is left of the pretrain + SFT shares after `elapsed` minutes."""
+    return max(sum(SHARES) * minutes - elapsed, SFT_FLOOR * SHARES[1] * minutes)
+
+
 def _schedule(options: dict, steps: int, evals: int) -> dict:
     """Fix the budget, and evaluate/save a few times along the way."""
     every = max(1, steps // evals)
@@ -93,11 +104,15 @@ def _schedule(options: dict, steps: int, evals: int) -> dict:
 
 
 def _finished(run_dir: Path, steps: int) -> bool:
+    """The stage reached its end: `steps`, or the earlier end its wall-clock limit set."""
     state = run_dir / "checkpoints" / "latest"
     if not state.is_file():
         return False
     meta = run_dir / "checkpoints" / state.read_text().strip() / "trainer_state.json"
-    return meta.is_file() and json.loads(meta.read_text()).get("step", 0) >= steps
+    if not meta.is_file():
+        return False
+    saved = json.loads(meta.read_text())
+    return saved.get("step", 0) >= min(steps, saved.get("total_steps") or steps)
 
 
 def _stage(name: str, run_dir: Path, options: dict) -> None:
@@ -109,7 +124,8 @@ def _stage(name: str, run_dir: Path, options: dict) -> None:
         print(f"== {name}: already done in {run_dir}, skipping")
         return
     resume = (run_dir / "checkpoints" / "latest").is_file()
-    print(f"== {name}: {options['max_steps']} steps -> {run_dir}" + (" (resuming)" if resume else ""))
+    limit = f" (at most {options['max_minutes']:.1f} min)" if options.get("max_minutes") else ""
+    print(f"== {name}: {options['max_steps']} steps{limit} -> {run_dir}" + (" (resuming)" if resume else ""))
     cfg = stage_cls.config_class(out=str(run_dir), resume=resume, **options)
     cfg.validate()
     Trainer(stage_cls(cfg)).fit()
@@ -138,7 +154,7 @@ def quickstart(out_dir: str | Path, device: str = "auto", pretrain_steps: int | 
         if not (out / "pretrain").exists() and not (out / "data").exists():
             raise UserError(f"{out}: does not look like a quickstart directory; refusing to delete it")
         shutil.rmtree(out)
-    start = time.perf_counter()
+    start = time.monotonic()
     print(f"MiniMind quickstart -> {out.resolve()}")
     data = write_demo(out / "data")
     prepared = {}
@@ -159,9 +175,13 @@ def quickstart(out_dir: str | Path, device: str = "auto", pretrain_steps: int | 
     print(f"speed probe: {plan['tokens_per_s_probe']:,} tokens/s -> pretrain {plan['pretrain_steps']} steps, "
           f"SFT {plan['sft_steps']} steps (budget ~{minutes:g} min)")
     pre = _schedule(dict(PRETRAIN, data=[str(prepared["pretrain"])], device=device), plan["pretrain_steps"], 3)
+    if pretrain_steps is None:  # planned from the probe: also bounded by the clock
+        pre["max_minutes"] = SHARES[0] * minutes
     _stage("pretrain", out / "pretrain", pre)
     sft = _schedule(dict(SFT, data=[str(prepared["sft"])], init=str(out / "pretrain"), device=device),
                     plan["sft_steps"], 2)
+    if sft_steps is None:
+        sft["max_minutes"] = sft_minutes(minutes, (time.monotonic() - start) / 60)
     _stage("sft", out / "sft", sft)
 
     last = "sft"
@@ -176,7 +196,7 @@ def quickstart(out_dir: str | Path, device: str = "auto", pretrain_steps: int | 
     print(f"\n== chat with the {last} model (thinking off):")
     for q, a in zip(QUESTIONS, chat_replies(final, QUESTIONS)):
         print(f"  user: {q}\n  minimind: {a}\n")
-    minutes = (time.perf_counter() - start) / 60
+    minutes = (time.monotonic() - start) / 60
     stages = ["pretrain", "sft"] + ([name for name, _, _ in POSTTRAIN] if full else [])
     print(f"done in {minutes:.1f} min. Run directories: {', '.join(str(out / n) for n in stages)} "
           f"(checkpoints/, metrics.jsonl, loss.png, lr.png)")

@@ -13,6 +13,17 @@ for the loss of a batch and how to save weights (see `stages/base.py`). It owns 
   positions, so a killed run resumed with `--resume` repeats the uninterrupted run bit for bit (CPU);
 - a NaN/inf loss stops the run (`TrainingError`) before the optimizer step, so the last checkpoint
   stays good.
+
+Never losing finished work (docs/reliability.md):
+- the run directory is locked (`runlock.RunLock`) for the whole run; leftovers of a killed save
+  are cleaned under that lock;
+- everything that could only fail late is checked before step 1: the config (`validate`), the
+  held-out split (too small for this world size: evaluation is skipped with a warning), the sample
+  prompts; nothing is written into the run directory (train_config.json, tokenizer, metrics
+  truncation) until setup has fully succeeded, so a refused `--resume` changes nothing;
+- a checkpoint is saved *before* the evaluation and samples of its step (its val loss is added
+  afterwards), so nothing after the last training step can cost the final checkpoint; plots that
+  fail are a warning.
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ import json
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,19 +45,20 @@ from torch.distributed.checkpoint.state_dict import (
     get_optimizer_state_dict,
     set_optimizer_state_dict,
 )
-from torch.utils.checkpoint import checkpoint as recompute
 
-from ..checkpoint import CheckpointError, resolve_checkpoint
-from ..config import ModelConfig, flops_per_token, get_preset
+from ..checkpoint import CheckpointError, atomic_write, resolve_checkpoint
+from ..config import flops_per_token
 from ..errors import UserError
 from ..model import MiniMindLM
 from . import checkpointing as ckpt
 from . import distributed as D
-from .metrics import MetricsLogger, Progress, peak_flops, truncate_metrics
+from .budget import WallClock, planned_steps
+from .build import build_model, check_vocabulary, enable_activation_checkpointing, load_tokenizer_for, resolve_dtype
+from .evaluation import Evaluator
+from .metrics import MetricsLogger, Progress, check_optional_loggers, peak_flops, truncate_metrics
 from .optim import lr_at, make_optimizer, set_lr
+from .runlock import RunLock
 from .stages.base import Stage, TrainContext
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class TrainingError(UserError):
@@ -62,65 +75,15 @@ class TrainResult:
     losses: list[float]
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    if name == "fp16" and device.type != "cuda":
-        raise UserError("--dtype fp16 needs CUDA (it relies on a gradient scaler); use bf16 or fp32")
-    return DTYPES[name]
-
-
-def enable_activation_checkpointing(model: MiniMindLM) -> None:
-    """Recompute each block's forward during backward instead of storing its activations.
-
-    We replace the bound `forward` of every block instance (parameter names are unchanged, so
-    checkpoints are unaffected): memory drops from O(layers) block activations to O(1) at the
-    price of one extra forward pass.
-    """
-    for block in model.layers:
-        inner = block.forward
-
-        def forward(*args, _inner=inner, _block=block):
-            if _block.training and torch.is_grad_enabled():
-                return recompute(_inner, *args, use_reentrant=False)
-            return _inner(*args)
-
-        block.forward = forward
-
-
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
-    if "cuda" in state and device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def batches_per_epoch(batches) -> int | None:
-    """Micro-batches per epoch on this rank, if the batch source can tell."""
-    if hasattr(batches, "__len__"):
-        return len(batches)
-    units = getattr(batches, "samples_per_epoch", None)  # minimind.data Loader: rows per epoch
-    batch_size = getattr(batches, "batch_size", None)
-    if isinstance(units, int) and batch_size:
-        return max(1, units // batch_size)
-    return None
-
-
 class Trainer:
-    def __init__(self, stage: Stage, *, model: MiniMindLM | None = None, tokenizer: Any = "auto") -> None:
+    def __init__(self, stage: Stage, *, model: MiniMindLM | None = None, tokenizer: Any = "auto",
+                 clock: Callable[[], float] = time.monotonic) -> None:
         """`model` / `tokenizer` override what the config would load (tests, notebooks);
-        tokenizer=None trains without one (synthetic data; no tokenizer files are saved)."""
+        tokenizer=None trains without one (synthetic data; no tokenizer files are saved).
+        `clock` measures wall time for --max-minutes (tests inject a fake one)."""
         self.stage, self.cfg = stage, stage.config
-        self._given_model, self._given_tokenizer = model, tokenizer
+        self._given_model, self._given_tokenizer, self._clock = model, tokenizer, clock
+        self.lock: RunLock | None = None
 
     # -- setup ------------------------------------------------------------------------------------
 
@@ -136,17 +99,8 @@ class Trainer:
         self.device = self.dist.device
         self.run_dir = Path(cfg.out)
         self.dtype = resolve_dtype(cfg.dtype, self.device)
-        self.resume_from = None
-        if (self.run_dir / "checkpoints" / "latest").is_file():
-            if not cfg.resume:
-                raise UserError(f"{self.run_dir} already holds a run; add --resume to continue it, or choose another --out")
-            self.resume_from = ckpt.latest_checkpoint(self.run_dir)
-        if self.main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            ckpt.clean_partial(self.run_dir)
-            self._check_saved_config()
-            (self.run_dir / "train_config.json").write_text(
-                json.dumps({"stage": self.stage.name, **cfg.to_dict()}, indent=2) + "\n")
+        check_optional_loggers(cfg.tensorboard, cfg.wandb)
+        self._claim_run_dir()
 
         init_path = None
         if cfg.init:
@@ -154,20 +108,47 @@ class Trainer:
             from ..checkpoint import is_hf_folder
 
             init_path = p if (p.is_dir() and is_hf_folder(p)) else resolve_checkpoint(p)
-        tokenizer = self._load_tokenizer(init_path)
+        tokenizer = load_tokenizer_for(cfg, init_path) if self._given_tokenizer == "auto" else self._given_tokenizer
         self.ctx = TrainContext(config=cfg, device=self.device, rank=self.dist.rank,
                                 world_size=self.dist.world_size, tokenizer=tokenizer, run_dir=self.run_dir,
                                 init_path=init_path)
-        if self.main and tokenizer is not None:
-            from ..checkpoint import copy_tokenizer
+        self._build(init_path, tokenizer)
 
-            (self.run_dir / "tokenizer").mkdir(exist_ok=True)
-            copy_tokenizer(tokenizer.path, self.run_dir / "tokenizer")
+        self.batches = self.stage.batches(self.ctx, "train")
+        self.evaluator = Evaluator(self.stage, self.ctx, self.dist)  # checks what evaluation needs, before step 1
+        self.step, self.tokens_seen, self.best_val = 0, 0, None
+        if self.resume_from is not None:
+            self._restore(self.resume_from)
+        elif cfg.resume and self.main:
+            print(f"note: {self.run_dir} has no checkpoint yet; starting from step 0")
+        self.total_steps = planned_steps(cfg, self.batches, self.dist.world_size)
+        if cfg.max_minutes and self._saved_total:  # a run shortened by the clock keeps its shorter schedule
+            self.total_steps = min(self.total_steps, self._saved_total)
+        if self.main:  # setup succeeded: only now touch the run directory's files
+            self._write_run_files(tokenizer)
 
+    def _claim_run_dir(self) -> None:
+        """Lock the run directory, decide fresh start or resume, clean what a killed run left."""
+        self.lock = RunLock(self.run_dir)
+        self._on_main(self.lock.acquire)  # held until fit() returns; every rank fails if it is refused
+        self.resume_from, self._saved_total = None, None
+        if (self.run_dir / "checkpoints" / "latest").is_file():
+            if not self.cfg.resume:
+                raise UserError(f"{self.run_dir} already holds a run; add --resume to continue it, or choose another --out")
+            self.resume_from = ckpt.latest_checkpoint(self.run_dir)
+        if self.main:
+            for p in ckpt.clean_partial(self.run_dir):  # safe: we hold the lock, nobody else writes here
+                print(f"note: removed {p.relative_to(self.run_dir)}, left by an interrupted run")
+            self._check_saved_config()
+
+    def _build(self, init_path: Path | None, tokenizer: Any) -> None:
+        """Model (seeded, restored on resume, wrapped for DDP/FSDP), extra models, optimizer, scaler."""
+        cfg = self.cfg
         # Same seed on every rank for the init (identical replicas), then per-rank for dropout.
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
-        model = self._build_model(init_path, tokenizer)
+        model = self._given_model if self._given_model is not None else build_model(cfg, init_path, tokenizer)
+        check_vocabulary(model, tokenizer)
         model.to(self.device)
         model = self.stage.prepare_model(model, self.ctx) or model
         if self.resume_from is not None:
@@ -193,15 +174,31 @@ class Trainer:
         self.optimizer = make_optimizer(self.params, cfg, self.device)
         self.scaler = torch.amp.GradScaler("cuda") if (self.dtype == torch.float16 and self.device.type == "cuda") else None
 
-        self.batches = self.stage.batches(self.ctx, "train")
-        self.step, self.tokens_seen, self.best_val = 0, 0, None
-        if self.resume_from is not None:
-            self._restore(self.resume_from)
-        elif cfg.resume and self.main:
-            print(f"note: {self.run_dir} has no checkpoint yet; starting from step 0")
-        if self.main:  # a fresh start drops records of an earlier attempt; a resume those past its step
-            truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
-        self.total_steps = self._budget()
+    def _on_main(self, fn: Callable[[], Any]) -> None:
+        """Run `fn` on rank 0 only; if it raises a UserError, every rank raises it (none waits forever)."""
+        error = None
+        if self.main:
+            try:
+                fn()
+            except UserError as err:
+                error = err
+        message = D.all_gather_objects(str(error) if error else None, self.dist)[0]
+        if error is not None:
+            raise error
+        if message is not None:
+            raise UserError(message)
+
+    def _write_run_files(self, tokenizer: Any) -> None:
+        """train_config.json (atomically), the tokenizer, and metrics.jsonl cut back to the start step."""
+        text = json.dumps({"stage": self.stage.name, **self.cfg.to_dict()}, indent=2) + "\n"
+        atomic_write(self.run_dir / "train_config.json", lambda p: p.write_text(text))
+        if tokenizer is not None:
+            from ..checkpoint import copy_tokenizer
+
+            (self.run_dir / "tokenizer").mkdir(exist_ok=True)
+            copy_tokenizer(tokenizer.path, self.run_dir / "tokenizer")
+        # a fresh start drops records of an earlier attempt; a resume those past its step
+        truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
 
     def _check_saved_config(self) -> None:
         saved = self.run_dir / "train_config.json"
@@ -215,52 +212,6 @@ class Trainer:
         if changed:
             print(f"note: resuming with changed options: {', '.join(changed)} (the run will not repeat exactly)")
 
-    def _load_tokenizer(self, init_path: Path | None):
-        if self._given_tokenizer != "auto":
-            return self._given_tokenizer
-        from ..tokenizer import load_tokenizer
-
-        if self.cfg.tokenizer:
-            return load_tokenizer(self.cfg.tokenizer)
-        if init_path is not None and (init_path / "tokenizer.json").is_file():
-            return load_tokenizer(init_path)
-        return load_tokenizer(None)
-
-    def _build_model(self, init_path: Path | None, tokenizer) -> MiniMindLM:
-        if self._given_model is not None:
-            return self._given_model
-        if init_path is not None:
-            from ..checkpoint import load_model
-
-            model = load_model(init_path)
-            model.train()
-        else:
-            config: ModelConfig = get_preset(self.cfg.preset)
-            if tokenizer is not None:
-                config.vocab_size = tokenizer.vocab_size
-                config.pad_token_id, config.bos_token_id, config.eos_token_id = tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id
-            if self.cfg.seq_len > config.max_seq_len:
-                raise UserError(f"--seq-len {self.cfg.seq_len} exceeds the model's max_seq_len {config.max_seq_len}")
-            model = MiniMindLM(config)
-        if tokenizer is not None and tokenizer.vocab_size > model.config.vocab_size:
-            raise UserError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary is "
-                            f"{model.config.vocab_size}; pass the tokenizer the model was trained with (--tokenizer)")
-        return model
-
-    def _budget(self) -> int:
-        cfg, limits = self.cfg, []
-        if cfg.max_steps:
-            limits.append(cfg.max_steps)
-        if cfg.max_tokens:
-            per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * self.dist.world_size
-            limits.append(math.ceil(cfg.max_tokens / per_step))
-        if cfg.epochs:
-            per_epoch = batches_per_epoch(self.batches)
-            if per_epoch is None:
-                raise UserError("--epochs needs a data loader that knows its length; use --max-steps or --max-tokens")
-            limits.append(max(1, math.ceil(cfg.epochs * per_epoch / cfg.grad_accum)))
-        return min(limits)
-
     # -- checkpoints --------------------------------------------------------------------------------
 
     def _restore(self, folder: Path) -> None:
@@ -273,89 +224,41 @@ class Trainer:
                                  options=StateDictOptions(full_state_dict=True))
         if self.scaler is not None and tensors.get("scaler"):
             self.scaler.load_state_dict(tensors["scaler"])
-        _set_rng_state(tensors["rng"][self.dist.rank], self.device)
+        ckpt.set_rng_state(tensors["rng"][self.dist.rank], self.device)
         self.batches.load_state_dict(meta["loader"][self.dist.rank])
         self.step, self.tokens_seen = meta["step"], meta.get("tokens_seen", 0)
         self.best_val = meta.get("best_val")
+        self._saved_total = meta.get("total_steps")
 
-    def save(self, val_loss: float | None = None) -> Path | None:
-        """All ranks call this (FSDP gathers shards); rank 0 writes."""
+    def save(self) -> Path | None:
+        """All ranks call this (FSDP gathers shards); rank 0 writes and returns the folder.
+        The val loss of the step is added afterwards (`_record_val_loss`)."""
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
         model_sd = get_model_state_dict(self.model, options=opts)
         optim_sd = get_optimizer_state_dict(self.model, self.optimizer, options=opts)
         loaders = D.all_gather_objects(self.batches.state_dict(), self.dist)
-        rngs = D.all_gather_objects(_rng_state(self.device), self.dist)
-        if val_loss is not None and (self.best_val is None or val_loss < self.best_val):
+        rngs = D.all_gather_objects(ckpt.rng_state(self.device), self.dist)
+        written: list[Path] = []
+
+        def write(folder: Path) -> None:
+            self.stage.save_weights(self.model, model_sd, folder, self.ctx)
+            tensors = {"optimizer": optim_sd, "scaler": self.scaler.state_dict() if self.scaler else {}, "rng": rngs}
+            ckpt.save_tensors(folder / ckpt.STATE_PT, tensors)
+
+        state = {"stage": self.stage.name, "tokens_seen": self.tokens_seen, "loader": loaders,
+                 "val_loss": None, "best_val": self.best_val, "world_size": self.dist.world_size,
+                 "total_steps": self.total_steps, "train_config": self.cfg.to_dict()}
+        # Also the barrier: a write that fails on rank 0 (full disk) stops every rank with its message.
+        self._on_main(lambda: written.append(ckpt.save_checkpoint(self.run_dir, self.step, write, state, self.cfg.keep_last)))
+        return written[0] if written else None
+
+    def _record_val_loss(self, path: Path | None, val_loss: float | None) -> None:
+        if val_loss is None:
+            return
+        if self.best_val is None or val_loss < self.best_val:
             self.best_val = val_loss
-        path = None
-        if self.main:
-            def write(folder: Path) -> None:
-                self.stage.save_weights(self.model, model_sd, folder, self.ctx)
-                tensors = {"optimizer": optim_sd, "scaler": self.scaler.state_dict() if self.scaler else {},
-                           "rng": rngs}
-                ckpt.save_tensors(folder / ckpt.STATE_PT, tensors)
-
-            state = {"stage": self.stage.name, "tokens_seen": self.tokens_seen, "loader": loaders,
-                     "val_loss": val_loss, "best_val": self.best_val, "world_size": self.dist.world_size,
-                     "train_config": self.cfg.to_dict()}
-            path = ckpt.save_checkpoint(self.run_dir, self.step, write, state, self.cfg.keep_last)
-        D.barrier(self.dist)
-        return path
-
-    # -- evaluation ---------------------------------------------------------------------------------
-
-    @torch.no_grad()
-    def evaluate(self) -> float | None:
-        """Mean per-token loss over `eval_batches` held-out batches (the same ones every time)."""
-        if self.cfg.eval_batches <= 0:
-            return None
-        if not hasattr(self, "_val"):
-            try:
-                self._val = self.stage.batches(self.ctx, "val")
-                self._val_start = self._val.state_dict()
-            except UserError as err:
-                self._val = None
-                if self.main:
-                    print(f"note: no evaluation ({err})")
-        if self._val is None:
-            return None
-        self._val.load_state_dict(self._val_start)
-        self.model.eval()
-        total = torch.zeros(2, dtype=torch.float64, device=self.device)
-        it = iter(self._val)
-        for _ in range(self.cfg.eval_batches):
-            batch = next(it)
-            w = self.stage.batch_weight(batch)
-            with self.ctx.autocast():
-                loss, _ = self.stage.loss(self.model, batch, self.ctx)
-            total += torch.stack([loss.detach().double() * w, torch.tensor(w, dtype=torch.float64, device=self.device)])
-        self.model.train()
-        D.all_reduce_sum(total, self.dist)
-        return float(total[0] / total[1]) if total[1] > 0 else None
-
-    @torch.no_grad()
-    def log_samples(self) -> None:
-        tok = self.ctx.tokenizer
-        if tok is None or self.cfg.num_samples <= 0 or self.cfg.fsdp or not self.main:
-            return
-        from ..infer import Engine, SamplingParams
-
-        prompts = self.stage.sample_prompts(self.ctx)[: self.cfg.num_samples]
-        if not prompts:
-            return
-        # The inference engine (batched, KV-cached) on the unwrapped model; seeded by the step so
-        # samples are reproducible and the training RNG streams are never touched.
-        engine = Engine(self.model, tok, max_batch_size=len(prompts))
-        params = SamplingParams(max_new_tokens=self.cfg.sample_tokens, temperature=0.7, top_k=40,
-                                seed=self.cfg.seed * 1_000_003 + self.step)
-        with self.ctx.autocast():
-            seqs = engine.generate(prompts, params)
-        for prompt, seq in zip(prompts, seqs):
-            record = {"step": self.step, "split": "sample", "prompt": tok.decode(prompt, skip_special_tokens=True).strip(),
-                      "completion": seq.text}
-            self.logger.log(record)
-            self.progress.write(f"[sample @ {self.step}] {record['prompt']!r} -> {record['completion']!r}")
-        self.model.train()
+        if path is not None:
+            ckpt.record_val_loss(path, val_loss, self.best_val)
 
     # -- the loop -------------------------------------------------------------------------------------
 
@@ -394,8 +297,65 @@ class Trainer:
         loss_value = float(D.all_reduce_sum(loss_sum, dist)) / global_w
         return loss_value, metrics, tokens * dist.world_size
 
+    def _update(self) -> float | None:
+        """Clip, step the optimizer (through the grad scaler if any), zero the gradients; the grad norm."""
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        grad_norm = None
+        if self.cfg.grad_clip > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_([p for _, p in self.params], self.cfg.grad_clip)
+            grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def _replan(self) -> None:
+        """--max-minutes: shrink the budget to what the measured step time allows (budget.WallClock)."""
+        if self._wall is None:
+            return
+        total = self._wall.replan(self.step, self.total_steps)
+        if total < self.total_steps and self.main:
+            if self.progress.bar is not None:
+                self.progress.bar.total = total
+            if not self._shortened:
+                self.progress.write(f"note: --max-minutes {self.cfg.max_minutes:g}: the run now ends at step {total} "
+                                    f"instead of {self.total_steps} (the LR decays by then)")
+        self._shortened = self._shortened or total < self.total_steps
+        self.total_steps = total
+
+    def _checkpoint_and_evaluate(self, saving: bool, evaluating: bool) -> float | None:
+        """Save first, then evaluate and sample: nothing that fails after a step can cost its checkpoint.
+        Evaluation leaves the RNG states as it found them, so resuming from this checkpoint is exact."""
+        path = self.save() if saving else None
+        if not evaluating:
+            return None
+        rng = ckpt.rng_state(self.device)
+        val_loss = self.evaluator.loss(self.model)
+        if val_loss is not None and self.main:
+            ppl = math.exp(min(val_loss, 50))
+            self.logger.log({"step": self.step, "split": "val", "loss": val_loss, "ppl": ppl})
+            self.progress.write(f"step {self.step}: val loss {val_loss:.4f}, ppl {ppl:.2f}")
+        for record in self.evaluator.samples(self.model, self.step):
+            self.logger.log(record)
+            self.progress.write(f"[sample @ {self.step}] {record['prompt']!r} -> {record['completion']!r}")
+        ckpt.set_rng_state(rng, self.device)
+        if saving:
+            self._record_val_loss(path, val_loss)
+        return val_loss
+
     def fit(self) -> TrainResult:
-        self._setup()
+        try:
+            self._setup()
+            return self._fit()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+    def _fit(self) -> TrainResult:
         cfg = self.cfg
         self.logger = MetricsLogger(self.run_dir, cfg.tensorboard, cfg.wandb, cfg.to_dict()) if self.main else None
         self.progress = Progress(self.total_steps, self.step, enabled=self.main and cfg.progress, desc=self.stage.name)
@@ -411,6 +371,8 @@ class Trainer:
         losses: list[float] = []
         last_saved = self.step if self.resume_from else -1
         val_loss = None
+        self._wall = WallClock(cfg.max_minutes, self._clock) if cfg.max_minutes else None
+        self._shortened = False
         t_last = time.perf_counter()
         try:
             while self.step < self.total_steps:
@@ -423,22 +385,12 @@ class Trainer:
                         f"the loss became {loss} at step {self.step + 1}; the weights were not updated. "
                         f"Last good checkpoint: {good or 'none yet'}. Try a lower --lr, --grad-clip 1.0, "
                         f"or --dtype bf16/fp32 instead of fp16.")
-                if self.scaler is not None:
-                    self.scaler.unscale_(self.optimizer)
-                grad_norm = None
-                if cfg.grad_clip > 0:
-                    grad_norm = torch.nn.utils.clip_grad_norm_([p for _, p in self.params], cfg.grad_clip)
-                    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-                if self.scaler is not None:
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                else:
-                    self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
+                grad_norm = self._update()
                 self.step += 1
                 self.ctx.step = self.step
                 self.tokens_seen += tokens
                 losses.append(loss)
+                self._replan()
 
                 now = time.perf_counter()
                 dt, t_last = now - t_last, now
@@ -454,16 +406,10 @@ class Trainer:
                         self.logger.log(record)
 
                 done = self.step == self.total_steps
-                val_loss = None
-                if (cfg.eval_every and self.step % cfg.eval_every == 0) or done:
-                    val_loss = self.evaluate()
-                    if val_loss is not None and self.main:
-                        ppl = math.exp(min(val_loss, 50))
-                        self.logger.log({"step": self.step, "split": "val", "loss": val_loss, "ppl": ppl})
-                        self.progress.write(f"step {self.step}: val loss {val_loss:.4f}, ppl {ppl:.2f}")
-                    self.log_samples()
-                if (cfg.save_every and self.step % cfg.save_every == 0) or done:
-                    self.save(val_loss)
+                saving = bool(cfg.save_every and self.step % cfg.save_every == 0) or done
+                evaluating = bool(cfg.eval_every and self.step % cfg.eval_every == 0) or done
+                val_loss = self._checkpoint_and_evaluate(saving, evaluating)
+                if saving:
                     last_saved = self.step
                 t_last = time.perf_counter()  # evaluation and saving do not count as training time
         finally:
@@ -471,12 +417,19 @@ class Trainer:
             if self.logger is not None:
                 self.logger.close()
         if last_saved != self.step:  # e.g. resumed a run that had already finished
-            self.save(val_loss)
+            self.save()
         final = ckpt.latest_checkpoint(self.run_dir) if self.main else None
         if self.main:
             self.stage.on_train_end(self.model, self.ctx)
-            from .plot import plot_run
-
-            plot_run(self.run_dir)
+            self._plot()
         D.barrier(self.dist)
         return TrainResult(self.run_dir, self.step, losses[-1] if losses else None, val_loss, final, losses)
+
+    def _plot(self) -> None:
+        """loss.png / lr.png; the run is complete without them, so a failure is only a warning."""
+        from .plot import plot_run
+
+        try:
+            plot_run(self.run_dir)
+        except (ImportError, OSError, UserError) as err:
+            print(f"warning: no plots written ({err}); the checkpoints are complete. Retry with `minimind plot {self.run_dir}`")

@@ -1,0 +1,86 @@
+"""What a run trains, built from its config: compute dtype, tokenizer and model.
+
+Contract:
+- `resolve_dtype(name, device)`: "auto" is bf16 on CUDA where supported, else fp32; fp16 needs CUDA.
+- `load_tokenizer_for(cfg, init_path)`: --tokenizer, else the one beside the --init checkpoint,
+  else the shipped one.
+- `build_model(cfg, init_path, tokenizer)`: the --init checkpoint / HF folder, or a fresh model of
+  --preset whose vocabulary and special ids follow the tokenizer.
+- `check_vocabulary(model, tokenizer)`: a tokenizer with more ids than the model is a UserError.
+- `enable_activation_checkpointing(model)`: recompute blocks in the backward pass.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.checkpoint import checkpoint as recompute
+
+from ..config import get_preset
+from ..errors import UserError
+from ..model import MiniMindLM
+from .config import TrainConfig
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if name == "fp16" and device.type != "cuda":
+        raise UserError("--dtype fp16 needs CUDA (it relies on a gradient scaler); use bf16 or fp32")
+    return DTYPES[name]
+
+
+def enable_activation_checkpointing(model: MiniMindLM) -> None:
+    """Recompute each block's forward during backward instead of storing its activations.
+
+    We replace the bound `forward` of every block instance (parameter names are unchanged, so
+    checkpoints are unaffected): memory drops from O(layers) block activations to O(1) at the
+    price of one extra forward pass.
+    """
+    for block in model.layers:
+        inner = block.forward
+
+        def forward(*args, _inner=inner, _block=block):
+            if _block.training and torch.is_grad_enabled():
+                return recompute(_inner, *args, use_reentrant=False)
+            return _inner(*args)
+
+        block.forward = forward
+
+
+def load_tokenizer_for(cfg: TrainConfig, init_path: Path | None) -> Any:
+    from ..tokenizer import load_tokenizer
+
+    if cfg.tokenizer:
+        return load_tokenizer(cfg.tokenizer)
+    if init_path is not None and (init_path / "tokenizer.json").is_file():
+        return load_tokenizer(init_path)
+    return load_tokenizer(None)
+
+
+def build_model(cfg: TrainConfig, init_path: Path | None, tokenizer: Any) -> MiniMindLM:
+    if init_path is not None:
+        from ..checkpoint import load_model
+
+        model = load_model(init_path)
+        model.train()
+        return model
+    config = get_preset(cfg.preset)
+    if tokenizer is not None:
+        config.vocab_size = tokenizer.vocab_size
+        config.pad_token_id, config.bos_token_id, config.eos_token_id = tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id
+    if cfg.seq_len > config.max_seq_len:
+        raise UserError(f"--seq-len {cfg.seq_len} exceeds the model's max_seq_len {config.max_seq_len}")
+    return MiniMindLM(config)
+
+
+def check_vocabulary(model: MiniMindLM, tokenizer: Any) -> None:
+    if tokenizer is not None and tokenizer.vocab_size > model.config.vocab_size:
+        raise UserError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary is "
+                        f"{model.config.vocab_size}; pass the tokenizer the model was trained with (--tokenizer)")
