@@ -96,6 +96,14 @@ def test_stale_temp_dir_of_a_killed_run_keeps_foreign_files(tmp_path, tok):
     assert sorted(p.name for p in stale.iterdir()) == ["precious.txt"]
 
 
+def test_a_prepared_directory_is_not_input_to_prepare(tmp_path, capsys, tok):
+    a = write_jsonl(tmp_path / "a.jsonl", TEXTS)
+    prepare("pretrain", [a], tmp_path / "p", tok, workers=1)
+    rc, _, err = _cli(capsys, "data", "prepare", "--kind", "pretrain", "--data", str(tmp_path / "p"),
+                      "--out", str(tmp_path / "q"))
+    assert rc == 2 and err == f"error: {tmp_path / 'p'}: is a prepared data directory (train on it directly), not a data file\n"
+
+
 def test_cli_prepare_refusal_is_one_line(tmp_path, capsys, tok):
     a = write_jsonl(tmp_path / "a.jsonl", TEXTS)
     out = tmp_path / "out"
@@ -280,7 +288,7 @@ def _malformed(tmp_path, name):
 
 @pytest.mark.parametrize("name,message", [
     ("empty.jsonl", "empty.jsonl: no pretrain records (the input is empty)"),
-    ("adir.jsonl", "adir.jsonl: is a directory, not a data file"),
+    ("adir.jsonl", "adir.jsonl: is a directory (give the data files inside it), not a data file"),
     ("notjson.jsonl", "notjson.jsonl:1: bad JSON: Expecting value"),
     ("array.jsonl", "array.jsonl:1: expected a JSON object, got list; data files are JSON Lines"),
     ("pretty.json", "pretty.json:1: bad JSON: Expecting property name enclosed in double quotes (column 1); "

@@ -108,7 +108,9 @@ def check_files(paths: list[str | Path]) -> list[Path]:
     for p in paths:
         p = Path(p)
         if p.is_dir():
-            raise UserError(f"{p}: is a directory, not a data file (give the files inside it)")
+            what = ("a prepared data directory (train on it directly)" if (p / "meta.json").is_file()
+                    else "a directory (give the data files inside it)")
+            raise UserError(f"{p}: is {what}, not a data file")
         if not p.is_file():
             raise UserError(f"{p}: no such data file")
         file_format(p)
