@@ -104,6 +104,26 @@ def test_a_prepared_directory_is_not_input_to_prepare(tmp_path, capsys, tok):
     assert rc == 2 and err == f"error: {tmp_path / 'p'}: is a prepared data directory (train on it directly), not a data file\n"
 
 
+@pytest.mark.parametrize("damage,message", [
+    ("drop_shard", r"FileNotFoundError: .*00000\.mask\.bin"),
+    ("truncate_tokens", r"ValueError: shard 00000 does not match meta\.json"),
+    ("drop_key", r"meta\.json lacks 'shards'"),
+])
+def test_damaged_prepared_directory_is_one_line(tmp_path, tok, damage, message):
+    conv = {"conversations": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    out = prepare("sft", [write_jsonl(tmp_path / "s.jsonl", [conv] * 3)], tmp_path / "p", tok, workers=1).path
+    if damage == "drop_shard":
+        (out / "00000.mask.bin").unlink()
+    elif damage == "truncate_tokens":
+        (out / "00000.tokens.bin").write_bytes(b"\0\0")
+    else:
+        meta = json.loads((out / "meta.json").read_text())
+        del meta["shards"]
+        (out / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match=rf"p: damaged prepared data directory \({message}.*\); delete it and prepare again"):
+        DocStore.open(out, tok, "sft")
+
+
 def test_cli_prepare_refusal_is_one_line(tmp_path, capsys, tok):
     a = write_jsonl(tmp_path / "a.jsonl", TEXTS)
     out = tmp_path / "out"

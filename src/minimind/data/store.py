@@ -5,7 +5,8 @@ Contract:
   `len(store)`, `store.lengths` (int64 [docs]), `store.ids(d)` / `store.mask(d)` (numpy views,
   mask None for pretrain/rl), `store.record(d)` (rl: the normalised record dict).
 - `DocStore.open(dir, tok)` memory-maps a prepared directory; it checks the kind and that the
-  tokenizer is the one the directory was made with (same files, same hash).
+  tokenizer is the one the directory was made with (same files, same hash). A damaged directory
+  (a shard missing or of the wrong size, meta.json fields missing) is a `UserError` naming it.
 - `open_store(kind, data, tok, skip_bad)` takes what `make_loader` takes: a prepared directory,
   or raw data files. Raw files up to `IN_MEMORY_LIMIT` bytes in total are tokenised in this
   process into RAM (quick for demo-sized data, nothing written to disk). Bigger ones are prepared
@@ -91,11 +92,21 @@ class DocStore:
         if meta is None:
             raise UserError(f"{root}: not a prepared data directory (no valid meta.json); "
                             f"make one with `minimind data prepare`")
-        if kind is not None and meta["kind"] != kind:
-            raise UserError(f"{root}: prepared as {meta['kind']!r} data, but {kind!r} data is needed")
-        if tok is not None and meta["tokenizer_hash"] != tokenizer_hash(tok):
+        if kind is not None and meta.get("kind") != kind:
+            raise UserError(f"{root}: prepared as {meta.get('kind')!r} data, but {kind!r} data is needed")
+        if tok is not None and meta.get("tokenizer_hash") != tokenizer_hash(tok):
             raise UserError(f"{root}: prepared with a different tokenizer ({meta.get('tokenizer_path')}) "
                             f"than {tok.path}; re-run `minimind data prepare` with --tokenizer {tok.path}")
+        try:
+            shards = cls._open_shards(root, meta)
+            return cls(meta["kind"], shards, meta["eos_id"], meta["pad_id"], meta.get("skipped", 0), str(root))
+        except (KeyError, TypeError, ValueError, OSError) as err:  # a hand-edited or half-copied folder
+            what = f"meta.json lacks {err}" if isinstance(err, KeyError) else f"{type(err).__name__}: {err}"
+            raise UserError(f"{root}: damaged prepared data directory ({what}); delete it and prepare "
+                            f"again") from None
+
+    @staticmethod
+    def _open_shards(root: Path, meta: dict) -> list[Shard]:
         dtype = np.dtype(meta["dtype"])
         shards = []
         for s in meta["shards"]:
@@ -107,10 +118,9 @@ class DocStore:
                 sh.records = _map(Path(f"{p}.records.jsonl"), np.uint8)
                 sh.record_offsets = _map(Path(f"{p}.records.offsets.bin"), np.int64)
             if len(sh.offsets) != s["docs"] + 1 or len(sh.tokens) != s["tokens"]:
-                raise UserError(f"{root}: shard {s['name']} does not match meta.json (damaged?); "
-                                f"delete the directory and prepare again")
+                raise ValueError(f"shard {s['name']} does not match meta.json")
             shards.append(sh)
-        return cls(meta["kind"], shards, meta["eos_id"], meta["pad_id"], meta.get("skipped", 0), str(root))
+        return shards
 
     @classmethod
     def from_chunks(cls, kind: str, chunks, dtype: np.dtype, eos_id: int, pad_id: int,
