@@ -124,7 +124,7 @@ def _stage(name: str, run_dir: Path, options: dict) -> None:
         print(f"== {name}: already done in {run_dir}, skipping")
         return
     resume = (run_dir / "checkpoints" / "latest").is_file()
-    limit = f" (at most {options['max_minutes']:.1f} min)" if options.get("max_minutes") else ""
+    limit = f" (at most {options['max_minutes']:.2g} min)" if options.get("max_minutes") else ""
     print(f"== {name}: {options['max_steps']} steps{limit} -> {run_dir}" + (" (resuming)" if resume else ""))
     cfg = stage_cls.config_class(out=str(run_dir), resume=resume, **options)
     cfg.validate()
