@@ -58,7 +58,9 @@ from ..errors import UserError
 from ..fsutil import pid_alive
 from .formats import ReadStats, RecordError, check_files, check_kind, check_payload, iter_raw
 
-FORMAT_VERSION = 1
+# 2: chat markers inside message text are plain text (earlier shards may hold forged control ids),
+# so folders prepared by version 1 are never reused.
+FORMAT_VERSION = 2
 CHUNK_BYTES = 1 << 20   # ~1 MB of input per task: big enough to amortise IPC, small for memory
 CHUNK_ROWS = 4096
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
