@@ -5,6 +5,7 @@
 - chat: a multi-turn REPL reading stdin line by line (so it can be piped); commands /reset,
   /system TEXT, /think on|off, /stats, /help, /quit.
 - serve: the OpenAI-compatible server and web page (127.0.0.1 unless --host says otherwise).
+  Every serve flag is checked before the model loads: a bad value is one `error:` line, exit 2.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import os
 from pathlib import Path
 import sys
 import time
+
+from ..errors import UserError
 
 HELP = """commands:
   /reset          forget the conversation (keeps the system prompt)
@@ -69,8 +72,61 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--api-key", default=os.environ.get("MINIMIND_API_KEY"),
                        help="require 'Authorization: Bearer KEY' on /v1/* (default: $MINIMIND_API_KEY)")
     serve.add_argument("--model-name", default=None, help="model id clients ask for (default: checkpoint name)")
-    serve.add_argument("--max-batch-size", type=int, default=16, help="requests decoded together (default 16)")
+    serve.add_argument("--max-batch-size", type=int, default=16,
+                       help=f"requests decoded together, 1..{MAX_BATCH} (default 16)")
+    serve.add_argument("--allowed-hosts", action="append", default=[], metavar="HOST[,HOST...]",
+                       help="extra host names clients may use in the Host header (repeatable; '*' allows any). "
+                            "localhost, IP addresses and --host are always allowed; other names are refused "
+                            "to stop DNS-rebinding web pages")
     serve.set_defaults(func=cmd_serve)
+
+
+MAX_BATCH = 1024  # rows of one preallocated KV cache; far beyond what a small model on one device serves
+
+
+def _check_model_flags(args: argparse.Namespace) -> None:
+    """Flags shared by generate/chat/serve, checked before anything loads."""
+    import torch
+
+    if args.max_len is not None and args.max_len < 2:
+        raise UserError(f"--max-len must be at least 2 (one prompt token and one generated), got {args.max_len}")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise UserError(f"--device {args.device!r} is not a device (cpu, cuda, cuda:1, mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {args.device}: CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"--device {args.device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {args.device}: MPS is not available on this machine")
+    for spec in args.lora:
+        name, sep, folder = spec.partition("=")
+        if (sep and not name) or not (folder if sep else spec):
+            raise UserError(f"--lora {spec!r}: expected DIR or NAME=DIR")
+
+
+def _check_serve_flags(args: argparse.Namespace) -> None:
+    """Every serve flag, so that a bad one fails at start with one line, not later or as a hang."""
+    if not 1 <= args.port <= 65535:
+        raise UserError(f"--port must be in 1..65535, got {args.port}")
+    if not 1 <= args.max_batch_size <= MAX_BATCH:
+        raise UserError(f"--max-batch-size must be in 1..{MAX_BATCH}, got {args.max_batch_size}")
+    if not args.host or any(c.isspace() for c in args.host):
+        raise UserError(f"--host must be an interface name or address, got {args.host!r}")
+    if args.api_key is not None and (not args.api_key or args.api_key != args.api_key.strip()):
+        # An empty key would silently mean "no key": refuse rather than serve unprotected.
+        raise UserError("--api-key (or $MINIMIND_API_KEY) is empty or has surrounding whitespace; "
+                        "give a key or unset it")
+    if args.model_name is not None and not args.model_name.strip():
+        raise UserError("--model-name must not be empty")
+    for host in _allowed_hosts(args):
+        if host != "*" and (not host or any(c.isspace() or c in "/:@" for c in host)):
+            raise UserError(f"--allowed-hosts: {host!r} is not a host name (no scheme, port or path)")
+
+
+def _allowed_hosts(args: argparse.Namespace) -> list[str]:
+    return [h.strip() for spec in args.allowed_hosts for h in spec.split(",")]
 
 
 def _engine(args: argparse.Namespace, default_max_len: int | None = None):
@@ -155,6 +211,7 @@ def _stats(seq) -> str:
 def cmd_generate(args: argparse.Namespace) -> int:
     from ..chat import render_prompt
 
+    _check_model_flags(args)
     engine = _engine(args)
     params = _params(args, args.stop)
     tok = engine.tokenizer
@@ -172,6 +229,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_chat(args: argparse.Namespace) -> int:
     from ..chat import render_prompt
 
+    _check_model_flags(args)
     engine = _engine(args)
     params = _params(args)
     tok = engine.tokenizer
@@ -227,12 +285,14 @@ def cmd_chat(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from ..serve import serve
 
+    _check_model_flags(args)
+    _check_serve_flags(args)
     engine = _engine(args, default_max_len=2048)
     name = args.model_name or Path(args.ckpt).resolve().name
     print(f"serving {name} on http://{args.host}:{args.port} (context {engine.context_len}, "
           f"batch {args.max_batch_size}{', API key required' if args.api_key else ''})", flush=True)
     t = time.perf_counter()
     serve(engine, host=args.host, port=args.port, api_key=args.api_key, model_name=name,
-          max_batch_size=args.max_batch_size)
+          max_batch_size=args.max_batch_size, allowed_hosts=_allowed_hosts(args))
     print(f"stopped after {time.perf_counter() - t:.0f} s")
     return 0

@@ -7,8 +7,12 @@ Contract:
 - Requests that arrive while others are decoding join the running batch at the next step
   (continuous batching), up to `max_batch_size` rows; the rest wait in arrival order.
 - Setting `seq.cancelled = True` (e.g. when a client disconnects) frees its row before the next
-  step, or drops it from the queue if it never started.
-- `close()` stops the worker. The thread owns the engine's runner: nothing else touches it.
+  step, or drops it from the queue if it never started; either way its callback gets a last
+  event with `finished=True` and finish_reason "cancelled", so no one waits for it forever.
+- `close()` stops the worker and finishes every sequence it still held as "cancelled" (a
+  shutdown never leaves a request hanging). The thread owns the engine's runner: nothing else
+  touches it.
+- `max_batch_size` must be >= 1 (`UserError` otherwise): 0 would queue every request forever.
 """
 
 from __future__ import annotations
@@ -18,11 +22,15 @@ import queue
 import threading
 from typing import Callable
 
+from ..errors import UserError
 from ..infer import Engine, Event, Sequence
 
 
 class Scheduler:
     def __init__(self, engine: Engine, max_batch_size: int | None = None) -> None:
+        if max_batch_size is not None and (isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int)
+                                           or max_batch_size < 1):
+            raise UserError(f"max_batch_size must be an integer >= 1, got {max_batch_size!r}")
         self.engine = engine
         self.runner = engine.runner(max_batch_size or engine.max_batch_size)
         self.inbox: queue.Queue = queue.Queue()
@@ -82,7 +90,7 @@ class Scheduler:
                 # Drop requests cancelled while they were still waiting.
                 for seq in [s for s in self.waiting if s.cancelled]:
                     self.waiting.remove(seq)
-                    self.callbacks.pop(seq.id, None)
+                    self._end(seq, "cancelled")
                 batch: list[Sequence] = []
                 while (self.waiting and len(self.runner.seqs) + len(batch) < self.runner.capacity
                        and self.runner.room_for(max([len(self.waiting[0].prompt_ids)]
@@ -94,9 +102,23 @@ class Scheduler:
                 self._dispatch(events)
         except BaseException as err:  # report to every waiting client instead of hanging them
             self.error = err
-            for seq in list(self.runner.seqs) + list(self.waiting):
-                seq.finish_reason = "error"
-                cb = self.callbacks.pop(seq.id, None)
-                if cb is not None:
-                    cb(Event(seq, None, "", True))
+            self._end_all("error")
             raise
+        self._take_arrivals(block=False)
+        self._end_all("cancelled")  # closed: nothing may wait for a worker that is gone
+
+    def _end(self, seq: Sequence, reason: str) -> None:
+        """Finish a sequence outside the runner and tell its client."""
+        seq.finish_reason = reason
+        cb = self.callbacks.pop(seq.id, None)
+        if cb is not None:
+            try:
+                cb(Event(seq, None, "", True))
+            except RuntimeError:  # the client's event loop is gone already
+                pass
+
+    def _end_all(self, reason: str) -> None:
+        for seq in list(self.runner.seqs) + list(self.waiting):
+            if not seq.finished:
+                self._end(seq, reason)
+        self.waiting.clear()
