@@ -72,6 +72,20 @@ def test_shared_prompt_and_padding_do_not_change_scores(model, scorer):
         assert ll == pytest.approx(hand_loglikelihood(model, ctx, cont)[0], abs=1e-4)
 
 
+def test_a_shared_few_shot_prefix_is_computed_once_and_changes_nothing(model, scorer, monkeypatch):
+    shots = "以下是中国关于逻辑学的单项选择题，请选出其中的正确答案。\n\n" + "1 加 1 等于几？\nA. 2\nB. 3\n答案： A\n\n" * 3
+    prompts = [shots + q + "\n答案：" for q in ("天空是什么颜色？", "草是什么颜色？很长很长的一个问题。", "雪？")]
+    pairs = [p for text in prompts for p in scorer.encode_pairs(text, [" A", " B", " 红色的天空"])]
+    calls = []
+    original = Scorer._forward_shared
+    monkeypatch.setattr(Scorer, "_forward_shared", lambda self, *a: calls.append(a[1]) or original(self, *a))
+    got = Scorer(model, scorer.tok, batch_size=8).loglikelihood(pairs)
+    assert calls and calls[0] >= len(scorer.encode(shots)) - 4  # the shared part (up to a merged "\n\n"), once
+    for (ctx, cont), (ll, greedy) in zip(pairs, got):
+        want, want_greedy = hand_loglikelihood(model, ctx, cont)
+        assert ll == pytest.approx(want, abs=1e-4) and greedy == want_greedy
+
+
 def test_encode_pair_follows_lm_eval(scorer):
     tok = scorer.tok
     # Encode context + continuation together, cut after the context's own tokens.

@@ -101,7 +101,7 @@ def tool_case(user: str = "北京今天天气怎么样？", call: dict = WEATHER
                               {"role": "assistant", "content": "", "tool_calls": dump([call])}]}
 
 
-def overfit_checkpoint(folder: Path, steps: int = 150) -> Path:
+def overfit_checkpoint(folder: Path, steps: int = 80) -> Path:
     """A tiny model overfit on two conversations (a few seconds): it answers "3 加 4 等于多少？" with
     "答案是 7。" and "北京今天天气怎么样？" (tools offered) with the get_weather call, thinking off."""
     from minimind.chat import render_conversation

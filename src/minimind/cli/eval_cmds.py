@@ -42,7 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="mcq JSONL: score choice letters (C-Eval layout) or full choice texts")
     p.add_argument("--think", choices=["off", "on", "both"], default="off", help="gen: thinking mode(s) (default off)")
     p.add_argument("--pass-k", type=int, default=0, help="gen: also sample k answers per prompt for pass@k")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="gen/toolcall: tokens per answer (default 256)")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="gen/toolcall: tokens per answer (default 256; 96 in the demo suites)")
     p.add_argument("--temperature", type=float, default=0.7, help="gen pass@k: sampling temperature (default 0.7)")
     p.add_argument("--top-p", type=float, default=0.9, help="gen pass@k: nucleus mass (default 0.9)")
     p.add_argument("--seed", type=int, default=0, help="gen pass@k: base seed (default 0)")

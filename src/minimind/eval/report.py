@@ -25,7 +25,7 @@ from ..errors import UserError
 
 PRIMARY = {"ppl": ("loss", "ppl", "bits_per_byte")}
 SKIP_KEYS = {"n", "shots", "pass_k", "max_new_tokens", "context", "stride", "tokens", "bytes", "truncated",
-             "skipped"}
+             "skipped", "seconds"}
 
 
 def _sha256_file(path: Path) -> str:
@@ -82,6 +82,10 @@ def format_results(report: dict, per_subject: bool = True) -> str:
         for i, (name, value) in enumerate(metrics(res)):
             rows.append([res["task"] if i == 0 else "", name, _fmt(name, value), str(res["n"]) if i == 0 else ""])
     text = f"checkpoint: {report['checkpoint']}\n" + _table(["task", "metric", "value", "n"], rows)
+    timing = [f"{r['task']} {r['n']} in {r['seconds']:.1f} s ({r['n'] / max(r['seconds'], 1e-9):.1f}/s)"
+              for r in report["results"] if "seconds" in r]
+    if timing:
+        text += "\ntime: " + ", ".join(timing)
     for res in report["results"]:
         subjects = res.get("per_subject") or {}
         if per_subject and len(subjects) > 1:

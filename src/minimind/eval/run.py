@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from ..errors import UserError
@@ -30,6 +31,10 @@ from .toolcall import evaluate_toolcall, read_cases
 
 TASKS = ("ppl", "ceval", "cmmlu", "mcq", "gen", "toolcall")
 DEMO_TASKS = {"ppl": "ppl", "mcq": "ceval", "gen": "gen", "toolcall": "toolcall"}  # demo name -> reader
+MAX_NEW_TOKENS = 256
+# The demo answers are one line and the demo calls one block (< 60 tokens); a model that never
+# stops should not spend minutes per suite.
+DEMO_MAX_NEW_TOKENS = 96
 
 
 @dataclass
@@ -43,7 +48,7 @@ class Settings:
     style: str = "letters"  # generic mcq: lettered choices or full-text continuations
     think: str = "off"  # gen: off, on or both
     pass_k: int = 0  # gen: samples per prompt for pass@k (0: greedy only)
-    max_new_tokens: int = 256
+    max_new_tokens: int | None = None  # gen/toolcall: None = 256 (DEMO_MAX_NEW_TOKENS in the demo suites)
     temperature: float = 0.7
     top_p: float = 0.9
     seed: int = 0
@@ -77,6 +82,8 @@ def run_task(engine, task: str, data: str | Path, s: Settings) -> dict:
     if task not in TASKS:
         raise UserError(f"unknown task {task!r}; choose from {', '.join(TASKS)} or demo")
     scorer = Scorer(engine.model, engine.tokenizer, s.batch_size, s.max_len)
+    s = replace(s, max_new_tokens=s.max_new_tokens or MAX_NEW_TOKENS)
+    start = time.perf_counter()
     if task == "ppl":
         docs = read_documents(data, scorer, s.limit, s.skip_bad)
         with _bar("ppl", None) as bar:
@@ -100,6 +107,7 @@ def run_task(engine, task: str, data: str | Path, s: Settings) -> dict:
         with _bar("toolcall", len(cases.records)) as bar:
             res = evaluate_toolcall(engine, cases, s.max_new_tokens, progress=bar.update)
         files, skipped = cases.files, cases.skipped
+    res["seconds"] = round(time.perf_counter() - start, 3)  # reading, tokenising and scoring; not loading
     res["skipped"] = skipped
     res["truncated"] = scorer.truncated
     res["files"] = [file_info(f) for f in files]
@@ -120,6 +128,7 @@ def write_demo_files(out_dir: Path) -> dict[str, Path]:
 
 def run_demo(engine, s: Settings, writer=write_demo_files) -> list[dict]:
     results = []
+    s = replace(s, max_new_tokens=s.max_new_tokens or DEMO_MAX_NEW_TOKENS)
     with tempfile.TemporaryDirectory(prefix="minimind-demo-eval-") as tmp:
         paths = writer(Path(tmp))
         for name, reader in DEMO_TASKS.items():

@@ -16,9 +16,11 @@ Contract (the semantics of lm-evaluation-harness's `loglikelihood`, so numbers a
 
 Speed: requests whose `context + continuation[:-1]` is the same token sequence need one forward
 between them (lm-eval's "one-token continuation" cache, generalised): for 4 single-token choice
-letters, one forward of the prompt gives all four scores. Distinct sequences are batched,
-longest first, left-padded, and only the last positions go through the LM head
-(`logits_to_keep`): a C-Eval prompt is hundreds of tokens, but only the final few are scored.
+letters, one forward of the prompt gives all four scores. Distinct sequences are batched in token
+order, so questions with the same few-shot examples share a batch, and a batch's common prefix
+(description + k examples: most of a 5-shot prompt) is computed once and its keys/values copied
+to every row (`_forward_shared`). Rows are left-padded, and only the last positions go through the
+LM head (`logits_to_keep`): a C-Eval prompt is hundreds of tokens, but only the final few are scored.
 """
 
 from __future__ import annotations
@@ -98,9 +100,9 @@ class Scorer:
             full = (ctx + cont)[-(self.max_length + 1):]
             self.truncated += len(ctx) + len(cont) > self.max_length + 1
             groups.setdefault(tuple(full[:-1]), []).append(i)
-        # Longest first: a batch's rows have similar lengths (little padding), and running out of
-        # memory, if it happens, happens at once.
-        rows = sorted(groups.items(), key=lambda kv: (-len(kv[0]), kv[0]))
+        # In token order: rows that share a prefix (the same few-shot examples) sit in one batch,
+        # which then computes that prefix once (`_forward_shared`).
+        rows = sorted(groups.items())
         out: list[tuple[float, bool] | None] = [None] * len(pairs)
         for b in range(0, len(rows), self.batch_size):
             batch = rows[b:b + self.batch_size]
@@ -118,15 +120,57 @@ class Scorer:
 
     @torch.inference_mode()
     def _logprobs(self, rows: list[list[int]], keep: int) -> torch.Tensor:
-        """Log-softmax [B, keep, V] (float32) of the last `keep` positions of left-padded rows."""
-        T = max(len(r) for r in rows)
-        ids = torch.full((len(rows), T), self.pad_id, dtype=torch.long)
-        mask = torch.zeros(len(rows), T, dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, T - len(r):] = torch.tensor(r)
-            mask[i, T - len(r):] = 1
-        padded = bool((mask == 0).any())
-        # Unpadded batches need no mask: plain causal attention, the same as a single row.
-        out = self.model(ids.to(self.device), attention_mask=mask.to(self.device) if padded else None,
-                         logits_to_keep=min(keep, T))
-        return torch.log_softmax(out.logits.float(), dim=-1)
+        """Log-softmax [B, keep, V] (float32) of the last `keep` positions of each row."""
+        prefix = _common_prefix(rows, max(0, min(len(r) for r in rows) - keep))
+        if len(rows) > 1 and prefix >= MIN_SHARED_PREFIX:
+            logits = self._forward_shared(rows, prefix, keep)
+        else:
+            ids, mask = _left_pad([r for r in rows], self.pad_id)
+            padded = bool((mask == 0).any())
+            # Unpadded batches need no mask: plain causal attention, the same as a single row.
+            logits = self.model(ids.to(self.device), attention_mask=mask.to(self.device) if padded else None,
+                                logits_to_keep=min(keep, ids.shape[1])).logits
+        return torch.log_softmax(logits.float(), dim=-1)
+
+    def _forward_shared(self, rows: list[list[int]], prefix: int, keep: int) -> torch.Tensor:
+        """Logits of the last `keep` positions, with the rows' common prefix computed only once.
+
+        The prefix goes through the model as one row into a KV cache, whose keys and values are
+        then copied to every row; the rows' own suffixes follow, left-padded after the prefix.
+        Padding slots are marked invalid, so positions and attention are those of each row alone.
+        """
+        suffix_ids, suffix_mask = _left_pad([r[prefix:] for r in rows], self.pad_id)
+        cache = self.model.new_kv_cache(len(rows), prefix + suffix_ids.shape[1])
+        head = torch.tensor([rows[0][:prefix]], device=self.device)
+        self.model(head, kv_cache=cache.view(0, 1, 0, padded=False), logits_to_keep=1)
+        cache.k[:, 1:, :, :prefix] = cache.k[:, :1, :, :prefix]
+        cache.v[:, 1:, :, :prefix] = cache.v[:, :1, :, :prefix]
+        cache.valid[:, :prefix] = True
+        cache.length = prefix
+        out = self.model(suffix_ids.to(self.device), attention_mask=suffix_mask.to(self.device), kv_cache=cache,
+                         logits_to_keep=keep)
+        return out.logits
+
+
+MIN_SHARED_PREFIX = 16  # below this, computing the prefix once saves less than the cache costs
+
+
+def _common_prefix(rows: list[list[int]], limit: int) -> int:
+    """Length of the longest common prefix of all rows, at most `limit`."""
+    first, n = rows[0], limit
+    for r in rows[1:]:
+        i = 0
+        while i < n and r[i] == first[i]:
+            i += 1
+        n = i
+    return n
+
+
+def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    T = max(len(r) for r in rows)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), T, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, T - len(r):] = torch.tensor(r)
+        mask[i, T - len(r):] = 1
+    return ids, mask
