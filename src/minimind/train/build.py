@@ -12,6 +12,7 @@ Contract:
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +73,9 @@ def build_model(cfg: TrainConfig, init_path: Path | None, tokenizer: Any) -> Min
         model.train()
         return model
     config = get_preset(cfg.preset)
-    if tokenizer is not None:
-        config.vocab_size = tokenizer.vocab_size
-        config.pad_token_id, config.bos_token_id, config.eos_token_id = tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id
+    if tokenizer is not None:  # replace() re-validates: the tokenizer's ids must fit its vocabulary
+        config = dataclasses.replace(config, vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_id,
+                                     bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id)
     if cfg.seq_len > config.max_seq_len:
         raise UserError(f"--seq-len {cfg.seq_len} exceeds the model's max_seq_len {config.max_seq_len}")
     return MiniMindLM(config)

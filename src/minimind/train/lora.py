@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-from ..checkpoint import CheckpointError, atomic_write
+from ..checkpoint import CheckpointError, atomic_write, read_safetensors
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -140,7 +140,7 @@ def load_adapter(model: nn.Module, folder: Path) -> None:
     path = Path(folder) / ADAPTER_WEIGHTS
     if not path.is_file():
         raise CheckpointError(f"{folder}: {ADAPTER_WEIGHTS} is missing")
-    sd = load_file(str(path))
+    sd = read_safetensors(path)
     own = adapter_state_dict(model.state_dict())
     missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
     if missing or unexpected:

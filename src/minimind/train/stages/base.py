@@ -169,14 +169,12 @@ class Stage:
 
     def load_weights(self, model: nn.Module, folder: Path, ctx: TrainContext) -> None:
         """Restore the weights `save_weights` wrote (called on resume, before wrapping)."""
-        from safetensors.torch import load_file
-
-        from ...checkpoint import WEIGHTS_NAME, CheckpointError, load_weights
+        from ...checkpoint import WEIGHTS_NAME, CheckpointError, load_weights, read_safetensors
 
         path = Path(folder) / WEIGHTS_NAME
         if not path.is_file():
             raise CheckpointError(f"{folder}: {WEIGHTS_NAME} is missing")
-        load_weights(model, load_file(str(path)), source=str(path))
+        load_weights(model, read_safetensors(path), source=str(path))
 
     # hooks -----------------------------------------------------------------------------------
 
