@@ -19,52 +19,94 @@ from infer_support import LiveServer, shared_trained_checkpoint
 from minimind.infer.loading import load_engine
 from minimind.serve import create_app
 
+PLAIN = st.text(st.characters(exclude_categories=("Cs",)), max_size=20)  # any text but lone surrogates
 JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | PLAIN,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(PLAIN, inner, max_size=3),
     max_leaves=6,
 )
-# Text as clients send it, plus chat markers, lone surrogates (escaped by json.dumps) and NULs.
-TEXT = st.text(max_size=20) | st.sampled_from(["", "\ud800", "a\udc80b", "<|im_end|>", "<think>", "\x00", "你好"])
-NUMBER = st.integers(-3, 3) | st.floats(-3, 3) | st.sampled_from([0, 1e-30, 2.0000001, 2 ** 63, -(2 ** 64)])
+# Text as clients send it, plus chat markers and NULs. Lone surrogates are injected by `mutated`
+# (one per body: were they in every string, nearly every body would be invalid JSON).
+WORD = st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=10)
+TEXT = st.one_of(PLAIN, PLAIN, PLAIN, st.sampled_from(["", "<|im_end|>", "<|im_start|>system", "<think>", "\x00",
+                                                        "你好", "hi"]))
 
 
-def odd(valid: st.SearchStrategy) -> st.SearchStrategy:
-    """Mostly values of the right type, sometimes any JSON at all."""
-    return st.one_of(valid, valid, JSON)
+def edgy(valid: st.SearchStrategy, *edges) -> st.SearchStrategy:
+    """Mostly (7 in 8) values in range, else one at or past an edge of the range."""
+    return st.one_of(*[valid] * 7, st.sampled_from(edges))
 
 
-PART = st.fixed_dictionaries({"type": odd(st.sampled_from(["text", "image_url"])), "text": odd(TEXT)})
-CALL = st.fixed_dictionaries({"type": odd(st.just("function")),
-                              "function": odd(st.fixed_dictionaries({"name": odd(TEXT), "arguments": odd(TEXT)}))})
+PART = st.fixed_dictionaries({"type": edgy(st.just("text"), "image_url", "TEXT"), "text": TEXT})
+CALL = st.fixed_dictionaries({"type": st.just("function"),
+                              "function": st.fixed_dictionaries({"name": edgy(WORD, ""), "arguments": TEXT})})
 MESSAGE = st.fixed_dictionaries(
-    {"role": odd(st.sampled_from(["system", "developer", "user", "assistant", "tool", "bot"]))},
-    optional={"content": odd(TEXT | st.lists(odd(PART), max_size=3)), "tool_calls": odd(st.lists(odd(CALL), max_size=2)),
-              "reasoning_content": odd(TEXT), "name": odd(TEXT)})
+    {"role": edgy(st.sampled_from(["system", "developer", "user", "assistant", "tool"]), "bot", "")},
+    optional={"content": TEXT | st.lists(PART, max_size=3), "tool_calls": st.lists(CALL, max_size=2),
+              "reasoning_content": TEXT, "name": TEXT})
 COMMON = {
-    "model": odd(st.sampled_from(["tiny", "other"])),
-    "max_tokens": odd(st.integers(-1, 4)),
-    "temperature": odd(NUMBER), "top_p": odd(NUMBER), "top_k": odd(st.integers(-1, 10 ** 7)),
-    "repetition_penalty": odd(NUMBER), "seed": odd(st.integers(-(2 ** 64), 2 ** 64)),
-    "stop": odd(TEXT | st.lists(TEXT, max_size=9)), "n": odd(st.integers(0, 2)),
-    "stream": odd(st.booleans()), "stream_options": odd(st.fixed_dictionaries({"include_usage": odd(st.booleans())})),
-    "presence_penalty": odd(NUMBER), "logit_bias": odd(st.dictionaries(TEXT, NUMBER, max_size=2)),
-    "user": odd(TEXT),
+    "model": edgy(st.just("tiny"), "other", ""),
+    "max_tokens": edgy(st.integers(1, 4), 0, -1, 2 ** 70),
+    "temperature": edgy(st.floats(0, 2), -0.1, 1e-30, 2.0000001, 1e308),
+    "top_p": edgy(st.floats(0.01, 1), 0, 1.5, 5e-324),
+    "top_k": edgy(st.integers(0, 50), -1, 10 ** 7, 2 ** 63),
+    "repetition_penalty": edgy(st.floats(0.5, 2), 0, 0.01, 10, 11),
+    "seed": st.integers(-(2 ** 64), 2 ** 64),
+    "stop": edgy(WORD | st.lists(WORD, max_size=8), "", [""], ["a"] * 9), "n": edgy(st.just(1), 0, 2),
+    "stream": st.booleans(), "stream_options": st.fixed_dictionaries({}, optional={"include_usage": st.booleans()}),
+    "presence_penalty": edgy(st.just(0), 0.5, -2, 3), "logit_bias": edgy(st.just({}), {"1": 5}),
+    "user": TEXT,
 }
-CHAT = st.fixed_dictionaries({"messages": odd(st.lists(odd(MESSAGE), max_size=3))}, optional={
-    **COMMON, "max_completion_tokens": odd(st.integers(0, 4)), "logprobs": odd(st.booleans()),
-    "top_logprobs": odd(st.integers(-1, 21)), "enable_thinking": odd(st.booleans()),
-    "chat_template_kwargs": odd(st.fixed_dictionaries({"enable_thinking": odd(st.booleans())})),
-    "tools": odd(st.lists(st.fixed_dictionaries({"type": odd(st.just("function")), "function": odd(
-        st.fixed_dictionaries({"name": odd(TEXT)}, optional={"parameters": JSON}))}), max_size=2)),
-    "tool_choice": odd(st.sampled_from(["auto", "none", "required"])), "response_format": JSON,
+CHAT = st.fixed_dictionaries({"messages": st.lists(MESSAGE, min_size=1, max_size=3)}, optional={
+    **COMMON, "max_completion_tokens": edgy(st.integers(1, 4), 0), "logprobs": edgy(st.just(False), True),
+    "top_logprobs": edgy(st.just(0), -1, 3, 21), "enable_thinking": st.booleans(),
+    "chat_template_kwargs": st.fixed_dictionaries({"enable_thinking": st.booleans()}),
+    "tools": st.lists(st.fixed_dictionaries({"type": st.just("function"), "function": st.fixed_dictionaries(
+        {"name": edgy(WORD, "")}, optional={"parameters": JSON, "description": TEXT})}), max_size=2),
+    "tool_choice": edgy(st.sampled_from(["auto", "none"]), "required"),
+    "response_format": edgy(st.just({"type": "text"}), {"type": "json_object"}),
 })
-COMPLETION = st.fixed_dictionaries({"prompt": odd(TEXT | st.lists(st.integers(-1, 500), max_size=5)
-                                                  | st.lists(TEXT, max_size=2))},
-                                   optional={**COMMON, "logprobs": odd(st.integers(-1, 6)), "echo": odd(st.booleans())})
+COMPLETION = st.fixed_dictionaries(
+    {"prompt": edgy(WORD | st.lists(edgy(st.integers(0, 419), -1, 420, 2 ** 64), min_size=1, max_size=5)
+                    | st.lists(WORD, min_size=1, max_size=1), "", [], ["a", "b"], [[1], [2]])},
+    optional={**COMMON, "logprobs": edgy(st.none(), 0, 5), "echo": edgy(st.just(False), True)})
+
+
+def slots(value, path=()):
+    """Every place in a JSON document (as a path of keys/indices) that a value could be put."""
+    yield path
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from slots(v, path + (k,))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from slots(v, path + (i,))
+
+
+@st.composite
+def mutated(draw, bodies: st.SearchStrategy):
+    """A well-typed body with ONE place replaced by any JSON value or a lone surrogate (or removed):
+    ill-typed in one field, so the fuzzer probes each field's validation rather than stopping at
+    the first of many errors."""
+    body = draw(bodies)
+    path = draw(st.sampled_from(list(slots(body))[1:] or [()]))
+    if not path:
+        return draw(JSON)
+    parent = body
+    for key in path[:-1]:
+        parent = parent[key]
+    if draw(st.booleans()) and isinstance(parent, dict):
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = draw(JSON | st.sampled_from(["\ud800", "a\udfffb"]))
+    return body
+
+
+CHAT_URL, COMPLETION_URL = "/v1/chat/completions", "/v1/completions"
 REQUESTS = st.one_of(
-    st.tuples(st.just("/v1/chat/completions"), CHAT | JSON),
-    st.tuples(st.just("/v1/completions"), COMPLETION | JSON),
+    st.tuples(st.just(CHAT_URL), CHAT), st.tuples(st.just(CHAT_URL), mutated(CHAT)),
+    st.tuples(st.just(COMPLETION_URL), COMPLETION), st.tuples(st.just(COMPLETION_URL), mutated(COMPLETION)),
+    st.tuples(st.sampled_from([CHAT_URL, COMPLETION_URL]), JSON),
 )
 
 
