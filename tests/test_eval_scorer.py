@@ -125,3 +125,12 @@ def test_text_the_tokenizer_cannot_encode_is_an_error(tmp_path):
         s.encode_pair("a", " c")
     with pytest.raises(UserError, match="to no tokens"):
         s.encode("   ")
+
+
+def test_batches_respect_the_row_and_padded_token_budgets(model, scorer):
+    s = Scorer(model, scorer.tok, batch_size=3, max_batch_tokens=40)
+    rows = [((0,) * n, [i]) for i, n in enumerate([20, 15, 12, 5, 5, 5, 5, 5])]
+    assert [[m[0] for _, m in b] for b in s._batches(rows)] == [[0, 1], [2, 3, 4], [5, 6, 7]]
+    pairs = [(list(range(100, 100 + n)), [7]) for n in (30, 3, 25, 4)]
+    got = [ll for ll, _ in s.loglikelihood(pairs, share_prefixes=False)]
+    assert got == pytest.approx([ll for ll, _ in Scorer(model, scorer.tok).loglikelihood(pairs)], abs=1e-4)

@@ -86,7 +86,7 @@ def evaluate_ppl(scorer: Scorer, docs: Documents, stride: int | None = None,
     stride = stride or max(1, C // 2)
     prefix = scorer.tok.eos_id
     pairs = [w for ids in docs.ids for w in windows(ids, prefix, C, stride)]
-    nll = -sum(ll for ll, _ in scorer.loglikelihood(pairs, progress))
+    nll = -sum(ll for ll, _ in scorer.loglikelihood(pairs, progress, share_prefixes=False))
     n_tokens, n_bytes = sum(len(ids) for ids in docs.ids), sum(docs.n_bytes)
     loss = nll / n_tokens
     return {"task": "ppl", "n": len(docs.ids), "tokens": n_tokens, "bytes": n_bytes, "loss": loss,

@@ -25,21 +25,25 @@ LM head (`logits_to_keep`): a C-Eval prompt is hundreds of tokens, but only the 
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
 from ..errors import UserError
 
 Pair = tuple[list[int], list[int]]
+# Padded tokens per forward: bounds the [tokens, vocab] logits (16k x 6400 floats = 420 MB).
+MAX_BATCH_TOKENS = 16384
 
 
 class Scorer:
-    def __init__(self, model, tokenizer, batch_size: int = 16, max_length: int | None = None) -> None:
+    def __init__(self, model, tokenizer, batch_size: int = 16, max_length: int | None = None,
+                 max_batch_tokens: int = MAX_BATCH_TOKENS) -> None:
         if batch_size < 1:
             raise UserError(f"--batch-size must be >= 1, got {batch_size}")
         model.eval()
         self.model, self.tok, self.batch_size = model, tokenizer, batch_size
+        self.max_batch_tokens = max_batch_tokens
         self.max_length = min(max_length or model.config.max_seq_len, model.config.max_seq_len)
         self.device = model.embed_tokens.weight.device
         self.pad_id = tokenizer.pad_id
@@ -87,9 +91,12 @@ class Scorer:
 
     # -- scoring ------------------------------------------------------------------------------
 
-    def loglikelihood(self, pairs: list[Pair], progress: Callable[[int], None] | None = None
-                      ) -> list[tuple[float, bool]]:
-        """(sum of log-probs of the continuation, continuation is the greedy choice) per pair."""
+    def loglikelihood(self, pairs: list[Pair], progress: Callable[[int], None] | None = None,
+                      share_prefixes: bool = True) -> list[tuple[float, bool]]:
+        """(sum of log-probs of the continuation, continuation is the greedy choice) per pair.
+
+        `share_prefixes=False` (long documents with nothing in common) batches longest first.
+        """
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, (ctx, cont) in enumerate(pairs):
             if not ctx or not cont:
@@ -100,12 +107,12 @@ class Scorer:
             full = (ctx + cont)[-(self.max_length + 1):]
             self.truncated += len(ctx) + len(cont) > self.max_length + 1
             groups.setdefault(tuple(full[:-1]), []).append(i)
-        # In token order: rows that share a prefix (the same few-shot examples) sit in one batch,
-        # which then computes that prefix once (`_forward_shared`).
-        rows = sorted(groups.items())
+        # In token order, rows that share a prefix (the same few-shot examples) sit in one batch,
+        # which then computes that prefix once (`_forward_shared`). Longest first (lm-eval's order)
+        # keeps padding small when rows share nothing.
+        rows = sorted(groups.items()) if share_prefixes else sorted(groups.items(), key=lambda kv: -len(kv[0]))
         out: list[tuple[float, bool] | None] = [None] * len(pairs)
-        for b in range(0, len(rows), self.batch_size):
-            batch = rows[b:b + self.batch_size]
+        for batch in self._batches(rows):
             keep = max(len(pairs[i][1]) for _, members in batch for i in members)
             logprobs = self._logprobs([list(key) for key, _ in batch], keep)
             for r, (_, members) in enumerate(batch):
@@ -117,6 +124,20 @@ class Scorer:
             if progress is not None:
                 progress(sum(len(members) for _, members in batch))
         return out  # type: ignore[return-value]
+
+    def _batches(self, rows: list) -> Iterator[list]:
+        """Consecutive rows, at most batch_size of them and max_batch_tokens padded tokens."""
+        batch: list = []
+        longest = 0
+        for row in rows:
+            n = len(row[0])
+            if batch and (len(batch) == self.batch_size or max(longest, n) * (len(batch) + 1) > self.max_batch_tokens):
+                yield batch
+                batch, longest = [], 0
+            batch.append(row)
+            longest = max(longest, n)
+        if batch:
+            yield batch
 
     @torch.inference_mode()
     def _logprobs(self, rows: list[list[int]], keep: int) -> torch.Tensor:
