@@ -189,10 +189,11 @@ BAD_CHAT = [
     ({"messages": [{"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": "f"}]},
                    *HI]}, "messages", "messages[0].tool_calls[0].function"),
     ({"messages": HI, "stream": True, "stream_options": "yes"}, "stream_options", "stream_options"),
-    # item 10: strict types, unsupported logprobs
+    # item 10: strict types; logprobs in range
     ({"messages": HI, "stream": "false"}, "stream", "stream: Input should be a valid boolean"),
-    ({"messages": HI, "logprobs": True}, "logprobs", "logprobs are not supported"),
-    ({"messages": HI, "top_logprobs": 3}, "top_logprobs", "logprobs are not supported"),
+    ({"messages": HI, "logprobs": "yes"}, "logprobs", "logprobs: Input should be a valid boolean"),
+    ({"messages": HI, "top_logprobs": 3}, "top_logprobs", "top_logprobs needs logprobs: true"),
+    ({"messages": HI, "logprobs": True, "top_logprobs": 21}, "top_logprobs", "less than or equal to 20"),
     # more of the same classes
     ({"messages": HI, "max_tokens": "5"}, "max_tokens", "max_tokens"),
     ({"messages": HI, "temperature": True}, "temperature", "temperature"),
@@ -235,7 +236,7 @@ def test_undecodable_bodies_are_400(server, raw):
 
 @pytest.mark.parametrize("body, param", [
     ({"prompt": []}, "prompt"), ({"prompt": [-1]}, "prompt"), ({"prompt": [[1], [2]]}, "prompt"),
-    ({"prompt": [10 ** 9]}, None), ({"prompt": ""}, "prompt"), ({"prompt": "x", "logprobs": 2}, "logprobs"),
+    ({"prompt": [10 ** 9]}, None), ({"prompt": ""}, "prompt"), ({"prompt": "x", "logprobs": 6}, "logprobs"),
     ({"prompt": "x", "echo": True}, "echo"), ({"prompt": "x", "stream": 1}, "stream"),
 ])
 def test_bad_completion_requests_are_400(server, body, param):
@@ -273,3 +274,73 @@ def test_unexpected_errors_are_logged_openai_500s(server, monkeypatch, caplog):
     assert any("unhandled error" in rec.getMessage() and rec.exc_info for rec in caplog.records)
     monkeypatch.undo()
     assert post(server, "/v1/chat/completions", {"messages": HI, "max_tokens": 2}).status_code == 200
+
+
+# -- 10: logprobs, checked against a full forward pass of the model ----------------------------------
+
+def reference_logprobs(engine, prompt: list[int], output: list[int], k: int):
+    """Per generated token: (its logprob, top-k ids, top-k logprobs) from one uncached forward."""
+    import torch
+
+    with torch.no_grad():
+        logits = engine.model(torch.tensor([prompt + output])).logits[0, len(prompt) - 1:-1]
+    logp = torch.log_softmax(logits.float(), -1)
+    top_v, top_i = logp.topk(k, -1)
+    return [(logp[t, tok].item(), top_i[t].tolist(), top_v[t].tolist()) for t, tok in enumerate(output)]
+
+
+def greedy_output(engine, prompt: list[int], max_tokens: int) -> list[int]:
+    out = engine.generate([prompt], SamplingParams(max_new_tokens=max_tokens, temperature=0))[0]
+    ids = out.output_ids
+    return ids[:-1] if out.finish_reason == "stop" and ids[-1] in out.stop_ids else ids  # never reported
+
+
+def test_chat_logprobs_are_the_models(server, engine):
+    from minimind.chat import render_prompt
+    from minimind.serve.logprobs import TokenBytes
+
+    body = {"messages": HI, "temperature": 0, "max_tokens": 60, "logprobs": True, "top_logprobs": 3}
+    r = post(server, "/v1/chat/completions", body).json()
+    entries = r["choices"][0]["logprobs"]["content"]
+    prompt = render_prompt(engine.tokenizer, HI)
+    output = greedy_output(engine, prompt, 60)
+    assert len(entries) == len(output) == r["usage"]["completion_tokens"] - 1  # minus the <|im_end|>
+    tb = TokenBytes(engine.tokenizer)
+    # The bytes of the reported tokens spell exactly the generated text (think block included).
+    assert b"".join(bytes(e["bytes"]) for e in entries).decode() == engine.tokenizer.decode(output)
+    for e, tok, (lp, top_ids, top_lps) in zip(entries, output, reference_logprobs(engine, prompt, output, 3)):
+        assert e["bytes"] == list(tb(tok)) and e["logprob"] == pytest.approx(lp, abs=1e-3)
+        assert [t["bytes"] for t in e["top_logprobs"]] == [list(tb(i)) for i in top_ids]
+        assert [t["logprob"] for t in e["top_logprobs"]] == pytest.approx(top_lps, abs=1e-3)
+        assert e["top_logprobs"][0]["logprob"] == e["logprob"]  # greedy: the chosen token is the likeliest
+    # Streaming reports the same tokens, spread over the chunks.
+    streamed = []
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json={**body, "stream": True}, timeout=60) as s:
+        for line in s.iter_lines():
+            if line.startswith("data: {"):
+                for choice in json.loads(line[6:])["choices"]:
+                    streamed += (choice["logprobs"] or {}).get("content", [])
+    assert streamed == entries
+    plain = post(server, "/v1/chat/completions", {**body, "logprobs": False, "top_logprobs": 0}).json()
+    assert plain["choices"][0]["logprobs"] is None
+
+
+def test_completion_logprobs_are_the_models(server, engine):
+    body = {"prompt": "Hello", "temperature": 0, "max_tokens": 8, "logprobs": 2}
+    r = post(server, "/v1/completions", body).json()
+    lp = r["choices"][0]["logprobs"]
+    prompt = engine.tokenizer.encode("Hello")
+    output = greedy_output(engine, prompt, 8)
+    ref = reference_logprobs(engine, prompt, output, 2)
+    assert lp["token_logprobs"] == pytest.approx([x[0] for x in ref], abs=1e-3)
+    assert [len(t) for t in lp["top_logprobs"]] == [2] * len(output)
+    assert [max(t.values()) for t in lp["top_logprobs"]] == pytest.approx([x[2][0] for x in ref], abs=1e-3)
+    assert lp["text_offset"][0] == 0 and all(
+        b - a == len(t) for a, b, t in zip(lp["text_offset"], lp["text_offset"][1:], lp["tokens"]))
+    chunks = []
+    with httpx.stream("POST", server.url + "/v1/completions", json={**body, "stream": True}, timeout=60) as s:
+        for line in s.iter_lines():
+            if line.startswith("data: {"):
+                chunks.append(json.loads(line[6:])["choices"][0]["logprobs"])
+    for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
+        assert [x for c in chunks for x in c[key]] == lp[key]

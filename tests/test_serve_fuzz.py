@@ -58,8 +58,8 @@ COMMON = {
     "user": TEXT,
 }
 CHAT = st.fixed_dictionaries({"messages": st.lists(MESSAGE, min_size=1, max_size=3)}, optional={
-    **COMMON, "max_completion_tokens": edgy(st.integers(1, 4), 0), "logprobs": edgy(st.just(False), True),
-    "top_logprobs": edgy(st.just(0), -1, 3, 21), "enable_thinking": st.booleans(),
+    **COMMON, "max_completion_tokens": edgy(st.integers(1, 4), 0), "logprobs": st.booleans(),
+    "top_logprobs": edgy(st.integers(0, 20), -1, 21), "enable_thinking": st.booleans(),
     "chat_template_kwargs": st.fixed_dictionaries({"enable_thinking": st.booleans()}),
     "tools": st.lists(st.fixed_dictionaries({"type": st.just("function"), "function": st.fixed_dictionaries(
         {"name": edgy(WORD, "")}, optional={"parameters": JSON, "description": TEXT})}), max_size=2),
@@ -69,7 +69,7 @@ CHAT = st.fixed_dictionaries({"messages": st.lists(MESSAGE, min_size=1, max_size
 COMPLETION = st.fixed_dictionaries(
     {"prompt": edgy(WORD | st.lists(edgy(st.integers(0, 419), -1, 420, 2 ** 64), min_size=1, max_size=5)
                     | st.lists(WORD, min_size=1, max_size=1), "", [], ["a", "b"], [[1], [2]])},
-    optional={**COMMON, "logprobs": edgy(st.none(), 0, 5), "echo": edgy(st.just(False), True)})
+    optional={**COMMON, "logprobs": edgy(st.none() | st.integers(0, 5), -1, 6), "echo": edgy(st.just(False), True)})
 
 
 def slots(value, path=()):

@@ -37,7 +37,7 @@ import torch
 
 from ..model import KVCache, MiniMindLM
 from .adapters import AdapterBank
-from .sampling import InvalidParams, SamplingParams, make_generator, sample_tokens
+from .sampling import InvalidParams, SamplingParams, make_generator, sample_tokens, token_logprobs
 from .streaming import IncrementalDecoder, StopMatcher
 
 
@@ -74,12 +74,17 @@ class Sequence:
 
 @dataclass
 class Event:
-    """What one step produced for one sequence: a token, the text it completed, and whether it ended."""
+    """What one step produced for one sequence: a token, the text it completed, and whether it ended.
+
+    When the request asked for logprobs (`params.logprobs` not None), `logprob` is the token's
+    log-probability and `top_logprobs` the [(id, logprob)] of the likeliest tokens at that step."""
 
     seq: Sequence
     token_id: int | None
     text: str
     finished: bool
+    logprob: float | None = None
+    top_logprobs: list[tuple[int, float]] | None = None
 
 
 class BatchRunner:
@@ -239,7 +244,23 @@ class BatchRunner:
                 s.pieces.append(text)
                 events.append(Event(s, tok, text, False))
         self._drop_finished()
+        self._add_logprobs(seqs, logits, tokens, events)
         return events
+
+    @staticmethod
+    def _add_logprobs(seqs: list[Sequence], logits: torch.Tensor, tokens: list[int], events: list[Event]) -> None:
+        """Fill in logprobs for the rows that asked (one event per row, in row order); one
+        log-softmax over just those rows, so requests without logprobs cost nothing."""
+        want = [i for i, s in enumerate(seqs) if s.params.logprobs is not None]
+        if not want:
+            return
+        k = max(seqs[i].params.logprobs for i in want)
+        idx = torch.tensor(want, device=logits.device)
+        chosen, top_v, top_i = token_logprobs(logits[idx], torch.tensor([tokens[i] for i in want]), k)
+        chosen, top_v, top_i = chosen.tolist(), top_v.tolist(), top_i.tolist()
+        for j, i in enumerate(want):
+            ev, n = events[i], seqs[i].params.logprobs
+            ev.logprob, ev.top_logprobs = chosen[j], list(zip(top_i[j][:n], top_v[j][:n]))
 
     def _flush(self, s: Sequence) -> str:
         """Text still held back by the detokenizer and the stop matcher, at the end of a row."""

@@ -6,6 +6,10 @@ Contract:
 - `sample_tokens(logits, rows)` picks one token per row of `logits` [B, V], each row with its
   own temperature / top-k / top-p / repetition penalty and its own random generator, so a
   request's output depends only on its own seed, never on which other requests share the batch.
+- `token_logprobs(logits, tokens, k)` gives the log-probability of each chosen token and the k
+  likeliest tokens, under the model's own distribution (raw logits: before the repetition
+  penalty, temperature, top-k and top-p, as OpenAI and vLLM report them). Requests ask for it
+  with `SamplingParams.logprobs` (None: off; k in 0..20: the chosen token and k alternatives).
 
 The order of the logit transforms is the one `transformers` uses (repetition penalty ->
 temperature -> top-k -> top-p), so the same settings mean the same thing in both.
@@ -18,6 +22,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import UserError
+
+
+MAX_LOGPROBS = 20  # alternatives per token (OpenAI's top_logprobs limit)
 
 
 class InvalidParams(UserError):
@@ -34,6 +41,7 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)  # stop strings (not included in the output text)
     stop_token_ids: list[int] | None = None  # None -> the engine's defaults (EOS and end-of-text)
     seed: int | None = None  # None -> a fresh random seed
+    logprobs: int | None = None  # None -> off; k -> the chosen token's logprob and the k likeliest
 
     def validate(self) -> "SamplingParams":
         checks = [
@@ -48,6 +56,8 @@ class SamplingParams:
                 raise InvalidParams(f"{name} must be {want}, got {getattr(self, name)!r}")
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise InvalidParams(f"stop must be a list of non-empty strings, got {self.stop!r}")
+        if self.logprobs is not None and not (isinstance(self.logprobs, int) and 0 <= self.logprobs <= MAX_LOGPROBS):
+            raise InvalidParams(f"logprobs must be an integer in 0..{MAX_LOGPROBS} or None, got {self.logprobs!r}")
         if len(self.stop) > 8:
             raise InvalidParams(f"at most 8 stop strings are allowed, got {len(self.stop)}")
         return self
@@ -116,3 +126,14 @@ def sample_tokens(logits: torch.Tensor, params: list[SamplingParams], generators
     token = order.gather(-1, choice) if order is not None else choice
     out[idx] = token.view(-1)
     return out
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Log-probabilities of `tokens` [B] under raw `logits` [B, V], and the top k of each row.
+
+    Returns (chosen [B], top_values [B, k], top_ids [B, k]), top sorted from likeliest down.
+    """
+    logp = torch.log_softmax(logits.float(), -1)
+    chosen = logp.gather(-1, tokens.view(-1, 1).to(logp.device)).view(-1)
+    top_values, top_ids = logp.topk(min(k, logp.shape[-1]), dim=-1)
+    return chosen, top_values, top_ids

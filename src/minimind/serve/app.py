@@ -42,6 +42,7 @@ from ..infer import Engine, Event, InvalidParams, ReasoningSplitter, SamplingPar
 from . import responses as R
 from .errors import APIError, error_body
 from .guard import Guard
+from .logprobs import TokenBytes, chat_entries, chat_logprobs, completion_logprobs
 from .scheduler import Scheduler
 from .schemas import ChatRequest, CompletionRequest, parse
 
@@ -73,7 +74,7 @@ def sampling_params(req: ChatRequest | CompletionRequest, prompt_len: int, conte
             top_p=1.0 if req.top_p is None else req.top_p,
             top_k=req.top_k or 0,
             repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
-            stop=stop, seed=req.seed,
+            stop=stop, seed=req.seed, logprobs=req.logprob_count,
         ).validate()
     except InvalidParams as err:
         raise APIError(400, str(err)) from None
@@ -94,6 +95,7 @@ def create_app(engine: Engine, model_name: str = "minimind", api_key: str | None
     if engine.tokenizer is None:
         raise UserError("the server needs an engine with a tokenizer")
     tok = engine.tokenizer
+    token_bytes = TokenBytes(tok)
     app = FastAPI(title="MiniMind", docs_url=None, redoc_url=None)
     scheduler = Scheduler(engine, max_batch_size)
     app.state.scheduler = scheduler
@@ -195,23 +197,35 @@ def create_app(engine: Engine, model_name: str = "minimind", api_key: str | None
 
         if not req.stream:
             parts: dict[str, list[str]] = {"reasoning": [], "content": []}
-            for ev in await collect(request, seq, events):
+            done = await collect(request, seq, events)
+            for ev in done:
                 for kind, text in pieces(ev):
                     parts[kind].append(text)
-            return R.chat_completion(rid, now, model_id, R.chat_message(parts), seq)
+            logprobs = chat_logprobs(token_bytes, done) if req.logprobs else None
+            return R.chat_completion(rid, now, model_id, R.chat_message(parts), seq, logprobs)
 
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
         async def stream():
             yield R.sse(R.chat_chunk(rid, now, model_id, {"role": "assistant", "content": ""}))
+            pending: list[Event] = []  # tokens whose text the detokenizer still holds back
+
+            def logprobs() -> dict | None:
+                if not req.logprobs:
+                    return None
+                out = {"content": chat_entries(token_bytes, pending), "refusal": None}
+                pending.clear()
+                return out
+
             async for ev in drain(seq, events):
+                pending.append(ev)
                 for kind, text in pieces(ev):
                     key = "reasoning_content" if kind == "reasoning" else "content"
-                    yield R.sse(R.chat_chunk(rid, now, model_id, {key: text}))
+                    yield R.sse(R.chat_chunk(rid, now, model_id, {key: text}, logprobs=logprobs()))
             if seq.finish_reason == "error":
                 yield stream_error()
                 return
-            yield R.sse(R.chat_chunk(rid, now, model_id, {}, seq.finish_reason))
+            yield R.sse(R.chat_chunk(rid, now, model_id, {}, seq.finish_reason, logprobs=logprobs()))
             if include_usage:
                 yield R.sse(R.chat_chunk(rid, now, model_id, None, usage_of=seq))
             yield R.SSE_DONE
@@ -229,19 +243,29 @@ def create_app(engine: Engine, model_name: str = "minimind", api_key: str | None
         seq, events = start(ids, params, req.model)
         rid, now, model_id = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time()), seq.adapter or model_name
 
+        wants_logprobs = req.logprob_count is not None
         if not req.stream:
-            await collect(request, seq, events)
-            return R.completion(rid, now, model_id, seq.text, seq.finish_reason, seq)
+            done = await collect(request, seq, events)
+            logprobs = completion_logprobs(token_bytes, done) if wants_logprobs else None
+            return R.completion(rid, now, model_id, seq.text, seq.finish_reason, seq, logprobs)
 
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
         async def stream():
+            pending: list[Event] = []
+            offset = 0
             async for ev in drain(seq, events):
                 if seq.finish_reason == "error":
                     yield stream_error()
                     return
+                pending.append(ev)
                 if ev.text or ev.finished:
-                    yield R.sse(R.completion(rid, now, model_id, ev.text, seq.finish_reason if ev.finished else None))
+                    logprobs = completion_logprobs(token_bytes, pending, offset) if wants_logprobs else None
+                    if logprobs:
+                        offset += sum(len(t) for t in logprobs["tokens"])
+                    pending.clear()
+                    yield R.sse(R.completion(rid, now, model_id, ev.text, seq.finish_reason if ev.finished else None,
+                                             logprobs=logprobs))
             if include_usage:
                 yield R.sse({**R.completion(rid, now, model_id, "", None, seq), "choices": []})
             yield R.SSE_DONE

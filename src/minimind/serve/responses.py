@@ -34,24 +34,25 @@ def chat_message(parts: dict[str, list[str]]) -> dict:
     return message
 
 
-def chat_completion(rid: str, created: int, model: str, message: dict, seq: Sequence) -> dict:
+def chat_completion(rid: str, created: int, model: str, message: dict, seq: Sequence,
+                    logprobs: dict | None = None) -> dict:
     return {"id": rid, "object": "chat.completion", "created": created, "model": model,
-            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": seq.finish_reason}],
+            "choices": [{"index": 0, "message": message, "logprobs": logprobs, "finish_reason": seq.finish_reason}],
             "usage": usage(seq)}
 
 
 def chat_chunk(rid: str, created: int, model: str, delta: dict | None, finish: str | None = None,
-               usage_of: Sequence | None = None) -> dict:
+               usage_of: Sequence | None = None, logprobs: dict | None = None) -> dict:
     """One streamed chunk: a delta, or (delta None) the final usage-only chunk."""
     out = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model}
     if delta is None:
         return {**out, "choices": [], "usage": usage(usage_of)}
-    return {**out, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+    return {**out, "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]}
 
 
 def completion(rid: str, created: int, model: str, text: str, finish: str | None,
-               seq: Sequence | None = None) -> dict:
+               seq: Sequence | None = None, logprobs: dict | None = None) -> dict:
     """A text completion; with `seq` (non-streaming, or the usage chunk) it carries usage."""
     out = {"id": rid, "object": "text_completion", "created": created, "model": model,
-           "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}
+           "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}]}
     return {**out, "usage": usage(seq)} if seq is not None else out

@@ -10,8 +10,10 @@ Contract:
   fields such as `refusal`), but only the declared ones are passed on.
 - Fields we accept but cannot honour are refused when set to anything that would change the
   result (n > 1, non-zero penalties, logit_bias, response_format other than text,
-  tool_choice "required", logprobs); harmless bookkeeping fields (user, metadata, store) are
-  accepted and ignored.
+  tool_choice "required", echo, best_of); harmless bookkeeping fields (user, metadata, store)
+  are accepted and ignored. `logprob_count` is the number of alternatives per token the
+  request asked for (None: no logprobs): chat `logprobs`+`top_logprobs` (0..20), legacy
+  completions `logprobs` (0..5).
 - `ChatRequest.messages_for_renderer()` gives the plain dicts `chat.render_prompt` reads.
 """
 
@@ -149,12 +151,16 @@ class ChatRequest(_Sampling):
     metadata: dict[str, str] | None = None
     store: bool | None = None
 
-    @field_validator("logprobs", "top_logprobs")
+    @field_validator("top_logprobs")
     @classmethod
-    def _no_logprobs(cls, value: bool | int | None) -> bool | int | None:
-        if value:
-            raise ValueError("logprobs are not supported by this server")
+    def _needs_logprobs(cls, value: int | None, info) -> int | None:
+        if value and not info.data.get("logprobs"):
+            raise ValueError("top_logprobs needs logprobs: true")
         return value
+
+    @property
+    def logprob_count(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     @property
     def token_budget(self) -> int | None:
@@ -188,12 +194,9 @@ class CompletionRequest(_Sampling):
     best_of: Literal[1] | None = None
     suffix: None = None
 
-    @field_validator("logprobs")
-    @classmethod
-    def _no_logprobs(cls, value: int | None) -> int | None:
-        if value is not None:
-            raise ValueError("logprobs are not supported by this server")
-        return value
+    @property
+    def logprob_count(self) -> int | None:
+        return self.logprobs
 
     @property
     def token_budget(self) -> int:
