@@ -83,7 +83,8 @@ def test_serve_subprocess_health(ckpt, tmp_path):
         port = s.getsockname()[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "minimind", "serve", "--ckpt", str(ckpt), "--port", str(port),
-                             "--api-key", "k"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+                             "--api-key", "k", "--allowed-hosts", "my.lan,other.lan"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     try:
         deadline = time.time() + 60
         while True:
@@ -99,6 +100,9 @@ def test_serve_subprocess_health(ckpt, tmp_path):
                        json={"messages": [{"role": "user", "content": "你好"}], "temperature": 0}, timeout=30)
         assert r.json()["choices"][0]["message"]["content"] == ANSWER
         assert r.json()["model"] == "ckpt"  # the checkpoint folder's name
+        # --allowed-hosts reaches the server; other names (a DNS-rebinding page) are refused
+        assert httpx.get(f"http://127.0.0.1:{port}/health", headers={"Host": f"my.lan:{port}"}).status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{port}/health", headers={"Host": "evil.example"}).status_code == 403
     finally:
         proc.terminate()
         proc.wait(timeout=20)

@@ -261,7 +261,7 @@ def test_good_odd_requests_work(server):
 
 
 def test_unexpected_errors_are_logged_openai_500s(server, monkeypatch, caplog):
-    import minimind.serve.app as app_mod
+    import minimind.serve.completions as app_mod
 
     def boom(*a, **k):
         raise RuntimeError("boom")
