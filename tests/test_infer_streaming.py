@@ -7,7 +7,7 @@ import torch
 from infer_support import tiny_tokenizer
 
 from minimind.infer import IncrementalDecoder, ReasoningSplitter, SamplingParams, StopMatcher, sample_tokens
-from minimind.infer.sampling import apply_repetition_penalty, make_generator
+from minimind.infer.sampling import InvalidParams, apply_repetition_penalty, make_generator, token_logprobs
 
 
 # -- sampling ---------------------------------------------------------------------------------
@@ -53,6 +53,19 @@ def test_repetition_penalty_by_hand():
     # with a strong penalty the seen argmax loses
     params = [SamplingParams(temperature=0, repetition_penalty=4.0)]
     assert sample_tokens(torch.tensor([[3.0, 1.0]]), params, [make_generator(0)], torch.tensor([[True, False]])).item() == 1
+
+
+def test_token_logprobs_by_hand():
+    """log p = logit - log(sum exp logits), of the raw logits; the top k sorted likeliest first."""
+    import math
+
+    logits = torch.tensor([[0.0, math.log(3.0)], [2.0, 2.0]])  # probabilities [1/4, 3/4] and [1/2, 1/2]
+    chosen, top_v, top_i = token_logprobs(logits, torch.tensor([0, 1]), k=1)
+    assert chosen.tolist() == pytest.approx([math.log(0.25), math.log(0.5)])
+    assert top_i[0].tolist() == [1] and top_v[0].tolist() == pytest.approx([math.log(0.75)])
+    assert token_logprobs(logits, torch.tensor([0, 1]), k=5)[1].shape == (2, 2)  # k capped at the vocabulary
+    with pytest.raises(InvalidParams, match="logprobs must be an integer in 0..20"):
+        SamplingParams(logprobs=21).validate()
 
 
 def test_rows_use_their_own_params():
