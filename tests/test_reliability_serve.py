@@ -166,12 +166,13 @@ def test_disconnect_while_queued_frees_the_queue(slow_server):
     """One row: the second request waits; its client leaves; it must not run after the first."""
     srv, seqs = slow_server
     first = threading.Thread(target=lambda: httpx.post(srv.url + "/v1/completions", timeout=30, json={
-        "prompt": "Hello", "max_tokens": 40, "temperature": 0}))
+        "prompt": "Hello", "max_tokens": 100, "temperature": 0}))  # ~2 s: the second surely waits
     first.start()
-    while not seqs:
+    deadline = time.time() + 10
+    while not seqs and time.time() < deadline:
         time.sleep(0.01)
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(srv.url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 40}, timeout=0.3)
+        httpx.post(srv.url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 100}, timeout=0.3)
     first.join()
     deadline = time.time() + 5
     while not seqs[1].finished and time.time() < deadline:
