@@ -15,6 +15,7 @@ import pytest
 
 from minimind.cli import main
 import minimind.data.formats as formats
+import minimind.data.layout as layout
 import minimind.data.prepare as prepare_mod
 from minimind.data.clean import CleanConfig, clean
 from minimind.data.formats import ReadStats, iter_examples
@@ -82,7 +83,7 @@ def test_removing_a_replaced_dir_deletes_only_our_names(tmp_path):
     for name in ("meta.json", "00000.tokens.bin", "00000.offsets.bin", "00003.records.jsonl",
                  "tokenizer/tokenizer.json", "x.tokens.bin", "tokenizer/extra.json"):
         (d / name).write_text("x")
-    assert prepare_mod._remove_ours(d) == ["tokenizer/extra.json", "x.tokens.bin"]
+    assert layout.remove_ours(d) == ["tokenizer/extra.json", "x.tokens.bin"]
     assert sorted(p.name for p in d.rglob("*")) == ["extra.json", "tokenizer", "x.tokens.bin"]
 
 

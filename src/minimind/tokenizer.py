@@ -42,6 +42,8 @@ EOS_TOKEN = "<|im_end|>"
 THINK_START, THINK_END = "<think>", "</think>"
 TOOL_CALL_START, TOOL_CALL_END = "<tool_call>", "</tool_call>"
 TOOL_RESPONSE_START, TOOL_RESPONSE_END = "<tool_response>", "</tool_response>"
+# The files of a tokenizer folder in Hugging Face format: what is copied beside weights and shards.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 NUM_RESERVED = 7  # spare tokens: 9 named + 7 reserved = 16 ids set aside before the learned vocabulary
 
 # "special=True" tokens are control tokens: skip_special_tokens removes them when decoding.

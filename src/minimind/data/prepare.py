@@ -6,26 +6,8 @@ Contract:
   input: files are read line by line, cut into chunks of ~1 MB, and at most 2 chunks per worker
   are in flight (an ordered window over `Pool.apply_async`, i.e. `imap` with back-pressure).
   Results are written in input order, so the output does not depend on the number of workers.
-- Layout of a prepared directory (one shard per input file, `NNNNN` = its position):
-    meta.json                 kind, format version, tokenizer hash, vocab size, dtype, counts,
-                              sources (path, size, mtime) and `config_hash`; written last
-    NNNNN.tokens.bin          all token ids of the shard, back to back (uint16 if the vocabulary
-                              has <= 65536 ids, else uint32)
-    NNNNN.offsets.bin         int64, docs+1 entries: doc d is tokens[offsets[d]:offsets[d+1]]
-    NNNNN.mask.bin            uint8 loss mask aligned with tokens (sft, dpo)
-    NNNNN.records.jsonl       rl only: the normalised record (messages, answer, gt, tools) per doc
-    NNNNN.records.offsets.bin rl only: int64 byte offsets of those lines
-    tokenizer/                copy of the tokenizer files it was made with
-  A "doc" is: pretrain one text (no EOS; the loader adds separators when packing); sft one
-  conversation; dpo two docs per pair, chosen at 2i and rejected at 2i+1; rl one prompt
-  (`chat.render_prompt` ids, thinking on).
-- Atomic: everything is written into `.NAME.tmp-PID` beside the target and renamed into place,
-  so a killed run never leaves a directory with a meta.json that is incomplete.
-- Ours only: a run deletes nothing it did not write. It replaces an existing target only if
-  every entry there has one of the names above (`foreign_entries` lists the others); anything
-  else (a run directory, notes) is refused with a `UserError` naming it, before any work and
-  again just before the swap. The old directory is emptied name by name, never with rmtree, so
-  a file that slips in meanwhile survives. Dirs of killed runs are swept the same way.
+- Layout, atomic replacement and the rule that a run deletes nothing it did not write: see
+  `data/layout.py`.
 - Reuse: if the target holds a meta.json whose `config_hash` (format version, kind, tokenizer
   hash, skip_bad, and every source's resolved path, size and mtime) equals this run's, nothing
   is redone (`PrepareResult.reused` is True). Any change rebuilds and replaces it.
@@ -40,7 +22,6 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
-import re
 import shutil
 import sys
 import time
@@ -55,7 +36,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ..errors import UserError
-from ..fsutil import pid_alive
+from .layout import TOKENIZER_FILES, check_target, read_meta, remove_ours, remove_stale_temps, swap_in
 from .formats import ReadStats, RecordError, check_files, check_kind, check_payload, iter_raw
 
 # 2: chat markers inside message text are plain text (earlier shards may hold forged control ids),
@@ -63,9 +44,6 @@ from .formats import ReadStats, RecordError, check_files, check_kind, check_payl
 FORMAT_VERSION = 2
 CHUNK_BYTES = 1 << 20   # ~1 MB of input per task: big enough to amortise IPC, small for memory
 CHUNK_ROWS = 4096
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
-# Every top-level name a prepared directory may hold (plus "tokenizer/" with TOKENIZER_FILES).
-_OUR_NAME = re.compile(r"meta\.json|\d{5}\.(tokens\.bin|offsets\.bin|mask\.bin|records\.jsonl|records\.offsets\.bin)")
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -318,77 +296,6 @@ class PrepareResult:
     reused: bool
 
 
-def read_meta(path: str | Path) -> dict | None:
-    """meta.json of a prepared directory, or None if `path` is not one."""
-    f = Path(path) / "meta.json"
-    if not f.is_file():
-        return None
-    try:
-        meta = json.loads(f.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        return None
-    return meta if meta.get("format") == "minimind-prepared" else None
-
-
-def foreign_entries(root: Path) -> list[str]:
-    """Names inside `root` that `prepare` never writes (sorted; "tokenizer/x" for nested ones)."""
-    out = []
-    for p in sorted(root.iterdir()):
-        if p.name == "tokenizer" and p.is_dir() and not p.is_symlink():
-            out += [f"tokenizer/{q.name}" for q in sorted(p.iterdir()) if q.name not in TOKENIZER_FILES]
-        elif not (_OUR_NAME.fullmatch(p.name) and p.is_file() and not p.is_symlink()):
-            out.append(p.name + ("/" if p.is_dir() else ""))
-    return out
-
-
-def _check_target(out: Path, meta: dict | None) -> None:
-    """UserError unless `out` (with its meta.json `meta`) is absent, empty or only our files."""
-    if out.exists() and (not out.is_dir() or (meta is None and any(out.iterdir()))):
-        raise UserError(f"{out}: exists and is not a prepared data directory; refusing to overwrite it")
-    foreign = foreign_entries(out) if out.is_dir() else []
-    if foreign:
-        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
-        raise UserError(f"{out}: holds {', '.join(foreign[:3])}{more}, which `data prepare` did not write; "
-                        f"refusing to replace it (move those out, or choose another --out)")
-
-
-def _swap_in(tmp: Path, out: Path) -> None:
-    """Rename `tmp` to `out`. The old `out` is moved aside first, so at every instant `out` is the
-    complete old result, absent, or the complete new one; then only our files in it are deleted."""
-    trash = out.parent / f".{out.name}.old-{os.getpid()}"
-    if out.exists():
-        _check_target(out, read_meta(out))  # again: files may have appeared during the run
-        os.replace(out, trash)
-    os.replace(tmp, out)
-    if trash.exists() and (left := _remove_ours(trash)):
-        print(f"warning: kept {trash}: {', '.join(left)} appeared in {out} during the swap", file=sys.stderr)
-
-
-def _remove_ours(root: Path) -> list[str]:
-    """Delete our files in `root` and then `root` itself if empty; return what was left (foreign)."""
-    for p in root.iterdir():
-        if _OUR_NAME.fullmatch(p.name) and p.is_file() and not p.is_symlink():
-            p.unlink()
-    tok_dir = root / "tokenizer"
-    if tok_dir.is_dir() and not tok_dir.is_symlink():
-        for name in TOKENIZER_FILES:
-            (tok_dir / name).unlink(missing_ok=True)
-        if not any(tok_dir.iterdir()):
-            tok_dir.rmdir()
-    left = foreign_entries(root)
-    if not left:
-        root.rmdir()
-    return left
-
-
-def _remove_stale_temps(out: Path) -> None:
-    """Temp and replaced dirs of killed runs (their PID is gone): remove our files in them."""
-    for tmp in chain(out.parent.glob(f".{out.name}.tmp-*"), out.parent.glob(f".{out.name}.old-*")):
-        pid = tmp.name.rsplit("-", 1)[1]
-        if pid.isdigit() and not pid_alive(int(pid)) and tmp.is_dir() and not tmp.is_symlink():
-            _remove_ours(tmp)
-
-
 def prepare(kind: str, paths: list[str | Path], out_dir: str | Path, tokenizer=None, *,
             skip_bad: bool = False, workers: int | None = None,
             log: Callable[[str], None] | None = None) -> PrepareResult:
@@ -409,12 +316,12 @@ def prepare(kind: str, paths: list[str | Path], out_dir: str | Path, tokenizer=N
     if old is not None and old.get("config_hash") == chash:
         log(f"{out}: up to date with its inputs, reusing it (delete it to force a rebuild)")
         return PrepareResult(out, old, True)
-    _check_target(out, old)  # before hours of work, and again before the swap
+    check_target(out, old)  # before hours of work, and again before the swap
     out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(out)
+    remove_stale_temps(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     if tmp.is_dir():
-        _remove_ours(tmp)  # of a dead process that had our PID
+        remove_ours(tmp)  # of a dead process that had our PID
     tmp.mkdir()
     t0 = time.time()
     try:
@@ -449,7 +356,7 @@ def prepare(kind: str, paths: list[str | Path], out_dir: str | Path, tokenizer=N
         now = read_meta(out)
         if now is not None and now.get("config_hash") == chash:
             return PrepareResult(out, now, True)  # a concurrent run (another rank) finished first
-        _swap_in(tmp, out)
+        swap_in(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # made by this run: only our files
     return PrepareResult(out, meta, False)
