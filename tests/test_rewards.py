@@ -154,3 +154,20 @@ def test_weighted_rewards_and_spec():
 def test_build_rewards_errors(spec, match):
     with pytest.raises(UserError, match=match):
         build_rewards(spec)
+
+
+def test_one_answer_matcher_shared_with_evaluation_and_torch_free():
+    """The GRPO reward and the evaluation score use the same matcher object, and importing it
+    pulls in neither torch, nor the evaluation runner, nor the training package."""
+    import subprocess
+    import sys
+
+    import minimind.eval.answers as answers
+    import minimind.train.rewards as rewards
+
+    for name in ("split_think", "parse_number", "normalize_text", "extract_final_answer", "answers_match"):
+        assert getattr(rewards, name) is getattr(answers, name)
+    code = ("import sys, minimind.eval.answers; "
+            "print('torch' in sys.modules, 'minimind.eval.run' in sys.modules, 'minimind.train' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False", "False"]

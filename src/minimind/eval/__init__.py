@@ -17,9 +17,22 @@ nothing here imports training or HTTP code.
     report = evaluate("runs/quickstart/sft", "ceval", "ceval-exam/", Settings(shots=5))
 
 See docs/evaluation.md.
+
+The names below are imported on first use (PEP 562), so that `minimind.eval.answers`, which the
+GRPO rewards import, stays pure Python: importing it does not pull in torch or the data package.
 """
 
-from .run import TASKS, Settings, evaluate, run_demo, run_task
-from .scorer import Scorer
+from __future__ import annotations
 
-__all__ = ["Scorer", "Settings", "TASKS", "evaluate", "run_demo", "run_task"]
+import importlib
+from typing import Any
+
+_EXPORTS = {"Scorer": ".scorer", "Settings": ".run", "TASKS": ".run", "evaluate": ".run", "run_demo": ".run",
+            "run_task": ".run"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name], __name__), name)

@@ -4,10 +4,10 @@ Contract: `extract_final_answer(completion)` takes the text after the last `</th
 `\\boxed{...}` wins if present); `answers_match(prediction, reference)` compares numbers by value
 (with units) and texts case-, width- and whitespace-insensitively (see its docstring).
 
-NOTE: this is the matcher of `minimind.train.rewards` (the GRPO correctness reward), copied here
-because evaluation must not import the training package (`minimind.train` pulls in its config and
-stage registry). The two must agree: the owner of `train/rewards.py` should import these functions
-from here (or both from a shared module) so that there is exactly one matcher.
+This is the one answer matcher of the project: the GRPO correctness reward
+(`minimind.train.rewards`) imports it from here, so a model is rewarded in training by exactly the
+rule it is scored by in evaluation. It lives on the evaluation side because training may import
+evaluation but evaluation never imports training. Pure Python (no torch).
 """
 
 from __future__ import annotations
