@@ -227,7 +227,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from ..chat import render_prompt
+    from ..chat import fit_prompt
 
     _check_model_flags(args)
     engine = _engine(args)
@@ -269,12 +269,15 @@ def cmd_chat(args: argparse.Namespace) -> int:
             continue
         history.append({"role": "user", "content": text})
         head = [{"role": "system", "content": system}] if system else []
-        ids = render_prompt(tok, head + history, thinking=thinking)
-        # Keep the newest turns that fit, leaving room for a reply of at least a few tokens.
-        while len(ids) + 16 > engine.context_len and len(history) > 1:
-            history = history[2:]
-            ids = render_prompt(tok, head + history, thinking=thinking)
-            print("(oldest turn dropped to fit the context)")
+        try:  # keep the newest turns that fit, leaving room for a reply of at least a few tokens
+            ids, dropped = fit_prompt(tok, head + history, engine.context_len - 16, thinking=thinking)
+        except UserError as err:  # this one message can never fit: refuse it, keep the session
+            history.pop()
+            print(f"({err})")
+            continue
+        if dropped:
+            history = history[dropped:]
+            print(f"(oldest {dropped} messages dropped to fit the context)")
         answer, seq = _reply(engine, ids, params, thinking, _Printer(sys.stdout, label=True))
         history.append({"role": "assistant", "content": answer})
         if stats:
