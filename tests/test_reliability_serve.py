@@ -92,7 +92,7 @@ def test_json_with_charset_is_fine(server):
     (["--api-key", ""], "--api-key (or $MINIMIND_API_KEY) is empty"),
     (["--allowed-hosts", "http://x.example"], "--allowed-hosts: 'http://x.example' is not a host name"),
     (["--host", ""], "--host must be an interface name or address"),
-    (["--device", "bogus"], "--device 'bogus' is not a device"),
+    (["--device", "bogus"], "--device must be auto, cpu, cuda, cuda:N or mps, got 'bogus'"),
     (["--model-name", " "], "--model-name must not be empty"),
 ])
 def test_bad_serve_flags_fail_at_start(ckpt, capsys, flags, message):

@@ -29,9 +29,9 @@ HELP = """commands:
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt", required=True, help="checkpoint folder, run directory or Hugging Face folder")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps (default cpu)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
-                   help="compute dtype (default: as stored)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default auto: CUDA if present)")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                   help="compute dtype (default auto: bf16 on a GPU, as stored on the CPU)")
     p.add_argument("--max-len", type=int, default=None,
                    help="context length in tokens (default: the model's, at most 2048 for serve)")
     p.add_argument("--compile", action="store_true", help="torch.compile the decode step")
@@ -86,20 +86,11 @@ MAX_BATCH = 1024  # rows of one preallocated KV cache; far beyond what a small m
 
 def _check_model_flags(args: argparse.Namespace) -> None:
     """Flags shared by generate/chat/serve, checked before anything loads."""
-    import torch
+    from ..devices import pick_device  # imports torch: kept out of `minimind --help`
 
     if args.max_len is not None and args.max_len < 2:
         raise UserError(f"--max-len must be at least 2 (one prompt token and one generated), got {args.max_len}")
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        raise UserError(f"--device {args.device!r} is not a device (cpu, cuda, cuda:1, mps)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {args.device}: CUDA is not available on this machine")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise UserError(f"--device {args.device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"--device {args.device}: MPS is not available on this machine")
+    pick_device(args.device)  # a bad or absent device fails now, before the model loads
     for spec in args.lora:
         name, sep, folder = spec.partition("=")
         if (sep and not name) or not (folder if sep else spec):
@@ -130,13 +121,10 @@ def _allowed_hosts(args: argparse.Namespace) -> list[str]:
 
 
 def _engine(args: argparse.Namespace, default_max_len: int | None = None):
-    import torch
-
     from ..infer.loading import load_engine
 
-    dtype = getattr(torch, args.dtype) if args.dtype else None
     engine = load_engine(args.ckpt, max_batch_size=getattr(args, "max_batch_size", 1),
-                         max_len=args.max_len or default_max_len, device=args.device, dtype=dtype,
+                         max_len=args.max_len or default_max_len, device=args.device, dtype=args.dtype,
                          compile=args.compile)
     for spec in args.lora:
         name, sep, folder = spec.partition("=")

@@ -4,8 +4,9 @@ Contract: `load_engine(ckpt, ...)` accepts what `minimind.load_model` accepts (a
 folder, a run directory, a Hugging Face folder) and loads the tokenizer saved beside the
 weights, falling back to the shipped default tokenizer when there is none. It raises a
 `UserError` if the tokenizer and the model disagree on the vocabulary, and -- before anything is
-loaded -- if `device` is not a device name or names one this machine does not have (the same
-check, `minimind.train.distributed.pick_device`, as the training commands').
+loaded -- if `device` is not a device name or names one this machine does not have. Device and
+dtype default to "auto" (`minimind.devices`: a CUDA GPU in bf16 when there is one, else the CPU
+in the stored dtype), the same rules as every other command.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ..devices import inference_dtype, pick_device, prepare_device
 from ..errors import UserError
 from .engine import Engine
 
@@ -28,15 +30,15 @@ def tokenizer_folder(ckpt: str | Path) -> Path | None:
 
 
 def load_engine(ckpt: str | Path, max_batch_size: int = 16, max_len: int | None = None,
-                device: str = "cpu", dtype: torch.dtype | None = None, compile: bool = False) -> Engine:
+                device: str = "auto", dtype: torch.dtype | str | None = "auto", compile: bool = False) -> Engine:
+    """`dtype`: a torch dtype, a name ("auto", "float32", "bfloat16", "float16") or None (as stored)."""
     from .. import load_model
     from ..tokenizer import load_tokenizer
-    from ..train.distributed import pick_device
 
-    try:
-        device = pick_device(str(device))
-    except RuntimeError as err:  # torch's own parser, for a name pick_device lets through
-        raise UserError(f"--device {device}: not a device name ({err})") from None
+    device = pick_device(str(device))
+    if dtype is not None and not isinstance(dtype, torch.dtype):
+        dtype = inference_dtype(device, dtype)
+    prepare_device(device)
     model = load_model(ckpt, device=device, dtype=dtype)
     tok = load_tokenizer(tokenizer_folder(ckpt))
     if tok.vocab_size > model.config.vocab_size:

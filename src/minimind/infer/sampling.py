@@ -90,26 +90,28 @@ def sample_tokens(logits: torch.Tensor, params: list[SamplingParams], generators
     logits [B, V]; `params[i]` and `generators[i]` belong to row i; `seen` [B, V] marks the
     tokens each row has already seen (for the repetition penalty), or None.
     """
-    logits = logits.float()
+    # Every helper tensor is made on the logits' device: on a GPU, mixing in CPU tensors raises.
+    logits, dev = logits.float(), logits.device
     if seen is not None and any(p.repetition_penalty != 1.0 for p in params):
-        penalty = torch.tensor([p.repetition_penalty for p in params])
+        penalty = torch.tensor([p.repetition_penalty for p in params], device=dev)
         logits = apply_repetition_penalty(logits, seen, penalty)
     out = logits.argmax(-1)
     sampled = [i for i, p in enumerate(params) if p.temperature > 0]
     if not sampled:
         return out
-    idx = torch.tensor(sampled)
+    idx = torch.tensor(sampled, device=dev)
     rows = [params[i] for i in sampled]
-    temp = torch.tensor([p.temperature for p in rows]).view(-1, 1)
+    temp = torch.tensor([p.temperature for p in rows], device=dev).view(-1, 1)
     scaled = logits[idx] / temp
     # One uniform number per row from that row's own generator: the draw is then inverted
-    # through the row's cumulative distribution (inverse-CDF sampling), all rows at once.
-    u = torch.cat([torch.rand(1, generator=generators[i]) for i in sampled]).view(-1, 1)
+    # through the row's cumulative distribution (inverse-CDF sampling), all rows at once. The
+    # generators live on the CPU, so a seed gives the same draws on every device.
+    u = torch.cat([torch.rand(1, generator=generators[i]) for i in sampled]).view(-1, 1).to(dev)
     if any(p.top_k > 0 or p.top_p < 1.0 for p in rows):
         probs, order = torch.softmax(scaled, -1).sort(-1, descending=True)
-        rank = torch.arange(probs.shape[-1]).view(1, -1)
-        top_k = torch.tensor([p.top_k if p.top_k > 0 else probs.shape[-1] for p in rows]).view(-1, 1)
-        top_p = torch.tensor([p.top_p for p in rows]).view(-1, 1)
+        rank = torch.arange(probs.shape[-1], device=dev).view(1, -1)
+        top_k = torch.tensor([p.top_k if p.top_k > 0 else probs.shape[-1] for p in rows], device=dev).view(-1, 1)
+        top_p = torch.tensor([p.top_p for p in rows], device=dev).view(-1, 1)
         # Nucleus: keep the smallest prefix whose mass reaches top_p, i.e. every token whose
         # preceding mass is still below top_p (the first token always survives).
         before = probs.cumsum(-1) - probs
