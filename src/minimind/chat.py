@@ -36,6 +36,13 @@ Why the mask is exact: every boundary between a masked and an unmasked piece sit
 id (after `assistant\\n`, before `<think>`; right after `<|im_end|>`), and text runs are also cut
 at mask changes, so no token straddles a boundary.
 
+Parsing generated text is the inverse of `_assistant_body` and lives here too:
+`parse_tool_calls(text)` reads the `<tool_call>` blocks after the last `</think>` (returns the
+calls as (name, arguments) and whether the output was well formed: at least one block, every
+block closed, valid JSON, a string name and an object of arguments); `parse_reply(text)` turns a
+whole generated reply back into an assistant message {"role", "content", "reasoning_content",
+"tool_calls"} (calls in OpenAI's shape, arguments as objects), or reports it malformed.
+
 Jinja parity needs parsed lists: the template cannot parse JSON, so `tools` / `tool_calls`
 stored as JSON strings (the upstream data format) or as a single object are accepted here but
 must be turned into lists (`json.loads`, `[obj]`) before calling `apply_chat_template`.
@@ -44,7 +51,8 @@ must be turned into lists (`json.loads`, `[obj]`) before calling `apply_chat_tem
 from __future__ import annotations
 
 import json
-from typing import NamedTuple
+import re
+from typing import Any, NamedTuple
 
 from .errors import UserError
 from .tokenizer import (BOS_TOKEN, EOS_TOKEN, THINK_END, THINK_START, TOOL_CALL_END, TOOL_CALL_START,
@@ -129,6 +137,67 @@ def split_reasoning(text: str) -> tuple[str | None, str]:
         return None, text.strip()
     before, _, after = text.partition(THINK_END)
     return before.split(THINK_START)[-1].strip(), after.strip()
+
+
+# One call block as generated: the JSON between the tags, whatever whitespace surrounds it.
+CALL_BLOCK = re.compile(re.escape(TOOL_CALL_START) + r"\s*(.*?)\s*" + re.escape(TOOL_CALL_END), re.S)
+
+Call = tuple[str, Any]  # (function name, arguments object)
+
+
+def normalize_call(call: Any) -> Call | None:
+    """(name, arguments object) of an OpenAI-style or flat call; None if it is not one."""
+    if not isinstance(call, dict):
+        return None
+    call = call.get("function") if isinstance(call.get("function"), dict) else call
+    name, args = call.get("name"), call.get("arguments", {})
+    if isinstance(args, str):
+        try:
+            args = json.loads(args) if args.strip() else {}
+        except json.JSONDecodeError:
+            return None
+    if not isinstance(name, str) or not name or not isinstance(args, dict):
+        return None
+    return name, args
+
+
+def parse_call(body: str) -> Call | None:
+    """The call in the JSON text of one `<tool_call>` block; None if malformed."""
+    try:
+        return normalize_call(json.loads(body))
+    except json.JSONDecodeError:
+        return None
+
+
+def parse_tool_calls(text: str) -> tuple[list[Call], bool]:
+    """The calls written in generated text (after the last </think>), and whether all were well formed."""
+    answer = text.rpartition(THINK_END)[2]
+    blocks = CALL_BLOCK.findall(answer)
+    ok = bool(blocks) and answer.count(TOOL_CALL_START) == len(blocks) == answer.count(TOOL_CALL_END)
+    calls = [c for c in map(parse_call, blocks) if c is not None]
+    return calls, ok and len(calls) == len(blocks)
+
+
+def parse_reply(text: str) -> tuple[dict, bool]:
+    """A generated reply -> (assistant message, well formed), the inverse of `_assistant_body`.
+
+    Without any tool-call markup the reply is well formed and has no "tool_calls". With markup
+    that parses (every block closed, valid JSON, a name, object arguments) the blocks become
+    "tool_calls" and "content" is the text around them. Otherwise it is malformed and "content"
+    keeps the whole answer as text.
+    """
+    reasoning, answer = split_reasoning(text)
+    msg: dict = {"role": "assistant", "content": answer}
+    if reasoning is not None:
+        msg["reasoning_content"] = reasoning
+    if TOOL_CALL_START not in answer and TOOL_CALL_END not in answer:
+        return msg, True
+    calls, ok = parse_tool_calls(answer)
+    if not ok:
+        return msg, False
+    msg["content"] = CALL_BLOCK.sub("", answer).strip()
+    msg["tool_calls"] = [{"type": "function", "function": {"name": n, "arguments": a}} for n, a in calls]
+    return msg, True
 
 
 def _text(value) -> str:
@@ -280,9 +349,18 @@ def render_conversation(tok: Tokenizer, messages: list[dict], tools=None) -> tup
     return encode_pieces(tok, render_pieces(messages, tools))
 
 
-def render_prompt(tok: Tokenizer, messages: list[dict], tools=None, thinking: bool = True) -> list[int]:
-    """Ids of the conversation so far plus the assistant generation prompt."""
-    return encode_pieces(tok, render_pieces(messages, tools) + [_t(generation_prompt(thinking))])[0]
+def call_prefix(name: str | None = None) -> list[Piece]:
+    """The opening of a tool call as `_assistant_body` lays it out, up to the function name (or,
+    given `name`, up to its arguments): appended to a generation prompt with thinking off, it
+    makes the model call a function (cuts fall where the pre-tokenizer cuts the trained text)."""
+    head = [_t(f'{TOOL_CALL_START}\n{{"name": "')]
+    return head if name is None else head + [_c(name), _t('", "arguments":')]
+
+
+def render_prompt(tok: Tokenizer, messages: list[dict], tools=None, thinking: bool = True,
+                  prefill: list[Piece] = ()) -> list[int]:
+    """Ids of the conversation so far plus the assistant generation prompt (and `prefill`)."""
+    return encode_pieces(tok, render_pieces(messages, tools) + [_t(generation_prompt(thinking)), *prefill])[0]
 
 
 def fit_prompt(tok: Tokenizer, messages: list[dict], budget: int, thinking: bool = True,
