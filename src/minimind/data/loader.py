@@ -31,13 +31,20 @@ Contract (docs/architecture.md):
   held-out split before step 1, so such a run skips evaluation instead of failing at the end).
 - Resume: `state_dict()` is {"epoch", "index", ...} (plain ints/strings); after
   `load_state_dict(state)` the next batch is exactly the one that would have come next.
+- `Prefetcher(batches, depth, pin)` makes the batches of any such iterator `depth` ahead on a
+  background thread (in pinned memory when `pin`, so `.to("cuda", non_blocking=True)` overlaps the
+  copy with compute). Same batches in the same order; its `state_dict()` is the source's state
+  after the last batch *handed out*, not the last one made, so resume stays exact.
 """
 
 from __future__ import annotations
 
+import copy
 import math
+import queue
+import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -242,3 +249,78 @@ def make_loader(kind: str, data, tokenizer, seq_len: int, batch_size: int, *, se
     store = open_store(kind, data, tokenizer, skip_bad=skip_bad)
     return Loader(kind, store, seq_len, batch_size, seed=seed, rank=rank, world_size=world_size,
                   split=split, val_fraction=val_fraction)
+
+
+class Prefetcher:
+    """Batches of `source` made ahead on a daemon thread (see the module docstring).
+
+    The thread owns `source` once started: it calls next() and records `source.state_dict()` right
+    after, so each queued batch travels with the state that resumes *after* it. An exception in
+    the source (bad data) is re-raised by the `next()` that reaches it.
+    """
+
+    def __init__(self, source: Any, depth: int = 2, pin: bool = False) -> None:
+        self.source, self.depth, self.pin = source, max(1, depth), pin
+        self._state = copy.deepcopy(source.state_dict())
+        self._queue: queue.Queue | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __iter__(self) -> "Prefetcher":
+        return self
+
+    def _work(self, q: queue.Queue, stop: threading.Event) -> None:
+        it = iter(self.source)
+        while not stop.is_set():
+            try:
+                batch = next(it)
+                item = (_pin(batch) if self.pin else batch, copy.deepcopy(self.source.state_dict()), None)
+            except BaseException as err:  # StopIteration included: handed to the consumer
+                item = (None, None, err)
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if item[2] is not None:
+                return
+
+    def __next__(self) -> dict:
+        if self._thread is None:
+            self._queue, self._stop = queue.Queue(self.depth), threading.Event()
+            self._thread = threading.Thread(target=self._work, args=(self._queue, self._stop), daemon=True,
+                                            name="minimind-prefetch")
+            self._thread.start()
+        batch, state, err = self._queue.get()
+        if err is not None:
+            self.close()
+            raise err
+        self._state = state
+        return batch
+
+    def state_dict(self) -> dict:
+        return copy.deepcopy(self._state)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.close()  # batches made from the old position are dropped
+        self.source.load_state_dict(state)
+        self._state = copy.deepcopy(state)
+
+    def close(self) -> None:
+        """Stop the thread (it finishes the batch it is making); the next `next()` restarts it."""
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+            # The thread advanced the source past what was handed out: put it back.
+            self.source.load_state_dict(copy.deepcopy(self._state))
+
+
+def _pin(batch: Any) -> Any:
+    """The batch with its CPU tensors in page-locked memory (lists and other values unchanged)."""
+    if isinstance(batch, torch.Tensor):
+        return batch.pin_memory()
+    if isinstance(batch, dict):
+        return {k: _pin(v) for k, v in batch.items()}
+    return batch

@@ -5,8 +5,16 @@ Contract: `Attention(config)(x, cos, sin, mask, layer_idx, cache)` maps [B, T, h
 built once per forward by the model and shared by all layers.
 
 GQA: n_heads query heads share n_kv_heads key/value heads (groups of n_heads/n_kv_heads), which
-cuts the KV cache by that factor at almost no quality cost. PyTorch's SDPA broadcasts the
-shared heads itself (`enable_gqa`), and on a GPU dispatches to flash / memory-efficient kernels.
+cuts the KV cache by that factor at almost no quality cost.
+
+Kernel choice (`native_gqa`): PyTorch's SDPA can broadcast the shared heads itself
+(`enable_gqa`), but on CUDA only the flash and math kernels accept that flag, and flash takes
+neither a mask nor fp32. So a masked call (left-padded prefill, decoding padded rows) or an fp32
+one with `enable_gqa` would fall to the math kernel: O(T^2) memory for the scores. There we
+repeat K/V to the query heads (a copy of the keys, far smaller than T x T scores) and call
+without it, which lets the memory-efficient kernel run. Unmasked bf16/fp16 keeps `enable_gqa`
+(flash). Elsewhere (CPU, MPS) the native path is kept: their kernels take the flag with a mask.
+Both calls compute the same attention (tests/test_gpu_paths.py checks it on the CPU).
 """
 
 from __future__ import annotations
@@ -19,6 +27,24 @@ from ..config import ModelConfig
 from .kv_cache import KVCache
 from .layers import RMSNorm
 from .rope import apply_rope
+
+
+def native_gqa(device_type: str, dtype: torch.dtype, masked: bool) -> bool:
+    """Whether to let SDPA broadcast the K/V heads (`enable_gqa`) rather than repeat them first."""
+    if device_type != "cuda":
+        return True
+    return not masked and dtype in (torch.float16, torch.bfloat16)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool,
+           dropout: float, native: bool) -> torch.Tensor:
+    """SDPA over q [B, H, T, D] and k, v [B, Hkv, S, D]; `native` picks how GQA is done (see above)."""
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1 and not native:
+        # Query head h uses K/V head h // groups: exactly what enable_gqa broadcasts.
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, dropout_p=dropout,
+                                          enable_gqa=groups > 1 and native)
 
 
 class Attention(nn.Module):
@@ -55,11 +81,6 @@ class Attention(nn.Module):
         causal = False
         if mask is None and T > 1:
             causal = True
-        out = F.scaled_dot_product_attention(
-            q, k, v,
-            attn_mask=mask,
-            is_causal=causal,
-            dropout_p=self.dropout if self.training else 0.0,
-            enable_gqa=self.num_heads != self.num_kv_heads,
-        )
+        native = native_gqa(q.device.type, q.dtype, mask is not None)
+        out = attend(q, k, v, mask, causal, self.dropout if self.training else 0.0, native)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))

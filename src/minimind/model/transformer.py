@@ -3,9 +3,13 @@
 Contract:
 - `MiniMindLM(config)` builds the model; `model(input_ids, labels=None, attention_mask=None,
   position_ids=None, kv_cache=None, logits_to_keep=0)` returns a `CausalLMOutput` with
-  `.logits` [B, T, V], `.loss` (mean next-token cross-entropy over labels != -100, labels
-  aligned with input_ids and shifted inside, as in transformers) and `.aux_loss` (the unweighted
-  MoE balance loss averaged over MoE layers, 0 for dense models).
+  `.logits` [B, T, V] (T = logits_to_keep when given) and `.aux_loss` (the unweighted MoE balance
+  loss averaged over MoE layers, 0 for dense models).
+- With `labels` (aligned with input_ids, or with the kept positions, and shifted inside as in
+  transformers) it returns instead `.loss`, the mean next-token cross-entropy over labels != -100
+  (0, still differentiable, when there are none), and `.token_logps` [B, T-1] (log p of each next
+  label, 0 where it is -100), and `.logits` is None: the loss comes from the hidden states in
+  chunks (`lm_loss.token_logprobs`), so the full-vocabulary logits never exist at once.
 - Parameter names follow Llama/Qwen (`embed_tokens`, `layers.N.self_attn.q_proj`, ...), so
   export to Hugging Face is a prefix plus, for MoE, a few renames.
 
@@ -20,22 +24,23 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
 from .attention import Attention
 from .kv_cache import KVCache
 from .layers import RMSNorm, SwiGLU
+from .lm_loss import IGNORE_INDEX, token_logprobs
 from .moe import MoE
 from .rope import RotaryTables
 
 
 @dataclass
 class CausalLMOutput:
-    logits: torch.Tensor
+    logits: torch.Tensor | None
     loss: torch.Tensor | None = None
     aux_loss: torch.Tensor | None = None
+    token_logps: torch.Tensor | None = None
 
 
 class Block(nn.Module):
@@ -83,9 +88,15 @@ class MiniMindLM(nn.Module):
             nn.init.zeros_(module.bias)
 
     def new_kv_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
-        """A cache for `batch_size` rows of up to `max_len` tokens, on the model's device."""
+        """A cache for `batch_size` rows of up to `max_len` tokens, on the model's device.
+
+        Its dtype is `dtype`, else the autocast dtype when autocast is on (k and v then arrive in
+        bf16/fp16: an fp32 cache would double its memory and recast every step), else the weights'."""
         w = self.embed_tokens.weight
-        return KVCache(self.config, batch_size, max_len or self.config.max_seq_len, w.device, dtype or w.dtype)
+        if dtype is None:
+            on = torch.is_autocast_enabled(w.device.type)
+            dtype = torch.get_autocast_dtype(w.device.type) if on else w.dtype
+        return KVCache(self.config, batch_size, max_len or self.config.max_seq_len, w.device, dtype)
 
     def forward(
         self,
@@ -127,16 +138,15 @@ class MiniMindLM(nn.Module):
         x = self.norm(x)
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
-        logits = self.lm_head(x)
-
-        loss = None
-        if labels is not None:
-            # Position t predicts token t+1: drop the last logit and the first label.
-            loss = F.cross_entropy(
-                logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100
-            )
-        aux_loss = torch.stack(aux_losses).mean() if aux_losses else logits.new_zeros((), dtype=torch.float32)
-        return CausalLMOutput(logits=logits, loss=loss, aux_loss=aux_loss)
+        aux_loss = torch.stack(aux_losses).mean() if aux_losses else x.new_zeros((), dtype=torch.float32)
+        if labels is None:
+            return CausalLMOutput(logits=self.lm_head(x), aux_loss=aux_loss)
+        # Position t predicts token t+1: drop the last hidden state and the first label.
+        targets = labels[:, -x.shape[1]:][:, 1:]
+        token_logps = token_logprobs(x[:, :-1].flatten(0, 1), self.lm_head.weight, targets.flatten())
+        token_logps = token_logps.view_as(targets)
+        loss = -token_logps.sum() / (targets != IGNORE_INDEX).sum().clamp(min=1)
+        return CausalLMOutput(logits=None, loss=loss, aux_loss=aux_loss, token_logps=token_logps)
 
     @staticmethod
     def _mask(key_valid: torch.Tensor | None, past: int, T: int) -> torch.Tensor:

@@ -7,6 +7,9 @@ Contract:
 - Labels follow the model's convention: `labels` is aligned with `input_ids`, -100 marks
   positions without loss, and logits at position t predict the label at t+1.
 - Log-probabilities are always computed in float32, whatever the logits' dtype.
+- Token losses never hold float32 copies of the whole [N, V] logits: the stages get per-token
+  log-probs from the model's chunked head (`model.lm_loss`, via `model(ids, labels=...)`), and
+  `distill_loss` works through chunks of rows (`_chunked_distill_terms`).
 
 The math, in one line each (pi = policy, ref = frozen reference, y_w/y_l = chosen/rejected):
 - DPO (sigmoid):  -log sigmoid(beta * [(log pi(y_w) - log ref(y_w)) - (log pi(y_l) - log ref(y_l))])
@@ -22,8 +25,10 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from ..errors import UserError
+from ..model.lm_loss import chunk_rows
 
 IGNORE_INDEX = -100
 
@@ -138,20 +143,43 @@ def distill_loss(
     if not 0.0 <= alpha <= 1.0:
         raise UserError(f"distill alpha must be in [0, 1], got {alpha}")
     mask = labels[:, 1:] != IGNORE_INDEX
-    # Select the counted positions first: the softmaxes below then cost [N, V], not [B, T, V].
-    s = student_logits[:, :-1][mask].float()  # [N, V]
-    t = teacher_logits[:, :-1][mask].detach().float()
+    # Select the counted positions first: everything below then costs [N, V], not [B, T, V].
+    s = student_logits[:, :-1][mask]  # [N, V] in the logits' dtype
+    t = teacher_logits[:, :-1][mask].detach()
     targets = labels[:, 1:][mask]
     if s.shape[0] == 0:  # no supervised token in the batch: a zero that still has a graph
         zero = student_logits.sum() * 0.0
         return zero, {"kl": zero.detach(), "ce": zero.detach()}
-    log_ps = F.log_softmax(s / temperature, dim=-1)
-    log_pt = F.log_softmax(t / temperature, dim=-1)
-    # KL(p_t || p_s) = sum_v p_t (log p_t - log p_s), per token, then mean over tokens.
-    kl = (log_pt.exp() * (log_pt - log_ps)).sum(-1).mean()
-    ce = F.cross_entropy(s, targets)
+    kl, ce = _chunked_distill_terms(s, t, targets, temperature)
+    kl, ce = kl.mean(), ce.mean()
     loss = alpha * temperature**2 * kl + (1 - alpha) * ce
     return loss, {"kl": kl.detach(), "ce": ce.detach()}
+
+
+def _distill_terms(s: torch.Tensor, t: torch.Tensor, targets: torch.Tensor,
+                   temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row KL(p_t || p_s) at temperature T and CE(s, targets), in float32, for [C, V] rows."""
+    s, t = s.float(), t.float()
+    log_ps = F.log_softmax(s / temperature, dim=-1)
+    log_pt = F.log_softmax(t / temperature, dim=-1)
+    kl = (log_pt.exp() * (log_pt - log_ps)).sum(-1)  # sum_v p_t (log p_t - log p_s)
+    return kl, F.cross_entropy(s, targets, reduction="none")
+
+
+def _chunked_distill_terms(s: torch.Tensor, t: torch.Tensor, targets: torch.Tensor,
+                           temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_distill_terms` over chunks of rows under activation checkpointing.
+
+    Unchunked, autograd would keep about five float32 [N, V] tensors (upcasts, log-softmaxes,
+    their difference) until the backward; here only the inputs stay, and each chunk's float32
+    temporaries exist one chunk at a time (recomputed in the backward). `split`, not slicing,
+    so the backward concatenates the chunk gradients once."""
+    rows = chunk_rows(s.shape[-1])
+    if s.shape[0] <= rows or not (torch.is_grad_enabled() and s.requires_grad):
+        return _distill_terms(s, t, targets, temperature)
+    parts = [checkpoint(_distill_terms, a, b, c, temperature, use_reentrant=False)
+             for a, b, c in zip(s.split(rows), t.split(rows), targets.split(rows))]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
 # ----------------------------------------------------------------------------- GRPO

@@ -9,8 +9,9 @@ Contract:
 - `read_metrics(path)` returns the records, skipping lines that are not JSON objects (a line cut
   by a kill, bytes that are not UTF-8); `truncate_metrics(path, step)` drops records past `step`
   (used on resume, so the file never holds two versions of a step).
-- `peak_flops(device, dtype)` is the hardware's dense bf16 matmul peak used as the MFU denominator
-  (a table of known GPUs; None elsewhere). `measured_matmul_flops` times square matmuls, the
+- `peak_flops(device, dtype)` is one device's dense bf16 matmul peak (a table of known GPUs, matched
+  by `gpu_peak_flops`; None elsewhere); `model_flops_utilization` divides by the peak of *all*
+  ranks, since the trainer's tokens/s counts every rank's tokens. `measured_matmul_flops` times square matmuls, the
   reference `minimind bench train` uses on CPU.
 - `Progress(total, initial, enabled)` wraps tqdm: loss, LR, tokens/s, MFU in the postfix; tqdm
   itself shows the ETA.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -28,13 +30,41 @@ import torch
 
 from ..errors import UserError
 
-# Dense bf16 tensor-core peaks (no sparsity), FLOP/s. fp32 peaks are far lower; we only use this
-# table for bf16/fp16 runs and measure otherwise.
-GPU_PEAK_BF16 = {
-    "H200": 989e12, "H100": 989e12, "H800": 989e12, "A100": 312e12, "A800": 312e12, "L40S": 362e12,
-    "L4": 121e12, "A10G": 70e12, "A10": 125e12, "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12,
-    "T4": 65e12,
-}
+# Dense bf16 tensor-core peaks per GPU (no sparsity), FLOP/s, from the vendors' data sheets. fp32
+# peaks are far lower; we only use this table for bf16/fp16 runs and measure otherwise. Keys are
+# matched as whole words of the device name (`gpu_peak_flops`), most specific first: "H100 PCIe"
+# must not read as an SXM H100, nor "L40" as "L4".
+GPU_PEAK_BF16 = (
+    ("GB200", 2500e12), ("B200", 2250e12), ("B100", 1750e12),
+    ("GH200", 989e12), ("H200 NVL", 835e12), ("H200", 989e12),
+    ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12),  # plain "H100 80GB HBM3" is SXM
+    ("H800 PCIe", 756e12), ("H800", 989e12), ("H20", 148e12),
+    ("A100", 312e12), ("A800", 312e12), ("A30", 165e12), ("A10G", 70e12), ("A10", 125e12),
+    ("L40S", 362e12), ("L40", 181e12), ("L20", 119e12), ("L4", 121e12),
+    ("RTX 5090", 209e12), ("RTX 4090", 165e12), ("RTX 3090", 71e12), ("V100", 125e12), ("T4", 65e12),
+)
+
+
+def gpu_peak_flops(name: str) -> float | None:
+    """Dense bf16 peak of the GPU called `name` (as `torch.cuda.get_device_name` spells it), or None.
+
+    Keys match whole words ("NVIDIA L40" is not an "L4"), in table order (specific variants first)."""
+    words = re.split(r"[\s_-]+", name.upper())
+    for key, value in GPU_PEAK_BF16:
+        k = key.upper().split()
+        if any(words[i:i + len(k)] == k for i in range(len(words) - len(k) + 1)):
+            return value
+    return None
+
+
+def model_flops_utilization(tokens_per_s: float, flops_per_token: float, peak_per_device: float | None,
+                            world_size: int) -> float | None:
+    """MFU: achieved model FLOP/s over the peak of all `world_size` devices that produced them.
+
+    `tokens_per_s` counts the tokens of every rank, so the denominator is the peak of every GPU."""
+    if not peak_per_device:
+        return None
+    return tokens_per_s * flops_per_token / (peak_per_device * world_size)
 
 
 def measured_matmul_flops(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 512,
@@ -59,11 +89,7 @@ def measured_matmul_flops(device: torch.device, dtype: torch.dtype = torch.float
 
 def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
     if device.type == "cuda" and dtype in (torch.bfloat16, torch.float16):
-        name = torch.cuda.get_device_name(device)
-        for key, value in GPU_PEAK_BF16.items():
-            if key in name:
-                return value
-        return None
+        return gpu_peak_flops(torch.cuda.get_device_name(device))
     # On a CPU (often shared, with turbo clocks) no fixed peak is meaningful: the trainer shows no
     # MFU there, and `minimind bench train` measures its own matmul reference instead.
     return None

@@ -48,6 +48,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from ..checkpoint import CheckpointError, atomic_write, resolve_checkpoint
 from ..config import flops_per_token
+from ..data.loader import Prefetcher
 from ..errors import UserError
 from ..model import MiniMindLM
 from . import checkpointing as ckpt
@@ -55,10 +56,16 @@ from . import distributed as D
 from .budget import WallClock, planned_steps
 from .build import build_model, check_vocabulary, enable_activation_checkpointing, load_tokenizer_for, resolve_dtype
 from .evaluation import Evaluator
-from .metrics import MetricsLogger, Progress, check_optional_loggers, peak_flops, truncate_metrics
+from .metrics import (MetricsLogger, Progress, check_optional_loggers, model_flops_utilization, peak_flops,
+                      truncate_metrics)
 from .optim import lr_at, make_optimizer, set_lr
 from .runlock import RunLock
 from .stages.base import Stage, TrainContext
+
+
+def _host(value: Any) -> Any:
+    """A logged value as a Python number (the host sync happens here, at logging time only)."""
+    return float(value) if isinstance(value, torch.Tensor) else value
 
 
 class TrainingError(UserError):
@@ -77,12 +84,15 @@ class TrainResult:
 
 class Trainer:
     def __init__(self, stage: Stage, *, model: MiniMindLM | None = None, tokenizer: Any = "auto",
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, prefetch: bool | None = None) -> None:
         """`model` / `tokenizer` override what the config would load (tests, notebooks);
         tokenizer=None trains without one (synthetic data; no tokenizer files are saved).
-        `clock` measures wall time for --max-minutes (tests inject a fake one)."""
+        `clock` measures wall time for --max-minutes (tests inject a fake one).
+        `prefetch`: make batches on a background thread (None: on CUDA, where the GPU runs ahead
+        of the host and the thread overlaps with it; on a CPU it would only compete for cores)."""
         self.stage, self.cfg = stage, stage.config
         self._given_model, self._given_tokenizer, self._clock = model, tokenizer, clock
+        self._prefetch = prefetch
         self.lock: RunLock | None = None
 
     # -- setup ------------------------------------------------------------------------------------
@@ -136,10 +146,24 @@ class Trainer:
             if not self.cfg.resume:
                 raise UserError(f"{self.run_dir} already holds a run; add --resume to continue it, or choose another --out")
             self.resume_from = ckpt.latest_checkpoint(self.run_dir)
+        self._check_same_view()
         if self.main:
             for p in ckpt.clean_partial(self.run_dir):  # safe: we hold the lock, nobody else writes here
                 print(f"note: removed {p.relative_to(self.run_dir)}, left by an interrupted run")
             self._check_saved_config()
+
+    def _check_same_view(self) -> None:
+        """Every rank reads its resume state from the run directory, so all must see the same one.
+
+        Multi-node runs need --out on a filesystem shared by the nodes (NFS, Lustre, ...): rank 0
+        writes the checkpoints and every rank loads them. Without one, a node that sees no
+        checkpoint would start from step 0 while the others resume; refuse that instead."""
+        seen = D.all_gather_objects(self.resume_from is not None, self.dist)
+        if len(set(seen)) > 1:
+            blind = [r for r, s in enumerate(seen) if not s]
+            raise UserError(f"{self.run_dir}: rank(s) {blind} see no checkpoint there while rank(s) "
+                            f"{[r for r, s in enumerate(seen) if s]} do; multi-node training needs --out on a "
+                            "filesystem shared by every node")
 
     def _build(self, init_path: Path | None, tokenizer: Any) -> None:
         """Model (seeded, restored on resume, wrapped for DDP/FSDP), extra models, optimizer, scaler."""
@@ -159,10 +183,11 @@ class Trainer:
         self.model = model  # unwrapped (FSDP shards it in place): names stay clean for saving
         self.ctx.model = model
 
-        fsdp_mp = self.dtype if (cfg.fsdp and self.dtype != torch.float32) else None
-        wrapped = D.wrap_model(model, self.dist, cfg.fsdp, fsdp_mp)
+        wrapped = D.wrap_model(model, self.dist, cfg.fsdp)
         self.train_model = torch.compile(wrapped) if cfg.compile else wrapped
-        use_amp = self.dtype != torch.float32 and fsdp_mp is None
+        # One precision recipe for one process, DDP and FSDP alike: fp32 weights, autocast compute
+        # (also for the frozen reference / teacher models, which run inside the same context).
+        use_amp = self.dtype != torch.float32
         self.ctx.autocast = (lambda: torch.autocast(self.device.type, dtype=self.dtype)) if use_amp else contextlib.nullcontext
         for name, extra in self.stage.extra_models(self.ctx).items():
             extra.to(self.device).eval().requires_grad_(False)
@@ -262,17 +287,19 @@ class Trainer:
 
     # -- the loop -------------------------------------------------------------------------------------
 
-    def _train_step(self, it) -> tuple[float, dict[str, float], int]:
+    def _train_step(self, it) -> tuple[float, dict[str, Any], int]:
         cfg, stage, dist = self.cfg, self.stage, self.dist
         micro = [next(it) for _ in range(cfg.grad_accum)]
         weights = [stage.batch_weight(b) for b in micro]
         # Normalise by the loss tokens of the whole global batch: then k micro-batches of b (or N
         # ranks) give exactly the gradient of one batch of k*b, even when SFT masks differ per row.
-        global_w = float(D.all_reduce_sum(torch.tensor(sum(weights), dtype=torch.float64, device=self.device), dist))
+        global_w = sum(weights)  # host numbers (CPU batches): no device sync on one process
+        if dist.enabled:
+            global_w = float(D.all_reduce_sum(torch.tensor(global_w, dtype=torch.float64, device=self.device), dist))
         if global_w == 0:
             weights, global_w = [1.0] * len(micro), float(len(micro) * dist.world_size)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        metrics: dict[str, float] = {}
+        metrics: dict[str, Any] = {}  # tensors stay on the device until they are logged
         tokens = 0
         for i, (batch, w) in enumerate(zip(micro, weights)):
             last = i == len(micro) - 1
@@ -292,19 +319,22 @@ class Trainer:
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             loss_sum += loss.detach().double() * w
             for k, v in m.items():
-                metrics[k] = metrics.get(k, 0.0) + float(v) / len(micro)
+                v = v.detach() if isinstance(v, torch.Tensor) else v
+                metrics[k] = metrics.get(k, 0.0) + v / len(micro)
             tokens += stage.batch_tokens(batch)
+        # The step's one host sync: the NaN check must decide before the optimizer step.
         loss_value = float(D.all_reduce_sum(loss_sum, dist)) / global_w
         return loss_value, metrics, tokens * dist.world_size
 
-    def _update(self) -> float | None:
-        """Clip, step the optimizer (through the grad scaler if any), zero the gradients; the grad norm."""
+    def _update(self) -> torch.Tensor | None:
+        """Clip, step the optimizer (through the grad scaler if any), zero the gradients; the grad
+        norm, as a tensor (read only when it is logged: no host sync per step)."""
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         grad_norm = None
         if self.cfg.grad_clip > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_([p for _, p in self.params], self.cfg.grad_clip)
-            grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+            grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -367,6 +397,9 @@ class Trainer:
             self.progress.write(f"{self.stage.name}: {where}; {n_train:,} trainable parameters; {self.total_steps} steps "
                                 f"on {self.device} ({str(self.dtype).removeprefix('torch.')}, {self.dist.world_size} process(es))")
         self.model.train()
+        prefetch = self._prefetch if self._prefetch is not None else self.device.type == "cuda"
+        if prefetch and self.stage.prefetch_batches:
+            self.batches = Prefetcher(self.batches, depth=2, pin=self.device.type == "cuda")
         it = iter(self.batches)
         losses: list[float] = []
         last_saved = self.step if self.resume_from else -1
@@ -394,13 +427,14 @@ class Trainer:
 
                 now = time.perf_counter()
                 dt, t_last = now - t_last, now
-                tok_s = tokens / max(dt, 1e-9)
-                mfu = tok_s * fpt / peak if peak else None
+                tok_s = tokens / max(dt, 1e-9)  # every rank's tokens ...
+                mfu = model_flops_utilization(tok_s, fpt, peak, self.dist.world_size)  # ... over every rank's peak
                 if self.main:
                     self.progress.update(loss, lr, tok_s, mfu)
                     if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                         record = {"step": self.step, "split": "train", "loss": loss, "lr": lr, "tokens": self.tokens_seen,
-                                  "tok_s": round(tok_s, 1), "grad_norm": grad_norm, **metrics}
+                                  "tok_s": round(tok_s, 1), "grad_norm": _host(grad_norm),
+                                  **{k: _host(v) for k, v in metrics.items()}}
                         if mfu is not None:
                             record["mfu"] = round(mfu, 5)
                         self.logger.log(record)
@@ -413,6 +447,8 @@ class Trainer:
                     last_saved = self.step
                 t_last = time.perf_counter()  # evaluation and saving do not count as training time
         finally:
+            if isinstance(self.batches, Prefetcher):
+                self.batches.close()
             self.progress.close()
             if self.logger is not None:
                 self.logger.close()

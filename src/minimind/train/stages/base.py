@@ -7,7 +7,9 @@ A stage answers five questions, and the loop asks nothing else:
 (b) how a batch is made             `batches(ctx, split)`: an endless iterator of batch dicts with
                                     `state_dict()` / `load_state_dict()` (a data loader, or a
                                     generator that samples from the current model, as GRPO will)
-(c) the loss                        `loss(model, batch, ctx) -> (scalar, {name: float})`
+(c) the loss                        `loss(model, batch, ctx) -> (scalar, {name: metric})`, metrics
+                                    as 0-dim tensors (or floats): the trainer reads them only when
+                                    it logs, so a step costs no host sync per micro-batch
 (d) extra models                    `extra_models(ctx)`: frozen reference / teacher models; the
                                     Trainer moves them to the device, freezes them, and puts them
                                     in `ctx.extra`
@@ -100,6 +102,9 @@ class Stage:
     data_kind: ClassVar[str] = "pretrain"
     requires_init: ClassVar[bool] = False  # True: `--init` is mandatory (fine-tuning stages)
     order: ClassVar[int] = 100  # position in `minimind --help` (pretrain 10, sft 20, lora 30, ...)
+    # The trainer may make batches ahead on a background thread (on CUDA). False for stages whose
+    # batches depend on the model being trained (GRPO samples them from the current policy).
+    prefetch_batches: ClassVar[bool] = True
 
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
@@ -134,19 +139,19 @@ class Stage:
 
     # (c) the loss ----------------------------------------------------------------------------
 
-    def loss(self, model: nn.Module, batch: dict[str, Any], ctx: TrainContext) -> tuple[torch.Tensor, dict[str, float]]:
-        """Mean next-token cross-entropy over label tokens, plus the weighted MoE balance loss."""
+    def loss(self, model: nn.Module, batch: dict[str, Any], ctx: TrainContext) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Mean next-token cross-entropy over label tokens, plus the weighted MoE balance loss.
+
+        A micro-batch without any loss token (an SFT row cut before its answer) gets the model's
+        zero loss, which still touches the graph (DDP needs that); its weight is 0 anyway."""
         input_ids = batch["input_ids"].to(ctx.device, non_blocking=True)
         labels = batch["labels"].to(ctx.device, non_blocking=True)
         out = model(input_ids, labels=labels)
-        # A micro-batch without any loss token (an SFT row cut before its answer) has a NaN mean;
-        # its weight is 0, so give it a zero loss that still touches the graph (DDP needs that).
-        loss = out.loss if self.batch_weight(batch) > 0 else out.logits.float().sum() * 0.0
-        metrics: dict[str, float] = {}
-        coef = getattr(ctx.model.config, "aux_loss_coef", 0.0) if ctx.model is not None else 0.0
+        loss = out.loss
+        metrics: dict[str, Any] = {}
         if ctx.model is not None and ctx.model.config.is_moe:
-            loss = loss + coef * out.aux_loss
-            metrics["aux_loss"] = float(out.aux_loss.detach())
+            loss = loss + ctx.model.config.aux_loss_coef * out.aux_loss
+            metrics["aux_loss"] = out.aux_loss.detach()
         return loss, metrics
 
     # (d) extra models ------------------------------------------------------------------------

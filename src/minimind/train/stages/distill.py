@@ -112,7 +112,7 @@ class DistillStage(SFTStage):
                 "tokenizer (start the student from a preset with --init PRESET to inherit the teacher's)")
         return {"teacher": teacher}
 
-    def loss(self, model: "nn.Module", batch: dict[str, Any], ctx: TrainContext) -> tuple["torch.Tensor", dict[str, float]]:
+    def loss(self, model: "nn.Module", batch: dict[str, Any], ctx: TrainContext) -> tuple["torch.Tensor", dict[str, Any]]:
         import torch
 
         from ..losses import distill_loss
@@ -125,7 +125,7 @@ class DistillStage(SFTStage):
         loss, metrics = distill_loss(out.logits, teacher_logits, labels, self.config.temperature, self.config.alpha)
         if ctx.model is not None and ctx.model.config.is_moe:
             loss = loss + ctx.model.config.aux_loss_coef * out.aux_loss
-        return loss, {k: float(v) for k, v in metrics.items()}
+        return loss, metrics
 
 
 STAGE = DistillStage

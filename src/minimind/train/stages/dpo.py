@@ -72,22 +72,23 @@ class DPOStage(SFTStage):
     def batch_tokens(self, batch: dict[str, Any]) -> int:
         return int(batch["chosen_input_ids"].numel() + batch["rejected_input_ids"].numel())
 
-    def loss(self, model: "nn.Module", batch: dict[str, Any], ctx: TrainContext) -> tuple["torch.Tensor", dict[str, float]]:
+    def loss(self, model: "nn.Module", batch: dict[str, Any], ctx: TrainContext) -> tuple["torch.Tensor", dict[str, Any]]:
         import torch
 
-        from ..losses import dpo_loss, sequence_logprobs
+        from ..losses import dpo_loss
 
         cfg = self.config
-        ids = torch.cat([batch["chosen_input_ids"], batch["rejected_input_ids"]]).to(ctx.device)
-        labels = torch.cat([batch["chosen_labels"], batch["rejected_labels"]]).to(ctx.device)
+        labels_cpu = torch.cat([batch["chosen_labels"], batch["rejected_labels"]])
+        ids = torch.cat([batch["chosen_input_ids"], batch["rejected_input_ids"]]).to(ctx.device, non_blocking=True)
+        labels = labels_cpu.to(ctx.device, non_blocking=True)
+        answer_len = (labels_cpu[:, 1:] != -100).sum(-1).clamp(min=1).to(ctx.device, non_blocking=True)
         n_pairs = batch["chosen_input_ids"].shape[0]
 
         def logps(m: "nn.Module") -> tuple["torch.Tensor", "torch.Tensor"]:
-            out = m(ids)
-            lp = sequence_logprobs(out.logits, labels)
-            seq = lp.seq_logps
+            out = m(ids, labels=labels)  # per-token log-probs from chunked logits (model/lm_loss.py)
+            seq = out.token_logps.sum(-1)
             if cfg.dpo_loss == "ipo":  # mean over answer tokens instead of the sum
-                seq = seq / lp.mask.sum(-1).clamp(min=1)
+                seq = seq / answer_len
             return seq, out.aux_loss
 
         policy, aux = logps(model)
@@ -97,7 +98,7 @@ class DPOStage(SFTStage):
                                  cfg.beta, cfg.label_smoothing, cfg.dpo_loss)
         if ctx.model is not None and ctx.model.config.is_moe:
             loss = loss + ctx.model.config.aux_loss_coef * aux
-        return loss, {k: float(v) for k, v in metrics.items()}
+        return loss, metrics
 
 
 STAGE = DPOStage

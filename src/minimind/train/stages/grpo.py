@@ -101,6 +101,7 @@ class GRPOStage(SFTStage):
     config_class = GRPOConfig
     data_kind = "rl"
     requires_init = True
+    prefetch_batches = False  # rollouts sample from the policy of this very step
 
     def __init__(self, config: GRPOConfig) -> None:
         super().__init__(config)
@@ -188,29 +189,29 @@ class GRPOStage(SFTStage):
     def batch_weight(self, batch: dict[str, Any]) -> float:
         return float((batch["labels"][:, 1:] != -100).sum())  # token-level normalisation across micro-batches
 
-    def loss(self, model: "nn.Module", batch: dict[str, Any], ctx: TrainContext) -> tuple["torch.Tensor", dict[str, float]]:
+    def loss(self, model: "nn.Module", batch: dict[str, Any], ctx: TrainContext) -> tuple["torch.Tensor", dict[str, Any]]:
         import torch
 
-        from ..losses import grpo_loss, sequence_logprobs
-
         cfg = self.config
-        ids = batch["input_ids"].to(ctx.device)
-        labels = batch["labels"].to(ctx.device)
+        from ..losses import grpo_loss
+
         # Only completion tokens are scored, so the LM head runs on the columns from the last
-        # prompt token of the shortest prompt onwards: the [B, T, V] logits (the largest tensor
-        # of the step, V = vocabulary) shrink to [B, keep, V], often several times smaller.
-        scored = (labels != -100).any(0).nonzero()
-        keep = ids.shape[1] - int(scored[0]) + 1 if len(scored) else ids.shape[1]
-        labels = labels[:, -keep:]
-        new = sequence_logprobs(model(ids, logits_to_keep=keep).logits, labels)
+        # prompt token of the shortest prompt onwards (decided on the CPU copy of the labels: no
+        # device sync). The head then works on [B, keep] positions, often several times fewer.
+        scored = (batch["labels"] != -100).any(0).numpy().nonzero()[0]
+        keep = batch["labels"].shape[1] - int(scored[0]) + 1 if len(scored) else batch["labels"].shape[1]
+        ids = batch["input_ids"].to(ctx.device, non_blocking=True)
+        labels = batch["labels"][:, -keep:].to(ctx.device, non_blocking=True)
+        mask = labels[:, 1:] != -100
+        new = model(ids, labels=labels, logits_to_keep=keep).token_logps
         ref = None
         if "ref" in ctx.extra:
             with torch.no_grad():
-                ref = sequence_logprobs(ctx.extra["ref"](ids, logits_to_keep=keep).logits, labels).token_logps
+                ref = ctx.extra["ref"](ids, labels=labels, logits_to_keep=keep).token_logps
         clip = (cfg.clip_eps, cfg.clip_eps_high if cfg.clip_eps_high is not None else cfg.clip_eps)
-        loss, metrics = grpo_loss(new.token_logps, new.token_logps.detach(), ref, batch["advantages"].to(ctx.device),
-                                  new.mask, clip, cfg.beta_kl)
-        return loss, {**batch["metrics"], **{k: float(v) for k, v in metrics.items()}}
+        loss, metrics = grpo_loss(new, new.detach(), ref, batch["advantages"].to(ctx.device, non_blocking=True),
+                                  mask, clip, cfg.beta_kl)
+        return loss, {**batch["metrics"], **metrics}
 
 
 STAGE = GRPOStage

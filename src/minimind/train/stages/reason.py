@@ -108,24 +108,25 @@ class ReasonStage(SFTStage):
         ratio = self.config.no_think_ratio if split == "train" else 0.0  # evaluate the thinking mode
         return MixedThinking(iter(super().batches(ctx, split)), ctx.tokenizer, ratio, self.config.seed)
 
-    def loss(self, model: "nn.Module", batch: dict[str, Any], ctx: TrainContext) -> tuple["torch.Tensor", dict[str, float]]:
+    def loss(self, model: "nn.Module", batch: dict[str, Any], ctx: TrainContext) -> tuple["torch.Tensor", dict[str, Any]]:
         if self.config.tag_weight == 1.0:
             return super().loss(model, batch, ctx)
         import torch
-        import torch.nn.functional as F
 
-        ids = batch["input_ids"].to(ctx.device)
-        labels = batch["labels"].to(ctx.device)[:, 1:]
-        out = model(ids)
-        ce = F.cross_entropy(out.logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE,
-                             reduction="none").view_as(labels)
+        # Token weights are built on the CPU copy of the labels and sent along: no device sync.
+        labels = batch["labels"][:, 1:]
         tok = ctx.tokenizer
-        tags = torch.tensor([tok.token_to_id("<think>"), tok.token_to_id("</think>")], device=labels.device)
-        weight = torch.where(torch.isin(labels, tags), self.config.tag_weight, 1.0) * (labels != IGNORE)
-        loss = (ce * weight).sum() / (labels != IGNORE).sum().clamp(min=1)
+        tags = torch.tensor([tok.token_to_id("<think>"), tok.token_to_id("</think>")])
+        real = labels != IGNORE
+        weight = (torch.where(torch.isin(labels, tags), self.config.tag_weight, 1.0) * real).to(ctx.device, non_blocking=True)
+        n = real.sum().clamp(min=1).to(ctx.device, non_blocking=True)
+        out = model(batch["input_ids"].to(ctx.device, non_blocking=True),
+                    labels=batch["labels"].to(ctx.device, non_blocking=True))
+        ce = -out.token_logps  # 0 where the label is -100
+        loss = (ce * weight).sum() / n
         if ctx.model is not None and ctx.model.config.is_moe:
             loss = loss + ctx.model.config.aux_loss_coef * out.aux_loss
-        return loss, {"ce": float((ce.detach() * (labels != IGNORE)).sum() / (labels != IGNORE).sum().clamp(min=1))}
+        return loss, {"ce": ce.detach().sum() / n}
 
 
 STAGE = ReasonStage
