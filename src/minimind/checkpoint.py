@@ -9,8 +9,9 @@ Contract:
   naming the newest; wherever a checkpoint is asked for, a run directory means its latest.
 - `save_model` writes each file to a temporary name and renames it into place, so a crash
   never leaves a half-written file under the real name. Loading never unpickles (safetensors).
-- `load_model` accepts our checkpoints, run directories and Hugging Face folders of the
-  architectures `minimind.interop` understands. Whatever is wrong with one of them -- a config
+- `load_model` accepts our checkpoints, run directories, Hugging Face folders of the
+  architectures `minimind.interop` understands and upstream MiniMind folders (`model_type`
+  "minimind", read by `minimind.upstream`). Whatever is wrong with one of them -- a config
   value of the wrong type or out of range, a truncated or corrupt weights file, weights of another
   shape -- is a `UserError` (a `ConfigError` or `CheckpointError`) naming the file, raised before
   the model is allocated.
@@ -171,8 +172,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
     p = Path(path)
     if p.is_dir() and not (p / CONFIG_NAME).is_file() and is_hf_folder(p):
         from .interop import load_hf_model
+        from .upstream import is_upstream_folder, load_upstream_model
 
-        model = load_hf_model(p)
+        model = load_upstream_model(p) if is_upstream_folder(p) else load_hf_model(p)
     else:
         ckpt = resolve_checkpoint(p)
         config = ModelConfig.load(ckpt / CONFIG_NAME)

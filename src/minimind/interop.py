@@ -130,7 +130,7 @@ def hf_config(cfg: ModelConfig) -> dict[str, Any]:
     return out
 
 
-def _interleave_perm(head_dim: int) -> torch.Tensor:
+def interleave_perm(head_dim: int) -> torch.Tensor:
     """Row order that turns rotate-half RoPE pairs (i, i + D/2) into adjacent pairs (2i, 2i + 1).
 
     Ernie applies RoPE to adjacent pairs. Permuting the rows of q_proj and k_proj the same way
@@ -140,7 +140,7 @@ def _interleave_perm(head_dim: int) -> torch.Tensor:
     return torch.stack([torch.arange(half), torch.arange(half) + half], dim=1).flatten()
 
 
-def _permute_heads(w: torch.Tensor, head_dim: int, perm: torch.Tensor) -> torch.Tensor:
+def permute_heads(w: torch.Tensor, head_dim: int, perm: torch.Tensor) -> torch.Tensor:
     rows = w.shape[0]
     return w.reshape(rows // head_dim, head_dim, *w.shape[1:])[:, perm].reshape(w.shape)
 
@@ -153,11 +153,11 @@ def to_hf_state_dict(model: MiniMindLM) -> dict[str, torch.Tensor]:
     cfg = model.config
     arch = hf_architecture(cfg)
     out: dict[str, torch.Tensor] = {}
-    perm = _interleave_perm(cfg.head_dim) if arch == "ernie4_5_moe" else None
+    perm = interleave_perm(cfg.head_dim) if arch == "ernie4_5_moe" else None
     for name, tensor in model_state_dict(model).items():
         hf_name = name if name.startswith("lm_head.") else f"model.{name}"
         if perm is not None and re.search(r"self_attn\.[qk]_proj\.", name):
-            tensor = _permute_heads(tensor, cfg.head_dim, perm)
+            tensor = permute_heads(tensor, cfg.head_dim, perm)
         if arch == "ernie4_5_moe" and name.endswith("mlp.gate.weight"):
             tensor = tensor.float()  # Ernie keeps its router in float32
         out[hf_name] = tensor
@@ -344,7 +344,7 @@ def _read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
 def from_hf_state_dict(sd: dict[str, torch.Tensor], cfg: ModelConfig, arch: str) -> dict[str, torch.Tensor]:
     """transformers names -> ours, undoing fused experts and Ernie's interleaved RoPE rows."""
     out: dict[str, torch.Tensor] = {}
-    perm = _interleave_perm(cfg.head_dim) if arch == "ernie4_5_moe" else None
+    perm = interleave_perm(cfg.head_dim) if arch == "ernie4_5_moe" else None
     inverse = torch.argsort(perm) if perm is not None else None
     for name, tensor in sd.items():
         name = re.sub(r"^model\.", "", name)
@@ -363,7 +363,7 @@ def from_hf_state_dict(sd: dict[str, torch.Tensor], cfg: ModelConfig, arch: str)
                 out[f"{prefix}{e}.down_proj.weight"] = w
             continue
         if inverse is not None and re.search(r"self_attn\.[qk]_proj\.", name):
-            tensor = _permute_heads(tensor, cfg.head_dim, inverse)
+            tensor = permute_heads(tensor, cfg.head_dim, inverse)
         out[name] = tensor
     if not cfg.tie_word_embeddings and "lm_head.weight" not in out:
         raise UserError("lm_head.weight is missing and the config does not tie embeddings")

@@ -1,4 +1,4 @@
-"""`minimind model list`, `minimind export hf` and `minimind import hf`."""
+"""`minimind model list`, `minimind export hf|gguf` and `minimind import hf|minimind`."""
 
 from __future__ import annotations
 
@@ -28,6 +28,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     hf.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                     help="store weights in this dtype (default: as trained)")
     hf.set_defaults(func=cmd_export_hf)
+    gg = export_sub.add_parser("gguf", help="write one GGUF file for llama.cpp / Ollama / LM Studio")
+    gg.add_argument("--ckpt", required=True, help="checkpoint folder or run directory")
+    gg.add_argument("--out", required=True, help="the .gguf file to write (renamed into place when complete)")
+    gg.add_argument("--dtype", choices=["f32", "f16", "bf16", "q8_0"], default="f32",
+                    help="weight type of the matrices (norms and the MoE router stay f32; default f32)")
+    gg.add_argument("--modelfile", action="store_true",
+                    help="also write NAME.Modelfile beside it for `ollama create NAME -f NAME.Modelfile`")
+    gg.add_argument("--force", action="store_true", help="replace an existing --out file")
+    gg.set_defaults(func=cmd_export_gguf)
 
     imp = sub.add_parser("import", help="import a model from another format")
     imp_sub = imp.add_subparsers(dest="import_format", metavar="FORMAT")
@@ -37,6 +46,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     ihf.add_argument("--out", required=True, help="output checkpoint folder (new or empty; see --force)")
     ihf.add_argument("--force", action="store_true", help=FORCE_HELP)
     ihf.set_defaults(func=cmd_import_hf)
+    _register_import_minimind(imp_sub)
+
+
+def _register_import_minimind(imp_sub: argparse._SubParsersAction) -> None:
+    up = imp_sub.add_parser("minimind", help="convert an upstream MiniMind .pth state dict or Transformers folder")
+    up.add_argument("path", help="upstream .pth file (e.g. full_sft_512.pth) or folder with model_type \"minimind\"")
+    up.add_argument("--out", required=True, help="output checkpoint folder (new or empty; see --force)")
+    up.add_argument("--tokenizer", default=None, help="upstream tokenizer folder to copy in (tokenizer.json ...)")
+    up.add_argument("--force", action="store_true", help=FORCE_HELP)
+    up.add_argument("--num-heads", type=int, default=None,
+                    help="attention heads (needed without QK-norm: the tensors do not say; minimind2 uses 8)")
+    up.add_argument("--experts-per-tok", type=int, default=None,
+                    help="experts per token of an MoE .pth (minimind-3 MoE: 1, minimind2-moe: 2)")
+    up.add_argument("--rms-norm-eps", type=float, default=None, help="default: 1e-6 with QK-norm, else 1e-5")
+    up.add_argument("--rope-theta", type=float, default=None, help="default 1e6")
+    up.add_argument("--max-seq-len", type=int, default=None, help="default 32768")
+    up.add_argument("--yarn", action="store_true", default=None,
+                    help="the model was used with upstream's inference_rope_scaling (YaRN x16 from 2048)")
+    up.set_defaults(func=cmd_import_minimind)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -65,5 +93,26 @@ def cmd_import_hf(args: argparse.Namespace) -> int:
     from ..interop import import_hf
 
     out = import_hf(args.hf_dir, args.out, force=args.force)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_export_gguf(args: argparse.Namespace) -> int:
+    from ..gguf import export_gguf, write_modelfile
+
+    out = export_gguf(args.ckpt, args.out, dtype=args.dtype, force=args.force)
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, {args.dtype})")
+    if args.modelfile:
+        print(f"wrote {write_modelfile(out)}")
+    return 0
+
+
+def cmd_import_minimind(args: argparse.Namespace) -> int:
+    from ..upstream import UpstreamFlags, import_upstream
+
+    flags = UpstreamFlags(num_heads=args.num_heads, experts_per_tok=args.experts_per_tok,
+                          rms_norm_eps=args.rms_norm_eps, rope_theta=args.rope_theta,
+                          max_seq_len=args.max_seq_len, yarn=args.yarn)
+    out = import_upstream(args.path, args.out, tokenizer_dir=args.tokenizer, flags=flags, force=args.force)
     print(f"wrote {out}")
     return 0
