@@ -219,3 +219,14 @@ def test_toolcall_cases(suites):
         ids, mask = render_conversation(tok, case["conversations"])  # the chat template accepts the case
         assert sum(mask) > 0
     assert names == {"get_weather", "calculator", "convert_units"}
+
+
+def test_held_out_text_alternates_languages_so_a_limit_takes_both(suites):
+    """`minimind eval --limit N` (and quickstart's bounded demo eval) read the first N documents."""
+    def chinese(text: str) -> bool:
+        return sum("\u4e00" <= c <= "\u9fff" for c in text) > len(text) / 4
+
+    held = [chinese(r["text"]) for r in read_jsonl(suites["ppl"])]
+    n_zh = sum(held)
+    assert 0 < n_zh < len(held)
+    assert held[: 2 * n_zh] == [True, False] * n_zh

@@ -110,7 +110,11 @@ def test_the_shipped_demo_suites_run(ckpt, tmp_path, capsys):
     out = tmp_path / "demo.json"
     rc, _, _ = _run(["--ckpt", ckpt, "--task", "demo", "--limit", "3", "--max-new-tokens", "4", "--json", out], capsys)
     rep = json.loads(out.read_text())
-    assert rc == 0 and {r["task"]: r["n"] for r in rep["results"]} == {"ppl": 3, "mcq": 3, "gen": 3, "toolcall": 3}
+    # --limit is per subject for the C-Eval layout (lm-eval's --limit is per subject task): 4 subjects x 3.
+    assert rc == 0 and {r["task"]: r["n"] for r in rep["results"]} == {"ppl": 3, "mcq": 12, "gen": 3, "toolcall": 3}
+    mcq = rep["results"][1]
+    assert sorted(mcq["per_subject"]) == ["arithmetic", "identity", "units", "vocabulary"]
+    assert [p["subject"] for p in mcq["predictions"]].count("units") == 3
 
 
 def test_run_directory_log_and_compare(ckpt, tmp_path, capsys):

@@ -16,7 +16,10 @@ Contract:
   question.strip() + "\\n答案：" and each full choice text as the continuation " {choice}", where
   `accuracy_norm` (length-normalised) is the figure to read. Its k-shot examples are its first k
   questions, which are then not scored.
-- `evaluate_mcq(scorer, suite, shots, style, progress)` returns the result dict: task, n, accuracy
+- `limit`: for C-Eval/CMMLU the first `limit` questions *of each subject* (lm-eval's `--limit`, which
+  applies per task, and each subject is a task there); for generic JSONL the first `limit` scored
+  questions of the file.
+- `evaluate_mcq(scorer, suite, shots, style, progress, limit)` returns the result dict: task, n, accuracy
   (micro: all questions equal; what lm-eval reports for the group), accuracy_macro (subjects
   equal), accuracy_norm, per_subject, predictions [{id, subject, pred, gold, logprobs}] in file order.
 """
@@ -75,6 +78,22 @@ def _plan(suite: Suite, shots: int) -> list[tuple[Question, list[Question]]]:
     return plan
 
 
+def limited(plan: list, family: str, limit: int | None) -> list:
+    """The first `limit` items of the plan (generic JSONL), or of each subject (C-Eval, CMMLU)."""
+    if limit is None:
+        return plan
+    if family == "mcq":
+        return plan[:limit]
+    seen: dict[str, int] = {}
+    kept = []
+    for item in plan:
+        subject = item[0].subject if isinstance(item, tuple) else item.subject
+        seen[subject] = seen.get(subject, 0) + 1
+        if seen[subject] <= limit:
+            kept.append(item)
+    return kept
+
+
 def _argmax(values: list[float]) -> int:
     return max(range(len(values)), key=lambda i: (values[i], -i))  # first of equal maxima, as np.argmax
 
@@ -84,7 +103,7 @@ def evaluate_mcq(scorer: Scorer, suite: Suite, shots: int = 0, style: str = "let
     """Score every question of `suite` and return the result dict (see the module docstring)."""
     if style not in STYLES:
         raise UserError(f"unknown choice style {style!r}; expected one of {', '.join(STYLES)}")
-    plan = _plan(suite, shots)[:limit]
+    plan = limited(_plan(suite, shots), suite.family, limit)
     pairs, spans = [], []
     for q, examples in plan:
         conts = [TARGET_DELIMITER + c for c in choice_strings(q, style)]

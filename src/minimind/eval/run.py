@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from .gen import evaluate_gen, read_prompts
-from .mcq import evaluate_mcq
+from .mcq import evaluate_mcq, limited
 from .mcq_data import read_suite
 from .ppl import evaluate_ppl, read_documents
 from .report import file_info, make_report
@@ -91,7 +91,7 @@ def run_task(engine, task: str, data: str | Path, s: Settings) -> dict:
         files, skipped = [Path(data)], docs.skipped
     elif task in ("ceval", "cmmlu", "mcq"):
         suite = read_suite(task, data, s.skip_bad)
-        total = sum(len(q.choices) for q in suite.questions[:s.limit])
+        total = sum(len(q.choices) for q in limited(suite.questions, suite.family, s.limit))
         with _bar(task, total) as bar:
             res = evaluate_mcq(scorer, suite, s.shots, s.style, bar.update, s.limit)
         files, skipped = suite.files, suite.skipped

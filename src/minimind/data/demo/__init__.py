@@ -28,7 +28,8 @@ from pathlib import Path
 
 from . import conversations as C
 from . import mcq as Q
-from .evalsets import build_suites, held_out_prompts, normalise, write_demo_eval, write_jsonl, write_suites
+from .evalsets import (build_suites, held_out_documents, held_out_prompts, normalise, write_demo_eval, write_jsonl,
+                       write_suites)
 from .sources import source_dialogues, source_documents
 from .tasks import rl_records
 
@@ -130,12 +131,13 @@ def write_demo(out_dir: str | Path) -> dict[str, Path]:
     docs, dialogues = source_documents(), source_dialogues()
     train_docs = [d for d in docs if d["split"] == "train"]
     eval_docs = [d for d in docs if d["split"] == "eval"]
+    held_docs = held_out_documents(docs)
     suites = build_suites()
     held = held_out_prompts(suites)
     # Separate generators per file: changing one file's recipe leaves the others' bytes alone.
     files = {
         "pretrain": _pretrain(random.Random(SEED + 7), train_docs, held),
-        "pretrain_eval": [{"text": d["text"]} for d in eval_docs],
+        "pretrain_eval": [{"text": d["text"]} for d in held_docs],
         "sft": _sft(random.Random(SEED + 1), train_docs, [d for d in dialogues if d["split"] == "train"], 1.0, held),
         "sft_eval": _sft(random.Random(SEED + 2), eval_docs, [d for d in dialogues if d["split"] == "eval"], 0.05,
                          set()),
@@ -148,6 +150,6 @@ def write_demo(out_dir: str | Path) -> dict[str, Path]:
     for name, records in files.items():
         paths[name] = out / f"{name}.jsonl"
         write_jsonl(paths[name], records)
-    write_suites(out / "eval", suites, eval_docs)
+    write_suites(out / "eval", suites, held_docs)
     paths["eval"] = out / "eval"
     return paths

@@ -3,8 +3,8 @@
 Contract: `write_demo_eval(out_dir)` writes, deterministically and in about a second, and returns
 {"ppl": file, "mcq": folder, "gen": file, "toolcall": file}:
 
-  ppl.jsonl       {"text"}: the held-out real documents (Chinese and English), which share no
-                  13-gram with any training document
+  ppl.jsonl       {"text"}: the held-out real documents (Chinese and English, alternating), which
+                  share no 13-gram with any training document
   mcq/            C-Eval layout: dev/{subject}_dev.csv (5 few-shot rows) and val/{subject}_val.csv,
                   header id,question,A,B,C,D,answer,explanation; subjects in `mcq.SUBJECTS`
   gen.jsonl       {"conversations": [user], "answer", "kind"}: verifiable tasks (the first
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import random
 import re
@@ -144,7 +145,14 @@ def write_suites(out_dir: str | Path, suites: Suites, ppl_docs: list[dict]) -> d
     return paths
 
 
+def held_out_documents(docs: list[dict]) -> list[dict]:
+    """The held-out source documents, languages alternating (zh, en, zh, ...; the rest of the longer
+    one at the end), so that the first N (`minimind eval --limit N`) cover both languages."""
+    held = [d for d in docs if d["split"] == "eval"]
+    by_lang = [[d for d in held if d["lang"] == lang] for lang in sorted({d["lang"] for d in held}, reverse=True)]
+    return [d for group in itertools.zip_longest(*by_lang) for d in group if d is not None]
+
+
 def write_demo_eval(out_dir: str | Path) -> dict[str, Path]:
     """Write the demo eval suites into `out_dir` (created if needed); see the module docstring."""
-    held_out_docs = [d for d in source_documents() if d["split"] == "eval"]
-    return write_suites(out_dir, build_suites(), held_out_docs)
+    return write_suites(out_dir, build_suites(), held_out_documents(source_documents()))
