@@ -4,6 +4,8 @@ Contract: `chat_completions(request)` and `completions(request)` are FastAPI end
 read the app's `Context` (app.py) from `request.app.state.ctx`. Each one: validates the body
 (schemas.py), builds the prompt, submits one `Sequence` to the scheduler and answers with a
 single JSON object or, with `stream: true`, server-sent events ending in `data: [DONE]`.
+Chat replies to requests with tools carry OpenAI `tool_calls` (tool_calls.py); a request with
+`execute_tools` goes to the server's own agent loop (agent_route.py).
 A client that disconnects, streaming or not, has its sequence cancelled (its row is freed at
 the next decode step). A generation that fails in the worker is a logged 500, or an error
 event when the stream has already started.
@@ -17,90 +19,20 @@ import uuid
 from typing import TYPE_CHECKING, AsyncIterator
 
 from fastapi import Request
-from fastapi.responses import StreamingResponse
 
 from ..chat import render_prompt
 from ..errors import UserError
-from ..infer import Event, InvalidParams, ReasoningSplitter, SamplingParams, Sequence
+from ..infer import Event, Sequence
 from . import responses as R
-from .errors import APIError, error_body
+from .agent_route import agent_chat
+from .errors import APIError
+from .generation import collect, drain, event_stream, sampling_params, stream_error
 from .logprobs import chat_entries, chat_logprobs, completion_logprobs
 from .schemas import ChatRequest, CompletionRequest
+from .tool_calls import ReplyReader, call_deltas, forced_call
 
 if TYPE_CHECKING:  # app.py imports this module for its routes
     from .app import Context
-
-# Below this temperature the logits divided by it can overflow float32 (inf -> NaN
-# probabilities); the limit of sampling as temperature -> 0 is greedy decoding, so use that.
-MIN_TEMPERATURE = 1e-4
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-GENERATION_FAILED = "generation failed; see the server's log"
-
-
-def sampling_params(req: ChatRequest | CompletionRequest, prompt_len: int, context_len: int) -> SamplingParams:
-    """A validated request -> SamplingParams (400 if the prompt leaves no room to generate)."""
-    if prompt_len >= context_len:
-        raise APIError(400, f"the prompt is {prompt_len} tokens but the model's context length is {context_len}",
-                       param="messages" if isinstance(req, ChatRequest) else "prompt",
-                       code="context_length_exceeded")
-    room = context_len - prompt_len
-    budget = req.token_budget
-    temperature = 1.0 if req.temperature is None else req.temperature
-    stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
-    try:
-        return SamplingParams(
-            max_new_tokens=min(budget, room) if budget is not None else room,
-            temperature=temperature if temperature >= MIN_TEMPERATURE else 0.0,
-            top_p=1.0 if req.top_p is None else req.top_p,
-            top_k=req.top_k or 0,
-            repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
-            stop=stop, seed=req.seed, logprobs=req.logprob_count,
-        ).validate()
-    except InvalidParams as err:
-        raise APIError(400, str(err)) from None
-
-
-async def drain(seq: Sequence, events: asyncio.Queue) -> AsyncIterator[Event]:
-    """Yield events until the finished one; cancel the sequence if the consumer goes away."""
-    try:
-        while True:
-            ev: Event = await events.get()
-            yield ev
-            if ev.finished:
-                return
-    finally:
-        if not seq.finished:
-            seq.cancelled = True
-
-
-async def cancel_on_disconnect(request: Request, seq: Sequence) -> None:
-    """Wait for the client to go away (the body is already read), then cancel its sequence."""
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            seq.cancelled = True
-            return
-
-
-async def collect(request: Request, seq: Sequence, events: asyncio.Queue) -> list[Event]:
-    """All events of a non-streaming request; a client that hangs up cancels the generation."""
-    watcher = asyncio.create_task(cancel_on_disconnect(request, seq))
-    try:
-        out = [ev async for ev in drain(seq, events)]
-    finally:
-        watcher.cancel()
-    if seq.finish_reason == "error":
-        raise APIError(500, GENERATION_FAILED, type="server_error")
-    return out
-
-
-def stream_error() -> str:
-    return R.sse(error_body(GENERATION_FAILED, type="server_error"))
-
-
-def event_stream(chunks: AsyncIterator[str]) -> StreamingResponse:
-    return StreamingResponse(chunks, media_type="text/event-stream", headers=SSE_HEADERS)
-
 
 # -- chat -----------------------------------------------------------------------------------------
 
@@ -108,29 +40,44 @@ def event_stream(chunks: AsyncIterator[str]) -> StreamingResponse:
 async def chat_completions(request: Request):
     ctx: Context = request.app.state.ctx
     req: ChatRequest = await ctx.read_body(request, ChatRequest)
+    if req.execute_tools:
+        return await agent_chat(request, ctx, req)
+    forced = forced_call(req)
+    thinking = req.thinking and forced is None  # a forced call follows an empty think block
     try:
         prompt = render_prompt(ctx.tokenizer, req.messages_for_renderer(), tools=req.tools_for_renderer(),
-                               thinking=req.thinking)
+                               thinking=thinking, prefill=forced[0] if forced else ())
     except UserError as err:
         raise APIError(400, str(err), param="messages") from None
     seq, events = ctx.start(prompt, sampling_params(req, len(prompt), ctx.engine.context_len), req.model)
     meta = (f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), seq.adapter or ctx.model_name)
-    splitter = ReasoningSplitter(open=req.thinking)
+    reader = ReplyReader(thinking, req.tool_names(), forced[1] if forced else "")
     if req.stream:
-        return event_stream(chat_stream(ctx, req, seq, events, splitter, meta))
+        return event_stream(chat_stream(ctx, req, seq, events, reader, meta))
     done = await collect(request, seq, events)
-    parts: dict[str, list[str]] = {"reasoning": [], "content": []}
-    for ev in done:
-        for kind, text in splitter.push(ev.text) + (splitter.flush() if ev.finished else []):
-            parts[kind].append(text)
+    items = [item for ev in done for item in reader.push(ev.text, ev.finished)]
     logprobs = chat_logprobs(ctx.token_bytes, done) if req.logprobs else None
-    return R.chat_completion(*meta, R.chat_message(parts), seq, logprobs)
+    message = R.chat_message(items, null_empty=bool(req.tool_names()))
+    return R.chat_completion(*meta, message, seq, logprobs, reader.finish(seq.finish_reason))
 
 
-async def chat_stream(ctx: Context, req: ChatRequest, seq: Sequence, events: asyncio.Queue, splitter: ReasoningSplitter,
+def chat_deltas(items: list[tuple[str, object]], calls_sent: int) -> list[dict]:
+    """Stream deltas of reader items; tool calls numbered from `calls_sent`."""
+    out: list[dict] = []
+    for kind, value in items:
+        if kind == "tool_call":
+            out += call_deltas(calls_sent, value)
+            calls_sent += 1
+        else:
+            out.append({"reasoning_content" if kind == "reasoning" else "content": value})
+    return out
+
+
+async def chat_stream(ctx: Context, req: ChatRequest, seq: Sequence, events: asyncio.Queue, reader: ReplyReader,
                       meta: tuple[str, int, str]) -> AsyncIterator[str]:
     yield R.sse(R.chat_chunk(*meta, {"role": "assistant", "content": ""}))
     pending: list[Event] = []  # tokens not yet reported (their text may still be held back)
+    calls = 0
 
     def logprobs() -> dict | None:
         if not req.logprobs:
@@ -141,13 +88,14 @@ async def chat_stream(ctx: Context, req: ChatRequest, seq: Sequence, events: asy
 
     async for ev in drain(seq, events):
         pending.append(ev)
-        for kind, text in splitter.push(ev.text) + (splitter.flush() if ev.finished else []):
-            key = "reasoning_content" if kind == "reasoning" else "content"
-            yield R.sse(R.chat_chunk(*meta, {key: text}, logprobs=logprobs()))
+        deltas = chat_deltas(reader.push(ev.text, ev.finished), calls)
+        calls += sum(1 for d in deltas if "id" in d.get("tool_calls", [{}])[0])
+        for delta in deltas:
+            yield R.sse(R.chat_chunk(*meta, delta, logprobs=logprobs()))
     if seq.finish_reason == "error":
         yield stream_error()
         return
-    yield R.sse(R.chat_chunk(*meta, {}, seq.finish_reason, logprobs=logprobs()))
+    yield R.sse(R.chat_chunk(*meta, {}, reader.finish(seq.finish_reason), logprobs=logprobs()))
     if req.stream_options and req.stream_options.include_usage:
         yield R.sse(R.chat_chunk(*meta, None, usage_of=seq))
     yield R.SSE_DONE

@@ -3,7 +3,7 @@
 Contract: plain functions returning JSON-ready dicts (or SSE strings); no HTTP, no engine calls.
 - `usage(seq)`, `sse(obj)`, `SSE_DONE`.
 - Chat: `chat_completion(...)` (object "chat.completion") and `chat_chunk(...)` (object
-  "chat.completion.chunk", one delta). Reasoning text is sent as `reasoning_content` beside
+  "chat.completion.chunk", one delta); tool calls in `message.tool_calls` (tool_calls.py). Reasoning text is sent as `reasoning_content` beside
   `content`, as DeepSeek/vLLM do.
 - Completions: `completion(...)` (object "text_completion"), also used for each streamed piece.
 """
@@ -26,18 +26,26 @@ def sse(obj: dict) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
-def chat_message(parts: dict[str, list[str]]) -> dict:
-    """{"reasoning": [...], "content": [...]} pieces -> an assistant message."""
-    message = {"role": "assistant", "content": "".join(parts["content"])}
-    if parts["reasoning"]:
-        message["reasoning_content"] = "".join(parts["reasoning"])
+def chat_message(items: list[tuple[str, object]], null_empty: bool = False) -> dict:
+    """("reasoning" | "content", text) and ("tool_call", call) items -> an assistant message.
+
+    `null_empty`: content is null when empty (replies to requests with tools, as OpenAI)."""
+    content = "".join(t for kind, t in items if kind == "content")
+    message: dict = {"role": "assistant", "content": content if content or not null_empty else None}
+    reasoning = "".join(t for kind, t in items if kind == "reasoning")
+    if reasoning:
+        message["reasoning_content"] = reasoning
+    calls = [c for kind, c in items if kind == "tool_call"]
+    if calls:
+        message["tool_calls"] = calls
     return message
 
 
 def chat_completion(rid: str, created: int, model: str, message: dict, seq: Sequence,
-                    logprobs: dict | None = None) -> dict:
+                    logprobs: dict | None = None, finish: str | None = None) -> dict:
     return {"id": rid, "object": "chat.completion", "created": created, "model": model,
-            "choices": [{"index": 0, "message": message, "logprobs": logprobs, "finish_reason": seq.finish_reason}],
+            "choices": [{"index": 0, "message": message, "logprobs": logprobs,
+                         "finish_reason": finish or seq.finish_reason}],
             "usage": usage(seq)}
 
 

@@ -10,11 +10,15 @@ Contract:
   fields such as `refusal`), but only the declared ones are passed on.
 - Fields we accept but cannot honour are refused when set to anything that would change the
   result (n > 1, non-zero penalties, logit_bias, response_format other than text,
-  tool_choice "required", echo, best_of); harmless bookkeeping fields (user, metadata, store)
+  echo, best_of); harmless bookkeeping fields (user, metadata, store)
   are accepted and ignored. `logprob_count` is the number of alternatives per token the
   request asked for (None: no logprobs): chat `logprobs`+`top_logprobs` (0..20), legacy
   completions `logprobs` (0..5).
 - `ChatRequest.messages_for_renderer()` gives the plain dicts `chat.render_prompt` reads.
+- Tools: `tools` (OpenAI function definitions), `tool_choice` ("auto", "none", "required" or
+  {"type": "function", "function": {"name": N}}; see tool_calls.py for how it is honoured),
+  `tool` messages with `tool_call_id`, and the extension `execute_tools` (the web page's flag:
+  the server runs its own built-in tools in an agent loop, see agent_route.py).
 """
 
 from __future__ import annotations
@@ -88,6 +92,15 @@ class Tool(_Nested):
     function: FunctionDef
 
 
+class NamedFunction(_Nested):
+    name: NonEmptyStr
+
+
+class NamedToolChoice(_Nested):
+    type: Literal["function"]
+    function: NamedFunction
+
+
 class StreamOptions(_Nested):
     include_usage: bool | None = None
 
@@ -141,7 +154,8 @@ class ChatRequest(_Sampling):
     messages: Annotated[list[Message], Field(min_length=1)]
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
     tools: list[Tool] | None = None
-    tool_choice: Literal["auto", "none"] | None = None
+    tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
+    execute_tools: bool | None = None  # extension: the server runs its built-in tools (serve --tools)
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
     logprobs: bool | None = None
@@ -175,6 +189,12 @@ class ChatRequest(_Sampling):
 
     def messages_for_renderer(self) -> list[dict]:
         return [m.for_renderer() for m in self.messages]
+
+    def tool_names(self) -> set[str] | None:
+        """Names of the functions the model may call (None: no tools offered, or tool_choice "none")."""
+        if not self.tools or self.tool_choice == "none":
+            return None
+        return {t.function.name for t in self.tools}
 
     def tools_for_renderer(self) -> list[dict] | None:
         if not self.tools or self.tool_choice == "none":  # "none": the model is not shown the tools
