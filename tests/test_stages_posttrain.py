@@ -376,3 +376,46 @@ def test_distill_generate_cli_writes_teacher_answers_then_sft_trains_on_them(fil
     _run(["sft", "--init", files["init"], "--data", str(out), "--out", str(run), *COMMON])
     _assert_run_dir(run)
     assert main(["distill", "--teacher", files["init"], "--generate", str(out)]) == 2  # no --data
+
+
+@pytest.mark.parametrize("name", ["sft", "reason", "dpo", "distill", "grpo"])
+def test_stage_loss_reads_nothing_back_from_the_device(name, tok):
+    """A stage's loss keeps its metrics as tensors and decides shapes on the CPU batch: on a GPU,
+    every `float(t)`, `.item()`, `.tolist()` or `.nonzero()` of a device tensor stalls the host
+    until the GPU catches up, once per micro-batch (issue 17, item 7)."""
+    import copy
+
+    from host_reads import HostReads
+    from minimind.train.stages import get_stage
+    from minimind.train.stages.base import TrainContext
+
+    cfg_cls = get_stage(name).config_class
+    kw = {"out": "unused", "data": ["unused"], "max_steps": 1}
+    if name == "reason":
+        kw["tag_weight"] = 2.0
+    if name == "distill":
+        kw["teacher"] = "unused"
+    stage = get_stage(name)(cfg_cls(**kw))
+    moe = ModelConfig(vocab_size=tok.vocab_size, hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1,
+                      max_seq_len=64, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
+    torch.manual_seed(0)
+    model = MiniMindLM(moe).train()
+    frozen = copy.deepcopy(model).eval().requires_grad_(False)
+    ctx = TrainContext(config=stage.config, device=torch.device("cpu"), tokenizer=tok, model=model,
+                       extra={"ref": frozen, "teacher": frozen})
+    ids = torch.randint(0, tok.vocab_size, (4, 12))
+    labels = ids.clone()
+    labels[:, :5] = -100
+    labels[0, 6] = tok.token_to_id("<think>")
+    if name == "dpo":
+        batch = {"chosen_input_ids": ids[:2], "chosen_labels": labels[:2], "rejected_input_ids": ids[2:],
+                 "rejected_labels": labels[2:]}
+    else:
+        batch = {"input_ids": ids, "labels": labels}
+    if name == "grpo":
+        batch.update(advantages=torch.tensor([1.0, -1.0, 0.5, -0.5]), metrics={"reward": 0.5})
+    with HostReads() as reads:
+        loss, metrics = stage.loss(model, batch, ctx)
+    assert reads.count == 0, reads.calls
+    assert torch.isfinite(loss)
+    assert all(not isinstance(v, torch.Tensor) or v.dim() == 0 for v in metrics.values())

@@ -91,8 +91,8 @@ class MoE(nn.Module):
         dtype = _compute_dtype(x)
         inner = self.experts[0].gate_proj.out_features
         aligned = all(n * dtype.itemsize % 16 == 0 for n in (x.shape[-1], inner))  # the kernel's stride rule
-        if x.device.type == "cpu":
-            return aligned
+        if x.device.type == "cpu":  # the compiler's shape rules (meta kernel) take bf16 only
+            return aligned and (dtype == torch.bfloat16 or not torch.compiler.is_compiling())
         return (x.device.type == "cuda" and aligned and dtype == torch.bfloat16
                 and torch.cuda.get_device_capability(x.device)[0] >= 9)
 
