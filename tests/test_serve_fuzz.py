@@ -18,6 +18,7 @@ from infer_support import LiveServer, shared_trained_checkpoint
 
 from minimind.infer.loading import load_engine
 from minimind.serve import create_app
+from minimind.tools import builtin_tools
 
 PLAIN = st.text(st.characters(exclude_categories=("Cs",)), max_size=20)  # any text but lone surrogates
 JSON = st.recursive(
@@ -63,7 +64,9 @@ CHAT = st.fixed_dictionaries({"messages": st.lists(MESSAGE, min_size=1, max_size
     "chat_template_kwargs": st.fixed_dictionaries({"enable_thinking": st.booleans()}),
     "tools": st.lists(st.fixed_dictionaries({"type": st.just("function"), "function": st.fixed_dictionaries(
         {"name": edgy(WORD, "")}, optional={"parameters": JSON, "description": TEXT})}), max_size=2),
-    "tool_choice": edgy(st.sampled_from(["auto", "none"]), "required"),
+    "tool_choice": edgy(st.sampled_from(["auto", "none", "required", {"type": "function", "function": {"name": "f"}}]),
+                        "always", {"type": "function", "function": {"name": ""}}),
+    "execute_tools": st.booleans(),
     "response_format": edgy(st.just({"type": "text"}), {"type": "json_object"}),
 })
 COMPLETION = st.fixed_dictionaries(
@@ -114,7 +117,8 @@ REQUESTS = st.one_of(
 def server(tmp_path_factory):
     ckpt, _ = shared_trained_checkpoint(tmp_path_factory)
     engine = load_engine(ckpt, max_batch_size=4, max_len=64)
-    with LiveServer(create_app(engine, "tiny")) as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
+    with LiveServer(create_app(engine, "tiny", tools=builtin_tools())) as srv, \
+            httpx.Client(base_url=srv.url, timeout=30) as client:
         yield client
 
 

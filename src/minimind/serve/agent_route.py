@@ -11,8 +11,9 @@ Contract:
   reply with `ReplyReader`, append it to the conversation; if it made calls (finish "tool_calls"),
   run each through the `ToolRegistry` and append `tool` messages, then generate again.
 - Streaming: the usual chat chunks for every turn (reasoning, content, tool-call deltas with
-  indexes counting across turns), a chunk with the delta {"role": "tool", "tool_call_id", "name",
-  "content"} after each executed call, then one final chunk with the last turn's finish reason,
+  indexes counting across turns), a chunk with the delta {"tool_result": {"role": "tool",
+  "tool_call_id", "name", "content"}} after each executed call (its own key, so that a client
+  joining `content` deltas never mixes tool output into the answer), then one final chunk with the last turn's finish reason,
   the usage chunk if asked (summed over turns) and [DONE]. Without streaming: a chat.completion
   whose message is the last reply, with the extension "tool_messages" listing the intermediate
   assistant and tool messages in order.
@@ -135,7 +136,7 @@ async def _agent_stream(ctx: Context, req: ChatRequest, messages: list[dict], to
         finish = reader.finish(seq.finish_reason)
         results = _record(ctx, messages, items, reader, seq)
         for result in results:
-            yield R.sse(R.chat_chunk(*meta, result))
+            yield R.sse(R.chat_chunk(*meta, {"tool_result": result}))
         if not results:
             break
     yield R.sse(R.chat_chunk(*meta, {}, finish))
