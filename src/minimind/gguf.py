@@ -59,16 +59,19 @@ TOP_NAMES = {"embed_tokens.weight": "token_embd.weight", "norm.weight": "output_
 
 def gguf_architecture(cfg: ModelConfig) -> str:
     """llama.cpp's architecture name for this config, or a UserError saying why there is none."""
-    try:
-        hf = hf_architecture(cfg)
-    except UserError as err:
-        raise UserError(f"llama.cpp cannot run this model: {err}") from None
+    why = None
     if cfg.is_moe and not cfg.norm_topk_prob:
-        raise UserError("llama.cpp cannot run this model: its qwen3moe and ernie4_5-moe always renormalise the "
-                        "top-k router weights, and this model does not (norm_topk_prob false)")
-    if cfg.rope_scaling is not None:
-        raise UserError("llama.cpp export of YaRN models is not supported: llama.cpp's YaRN cos/sin scaling "
-                        "is not verified to equal ours; export without rope_scaling or use `export hf`")
+        why = "its qwen3moe and ernie4_5-moe always renormalise the top-k router weights (norm_topk_prob is false)"
+    elif cfg.is_moe and cfg.qk_norm and cfg.num_shared_experts:
+        why = "QK-norm with shared experts: its qwen3moe has no shared experts, its ernie4_5-moe no QK-norm"
+    elif cfg.is_moe and (cfg.qkv_bias or cfg.o_bias):
+        why = "its MoE architectures (qwen3moe, ernie4_5-moe) have no attention biases"
+    elif cfg.rope_scaling is not None:
+        why = ("YaRN export is not supported: llama.cpp's YaRN scaling is not verified to equal ours "
+               "(export without rope_scaling, or use `export hf`)")
+    if why is not None:
+        raise UserError(f"llama.cpp cannot run this model exactly: {why}")
+    hf = hf_architecture(cfg)
     return GGUF_ARCH[hf]
 
 
@@ -174,7 +177,9 @@ def tokenizer_fields(folder: Path, vocab_size: int) -> dict:
 def _write_hparams(w, cfg: ModelConfig, arch: str, dtype: str, name: str) -> None:
     import gguf
 
+    w.add_type("model")
     w.add_name(name)
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     w.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                      "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype])
     w.add_vocab_size(cfg.vocab_size)
@@ -211,6 +216,7 @@ def _write_tokenizer(w, cfg: ModelConfig, tok: dict) -> None:
     w.add_eos_token_id(cfg.eos_token_id)
     w.add_pad_token_id(cfg.pad_token_id)
     w.add_add_bos_token(False)  # our prompts carry their own <|im_start|>; nothing is prepended
+    w.add_add_eos_token(False)
     if tok["chat_template"]:
         w.add_chat_template(tok["chat_template"])
 
