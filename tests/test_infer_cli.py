@@ -11,6 +11,7 @@ import time
 import httpx
 import pytest
 from infer_support import shared_trained_checkpoint
+from test_agent import QUESTION, tool_checkpoint
 
 from minimind.cli import main
 
@@ -75,6 +76,26 @@ def test_chat_keeps_history(ckpt, capsys, monkeypatch):
 
 
 @pytest.mark.slow
+def test_chat_with_tools_runs_the_agent_loop(tmp_path_factory, capsys, monkeypatch):
+    """The tool-overfit model calls the calculator; chat runs it, shows the call and result, answers."""
+    ckpt = tool_checkpoint(tmp_path_factory)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"/stats\n{QUESTION}\n"))
+    assert main(["chat", "--ckpt", str(ckpt), "--tools", "calculator", "--no-think", "--temperature", "0",
+                 "--max-new-tokens", "40"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1:] == ['[tool] calculator({"expression": "(2+3)*4"}) -> {"result": 20}', "assistant> It is 20.",
+                         "[2 model replies, 1 tool calls, answer]"]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["chat", "--tools", "calculator,rm"], "--tools: unknown tool(s) rm; built-in: calculator,"),
+    (["generate", "--prompt", "x", "--tools"], "--tools works with `minimind chat` and `minimind serve`"),
+])
+def test_bad_tools_flag(ckpt, capsys, argv, message):
+    assert main([argv[0], "--ckpt", str(ckpt), *argv[1:]]) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_serve_subprocess_health(ckpt, tmp_path):
     import socket
 
@@ -83,7 +104,7 @@ def test_serve_subprocess_health(ckpt, tmp_path):
         port = s.getsockname()[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "minimind", "serve", "--ckpt", str(ckpt), "--port", str(port),
-                             "--api-key", "k", "--allowed-hosts", "my.lan,other.lan"],
+                             "--api-key", "k", "--allowed-hosts", "my.lan,other.lan", "--tools", "calculator,weekday"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     try:
         deadline = time.time() + 60
@@ -96,6 +117,7 @@ def test_serve_subprocess_health(ckpt, tmp_path):
                     raise AssertionError(proc.stdout.read().decode() if proc.poll() is not None else "no server")
                 time.sleep(0.2)
         assert r.json()["status"] == "ok"
+        assert [t["function"]["name"] for t in r.json()["tools"]] == ["calculator", "weekday"]  # --tools reached it
         r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", headers={"Authorization": "Bearer k"},
                        json={"messages": [{"role": "user", "content": "你好"}], "temperature": 0}, timeout=30)
         assert r.json()["choices"][0]["message"]["content"] == ANSWER

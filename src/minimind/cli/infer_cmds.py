@@ -3,8 +3,12 @@
 - generate: one prompt (rendered as a user turn unless --raw), streamed; the answer goes to
   stdout, the reasoning (when thinking is on) to stderr, so `> out.txt` keeps only the answer.
 - chat: a multi-turn REPL reading stdin line by line (so it can be piped); commands /reset,
-  /system TEXT, /think on|off, /stats, /help, /quit.
-- serve: the OpenAI-compatible server and web page (127.0.0.1 unless --host says otherwise).
+  /system TEXT, /think on|off, /stats, /help, /quit. With --tools [NAMES] the model is offered
+  the built-in tools (minimind.tools; all, or the comma-separated NAMES) and each reply runs
+  through the agent loop (minimind.agent): every call is shown as `[tool] name(arguments) ->
+  result` and the answer follows (not streamed: the loop generates whole replies).
+- serve: the OpenAI-compatible server and web page (127.0.0.1 unless --host says otherwise);
+  --tools [NAMES] lets it run those built-in tools for requests that ask (the web page does).
   Every serve flag is checked before the model loads: a bad value is one `error:` line, exit 2.
 """
 
@@ -35,6 +39,9 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-len", type=int, default=None,
                    help="context length in tokens (default: the model's, at most 2048 for serve)")
     p.add_argument("--compile", action="store_true", help="torch.compile the decode step")
+    p.add_argument("--tools", nargs="?", const="all", default=None, metavar="NAMES",
+                   help="offer the built-in tools (all, or comma-separated names: "
+                        "calculator,convert_units,add_days,days_between,weekday,text_length,lookup_capital)")
     p.add_argument("--lora", action="append", default=[], metavar="[NAME=]DIR",
                    help="load a LoRA adapter folder (repeatable for serve: clients pick it by model=NAME; "
                         "generate/chat use the first)")
@@ -84,10 +91,28 @@ def register(sub: argparse._SubParsersAction) -> None:
 MAX_BATCH = 1024  # rows of one preallocated KV cache; far beyond what a small model on one device serves
 
 
+def _registry(args: argparse.Namespace):
+    """The ToolRegistry --tools asks for (None without --tools); UserError for an unknown name."""
+    from ..tools import ToolRegistry, builtin_tools
+
+    if getattr(args, "tools", None) is None:
+        return None
+    tools = builtin_tools()
+    if args.tools == "all":
+        return tools
+    names = [n.strip() for n in args.tools.split(",") if n.strip()]
+    unknown = [n for n in names if n not in tools]
+    if unknown or not names:
+        raise UserError(f"--tools: unknown tool(s) {', '.join(unknown) or repr(args.tools)}; "
+                        f"built-in: {', '.join(tools.names)}")
+    return ToolRegistry(tools.tools[n] for n in names)
+
+
 def _check_model_flags(args: argparse.Namespace) -> None:
     """Flags shared by generate/chat/serve, checked before anything loads."""
     from ..devices import pick_device  # imports torch: kept out of `minimind --help`
 
+    _registry(args)
     if args.max_len is not None and args.max_len < 2:
         raise UserError(f"--max-len must be at least 2 (one prompt token and one generated), got {args.max_len}")
     pick_device(args.device)  # a bad or absent device fails now, before the model loads
@@ -199,6 +224,8 @@ def _stats(seq) -> str:
 def cmd_generate(args: argparse.Namespace) -> int:
     from ..chat import render_prompt
 
+    if args.tools is not None:
+        raise UserError("--tools works with `minimind chat` and `minimind serve`, not generate")
     _check_model_flags(args)
     engine = _engine(args)
     params = _params(args, args.stop)
@@ -214,6 +241,30 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command(text: str, state: dict) -> bool:
+    """Run one /command on the chat state (history, system, thinking, stats); True to quit."""
+    cmd, _, rest = text.partition(" ")
+    if cmd in ("/quit", "/exit"):
+        return True
+    if cmd == "/reset":
+        state["history"] = []
+        print("(conversation cleared)")
+    elif cmd == "/system":
+        state["system"] = rest.strip() or None
+        print(f"(system prompt {'set' if state['system'] else 'cleared'})")
+    elif cmd == "/think" and rest.strip() in ("on", "off"):
+        state["thinking"] = rest.strip() == "on"
+        print(f"(thinking {'on' if state['thinking'] else 'off'})")
+    elif cmd == "/stats":
+        state["stats"] = not state["stats"]
+        print(f"(stats {'on' if state['stats'] else 'off'})")
+    elif cmd == "/help":
+        print(HELP)
+    else:
+        print(f"(unknown command {text!r}; /help lists them)")
+    return False
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
     from ..chat import fit_prompt
 
@@ -221,8 +272,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
     engine = _engine(args)
     params = _params(args)
     tok = engine.tokenizer
-    system, thinking, stats = args.system, not args.no_think, False
-    history: list[dict] = []
+    registry = _registry(args)
+    specs = registry.specs() if registry else None
+    state = {"history": [], "system": args.system, "thinking": not args.no_think, "stats": False}
     interactive = sys.stdin.isatty()
     if interactive:
         print(f"MiniMind chat ({args.ckpt}); /help for commands, Ctrl-D to leave.")
@@ -232,45 +284,63 @@ def cmd_chat(args: argparse.Namespace) -> int:
         except EOFError:
             break
         text = line.strip()
-        if not text:
+        if text.startswith("/") and _command(text, state):
+            break
+        if not text or text.startswith("/"):
             continue
-        if text.startswith("/"):
-            cmd, _, rest = text.partition(" ")
-            if cmd in ("/quit", "/exit"):
-                break
-            elif cmd == "/reset":
-                history = []
-                print("(conversation cleared)")
-            elif cmd == "/system":
-                system = rest.strip() or None
-                print(f"(system prompt {'set' if system else 'cleared'})")
-            elif cmd == "/think" and rest.strip() in ("on", "off"):
-                thinking = rest.strip() == "on"
-                print(f"(thinking {'on' if thinking else 'off'})")
-            elif cmd == "/stats":
-                stats = not stats
-                print(f"(stats {'on' if stats else 'off'})")
-            elif cmd == "/help":
-                print(HELP)
-            else:
-                print(f"(unknown command {text!r}; /help lists them)")
-            continue
-        history.append({"role": "user", "content": text})
-        head = [{"role": "system", "content": system}] if system else []
+        history, thinking = state["history"] + [{"role": "user", "content": text}], state["thinking"]
+        head = [{"role": "system", "content": state["system"]}] if state["system"] else []
         try:  # keep the newest turns that fit, leaving room for a reply of at least a few tokens
-            ids, dropped = fit_prompt(tok, head + history, engine.context_len - 16, thinking=thinking)
+            ids, dropped = fit_prompt(tok, head + history, engine.context_len - 16, thinking=thinking, tools=specs)
         except UserError as err:  # this one message can never fit: refuse it, keep the session
-            history.pop()
             print(f"({err})")
             continue
         if dropped:
             history = history[dropped:]
             print(f"(oldest {dropped} messages dropped to fit the context)")
-        answer, seq = _reply(engine, ids, params, thinking, _Printer(sys.stdout, label=True))
-        history.append({"role": "assistant", "content": answer})
-        if stats:
-            print(_stats(seq))
+        if registry is not None:
+            history += _agent_reply(engine, head + history, params, thinking, registry, state["stats"])
+        else:
+            answer, seq = _reply(engine, ids, params, thinking, _Printer(sys.stdout, label=True))
+            history.append({"role": "assistant", "content": answer})
+            if state["stats"]:
+                print(_stats(seq))
+        state["history"] = history
     return 0
+
+
+AGENT_NOTES = {"malformed": "(the model wrote a tool call that does not parse; shown as text)",
+               "turn_limit": "(stopped: the model was still calling tools after {turns} replies)",
+               "context": "(stopped: the conversation no longer fits the context)"}
+AGENT_TURNS = 4
+
+
+def _agent_reply(engine, messages: list[dict], params, thinking: bool, registry, stats: bool) -> list[dict]:
+    """One user turn through the agent loop, printing calls and results; returns the new messages."""
+    import json
+
+    from ..agent import engine_model, run_agents
+
+    pending: list[dict] = []  # calls of the last reply, matched in order with their results
+
+    def show(_: int, msg: dict) -> None:
+        if msg["role"] == "tool":
+            fn = pending.pop(0)["function"]
+            print(f"[tool] {fn['name']}({json.dumps(fn['arguments'], ensure_ascii=False)}) -> {msg['content']}")
+            return
+        if msg.get("reasoning_content"):
+            print(f"thinking> {msg['reasoning_content']}")
+        pending[:] = msg.get("tool_calls", [])
+        if msg["content"] or not pending:
+            print(f"assistant> {msg['content']}")
+
+    (run,) = run_agents(engine_model(engine, params, tools=registry.specs(), thinking=thinking), [messages],
+                        registry, max_turns=AGENT_TURNS, on_message=show)
+    if run.finish in AGENT_NOTES:
+        print(AGENT_NOTES[run.finish].format(turns=run.turns))
+    if stats:
+        print(f"[{run.turns} model replies, {run.tool_calls} tool calls, {run.finish}]")
+    return run.messages[len(messages):]
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -280,10 +350,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _check_serve_flags(args)
     engine = _engine(args, default_max_len=2048)
     name = args.model_name or Path(args.ckpt).resolve().name
+    tools = _registry(args)
     print(f"serving {name} on http://{args.host}:{args.port} (context {engine.context_len}, "
-          f"batch {args.max_batch_size}{', API key required' if args.api_key else ''})", flush=True)
+          f"batch {args.max_batch_size}{', API key required' if args.api_key else ''}"
+          f"{', tools: ' + ', '.join(tools.names) if tools else ''})", flush=True)
     t = time.perf_counter()
     serve(engine, host=args.host, port=args.port, api_key=args.api_key, model_name=name,
-          max_batch_size=args.max_batch_size, allowed_hosts=_allowed_hosts(args))
+          max_batch_size=args.max_batch_size, allowed_hosts=_allowed_hosts(args), tools=tools)
     print(f"stopped after {time.perf_counter() - t:.0f} s")
     return 0
