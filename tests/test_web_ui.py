@@ -124,3 +124,57 @@ def test_chat_page_streams_a_reply(server, browser, tmp_path):
     body = json.loads(browser.execute_script("return window.__bodies[window.__bodies.length - 1]"))
     assert body["messages"] == [{"role": "system", "content": "你是一个有用的助手。"}, {"role": "user", "content": "hi"}]
     assert body["enable_thinking"] is False
+
+
+@pytest.fixture(scope="module")
+def tool_server(tmp_path_factory):
+    from test_agent import tool_checkpoint
+
+    from minimind.tools import ToolRegistry, builtin_tools
+
+    engine = load_engine(tool_checkpoint(tmp_path_factory), max_batch_size=2, max_len=512)
+    calculator = ToolRegistry([builtin_tools().tools["calculator"]])
+    with LiveServer(create_app(engine, "tiny", tools=calculator)) as srv:
+        yield srv
+
+
+def test_chat_page_shows_tool_calls_and_results(tool_server, browser):
+    """Started with tools, the page offers them; the server runs the calculator; the page shows the call."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from test_agent import QUESTION
+
+    browser.get(tool_server.url + "/")
+    wait_until(browser, "return !document.getElementById('tools-setting').hidden")
+    browser.execute_script(SPY)
+    browser.find_element(By.ID, "toggle-settings").click()
+    for field, value in (("temperature", "0"), ("max_tokens", "60")):
+        box = browser.find_element(By.ID, field)
+        box.clear()
+        box.send_keys(value)
+    browser.find_element(By.ID, "thinking").click()  # the tool model was trained without reasoning
+    browser.find_element(By.ID, "toggle-settings").click()
+    box = browser.find_element(By.ID, "input")
+    box.send_keys(QUESTION, Keys.ENTER)
+    wait_until(browser, "return document.body.dataset.busy === '' && document.querySelector('.tool-call.done')")
+
+    block = browser.find_element(By.CSS_SELECTOR, ".msg.assistant details.tool-call")
+    assert block.find_element(By.CSS_SELECTOR, ".tool-name").text == "calculator"
+    assert browser.execute_script("return arguments[0].open", block) is False  # collapsed until clicked
+    text = lambda sel: browser.execute_script(f"return arguments[0].querySelector('{sel}').textContent", block)
+    assert json.loads(text(".tool-args")) == {"expression": "(2+3)*4"} and text(".tool-result") == '{"result": 20}'
+    block.find_element(By.TAG_NAME, "summary").click()
+    assert block.find_element(By.CSS_SELECTOR, ".tool-result").is_displayed()
+    assert browser.find_element(By.CSS_SELECTOR, ".msg.assistant .content").text == "It is 20."
+    body = json.loads(browser.execute_script("return window.__bodies[window.__bodies.length - 1]"))
+    assert body["execute_tools"] is True and [t["function"]["name"] for t in body["tools"]] == ["calculator"]
+
+    # The next request carries the whole exchange: the call, its result, the answer.
+    box.send_keys("thanks", Keys.ENTER)
+    wait_until(browser, "return document.body.dataset.busy === '' && "
+                        "document.querySelectorAll('.msg.assistant').length === 2")
+    body = json.loads(browser.execute_script("return window.__bodies[window.__bodies.length - 1]"))
+    assert [m["role"] for m in body["messages"]] == ["user", "assistant", "tool", "assistant", "user"]
+    assert body["messages"][1]["tool_calls"][0]["function"]["name"] == "calculator"
+    assert body["messages"][2]["content"] == '{"result": 20}' and body["messages"][3]["content"] == "It is 20."
+    assert body["messages"][2]["tool_call_id"] == body["messages"][1]["tool_calls"][0]["id"]

@@ -1,11 +1,14 @@
 // MiniMind chat page: talks to the server's own OpenAI-compatible API with streaming.
 // No build step, no dependencies. State: the conversation (`history`) and the settings,
-// which persist in localStorage.
+// which persist in localStorage. When /health lists tools (the server was started with
+// --tools) and "Tools" is on, requests carry those tools and `execute_tools: true`: the server
+// runs its agent loop, and each call and its result show as a small collapsible block.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const SETTINGS = ["temperature", "top_p", "max_tokens", "system", "api_key", "thinking"];
-let history = [];        // [{role, content}] of finished turns
+const SETTINGS = ["temperature", "top_p", "max_tokens", "system", "api_key", "thinking", "use_tools"];
+let history = [];        // [{role, content, tool_calls?, tool_call_id?}] of finished turns
+let serverTools = [];    // OpenAI function specs the server runs itself (GET /health)
 let controller = null;   // AbortController of the reply being streamed
 
 function loadSettings() {
@@ -29,6 +32,22 @@ function addMessage(role, text) {
   $("messages").appendChild(div);
   div.scrollIntoView({block: "end"});
   return div;
+}
+
+// One block per tool call: its name and arguments, then (once the server ran it) its result.
+function addToolCall(node, call) {
+  const block = $("tool-template").content.firstElementChild.cloneNode(true);
+  block.dataset.id = call.id;
+  block.querySelector(".tool-name").textContent = call.function.name;
+  block.querySelector(".tool-args").textContent = call.function.arguments || "";
+  node.querySelector(".tools").appendChild(block);
+  return block;
+}
+function addToolResult(node, result) {
+  const block = [...node.querySelectorAll(".tool-call")].find((b) => b.dataset.id === result.tool_call_id);
+  if (!block) return;
+  block.querySelector(".tool-result").textContent = result.content;
+  block.classList.add("done");
 }
 
 function headers() {
@@ -77,6 +96,10 @@ async function send(text) {
     temperature: parseFloat($("temperature").value), top_p: parseFloat($("top_p").value),
     max_tokens: parseInt($("max_tokens").value, 10), enable_thinking: $("thinking").checked,
   };
+  const useTools = serverTools.length > 0 && $("use_tools").checked;
+  if (useTools) Object.assign(body, {tools: serverTools, execute_tools: true});
+  const turns = [];                       // finished assistant + tool messages of this reply
+  let turnContent = "", turnCalls = [];   // the model reply being streamed
   controller = new AbortController();
   setBusy(true);
   const t0 = performance.now();
@@ -101,7 +124,27 @@ async function send(text) {
         think.hidden = false;
         reasoning.textContent += delta.reasoning_content;
       }
+      for (const d of delta.tool_calls || []) {
+        if (d.id) {
+          turnCalls.push({id: d.id, type: "function", function: {name: d.function.name, arguments: ""}});
+          addToolCall(node, turnCalls[turnCalls.length - 1]);
+        }
+        const call = turnCalls[turnCalls.length - 1];
+        if (call && d.function && d.function.arguments) {
+          call.function.arguments += d.function.arguments;
+          node.querySelector(`.tool-call[data-id="${call.id}"] .tool-args`).textContent = call.function.arguments;
+        }
+      }
+      if (delta.tool_result) {
+        if (turnCalls.length) {  // the reply that made these calls is finished: keep it in the history
+          turns.push({role: "assistant", content: turnContent, tool_calls: turnCalls});
+          turnContent = "", turnCalls = [];
+        }
+        turns.push({role: "tool", tool_call_id: delta.tool_result.tool_call_id, content: delta.tool_result.content});
+        addToolResult(node, delta.tool_result);
+      }
       if (delta.content) {
+        turnContent += delta.content;
         if (tThinkEnd === null && !think.hidden) {
           tThinkEnd = performance.now();
           think.open = false;  // collapse the reasoning once the answer starts
@@ -113,7 +156,7 @@ async function send(text) {
       node.scrollIntoView({block: "end"});
     }
     if (!think.hidden && tThinkEnd === null) think.querySelector("summary").textContent = "Thoughts";
-    history.push({role: "user", content: text}, {role: "assistant", content: answer});
+    history.push({role: "user", content: text}, ...turns, {role: "assistant", content: turnContent});
   } catch (err) {
     if (err.name === "AbortError") {
       stats.textContent = "stopped";
@@ -164,6 +207,11 @@ document.addEventListener("DOMContentLoaded", () => {
       $("composer").requestSubmit();
     }
   });
+  fetch("/health").then((r) => r.json()).then((h) => {
+    serverTools = h.tools || [];
+    $("tools-setting").hidden = serverTools.length === 0;
+    $("tools-setting").title = serverTools.map((t) => t.function.name).join(", ");
+  }).catch(() => {});
   fetch("/v1/models", {headers: headers()}).then((r) => r.json()).then((m) => {
     if (m.data && m.data.length) $("model-name").textContent = m.data[0].id;
   }).catch(() => {});
