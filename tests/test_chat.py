@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from minimind.chat import (fit_prompt, render_conversation, render_pieces, render_prompt, render_text,
-                           split_reasoning)
+from minimind.chat import (call_prefix, fit_prompt, parse_reply, parse_tool_calls, render_conversation,
+                           render_pieces, render_prompt, render_text, split_reasoning)
 from minimind.errors import UserError
 from minimind.tokenizer import default_tokenizer_dir, load_tokenizer
 
@@ -292,3 +292,95 @@ def test_fit_prompt_drops_oldest_exchanges_and_keeps_the_system_message(tok):
     with pytest.raises(UserError, match=rf"message too long: the prompt would be {len(last)} tokens, "
                                         rf"the context leaves room for {len(last) - 1}; not sent"):
         fit_prompt(tok, HISTORY, len(last) - 1, thinking=False)
+
+
+# -- tool calls: masks, parity with transformers' tools=, parsing as the renderer's inverse ----------
+
+AGENT_CONV = [  # tools given as an argument: calls, results, a second round, a final answer
+    {"role": "system", "content": "You can use tools."}, {"role": "user", "content": "北京天气？ and 2+3?"},
+    {"role": "assistant", "content": "", "reasoning_content": "two tools", "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "北京"}'}},
+        {"id": "call_2", "type": "function", "function": {"name": "calculator",
+                                                          "arguments": {"expression": "2+3", "opts": {"n": [1, 2]}}}}]},
+    {"role": "tool", "tool_call_id": "call_1", "content": '{"temp": 20}'},
+    {"role": "tool", "tool_call_id": "call_2", "content": '{"result": 5}'},
+    {"role": "assistant", "content": "Let me check once more.", "tool_calls": [
+        {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "上海"}}}]},
+    {"role": "tool", "tool_call_id": "call_3", "content": "<tool_call>not a call</tool_call> 晴"},
+    {"role": "assistant", "content": "北京 20 度，2+3=5。"}]
+AGENT_TOOLS = TOOLS + [{"type": "function", "function": {"name": "calculator", "parameters": {
+    "type": "object", "properties": {"expression": {"type": "string"}}, "required": ["expression"]}}}]
+
+
+def test_tool_messages_carry_no_loss(tok):
+    """SFT: tool results are context (mask 0 over every token of them), assistant turns are trained."""
+    ids, mask = render_conversation(tok, AGENT_CONV, tools=AGENT_TOOLS)
+    pieces = render_pieces(AGENT_CONV, tools=AGENT_TOOLS)
+    results = [m["content"] for m in AGENT_CONV if m["role"] == "tool"]
+    assert [p.text for p in pieces if p.content and p.text in results] == results
+    assert all(p.trainable == 0 for p in pieces if p.text in results or "<tool_response>" in p.text)
+    # token level: everything from each <tool_response> block's user turn to its <|im_end|> is 0
+    start = tok.token_to_id("<tool_response>")
+    assert ids.count(start) == 3
+    for i, t in enumerate(ids):
+        if t == start:
+            end = next(j for j in range(i, len(ids)) if ids[j] == tok.token_to_id("</tool_response>"))
+            assert not any(mask[i:end + 1])
+    spans = masked_spans(tok, ids, mask)
+    assert len(spans) == 3 and all(s.endswith("<|im_end|>") for s in spans)
+    assert spans[2] == "<think>\n\n</think>\n\n北京 20 度，2+3=5。<|im_end|>"
+    assert not any(r in "".join(spans) for r in ('{"temp": 20}', '{"result": 5}', "晴"))
+
+
+def test_tool_round_trip_equals_transformers_with_tools_argument(tok, hf_tok):
+    conv = [dict(m, content=m["content"].replace("<tool_call>not a call</tool_call> ", "")) for m in AGENT_CONV]
+    out = hf_tok.apply_chat_template(conv, tools=AGENT_TOOLS, tokenize=True, return_dict=True,
+                                     return_assistant_tokens_mask=True)
+    ids, mask = render_conversation(tok, conv, tools=AGENT_TOOLS)
+    assert hf_tok.apply_chat_template(conv, tools=AGENT_TOOLS, tokenize=False) == render_text(conv, tools=AGENT_TOOLS)
+    assert list(out["input_ids"]) == ids and list(out["assistant_masks"]) == mask
+    for cut in (2, 5, 7):  # prompts right after a user turn and right after tool results
+        for thinking in (True, False):
+            hf = hf_tok.apply_chat_template(conv[:cut], tools=AGENT_TOOLS, tokenize=True, return_dict=True,
+                                            add_generation_prompt=True, enable_thinking=thinking)
+            assert list(hf["input_ids"]) == render_prompt(tok, conv[:cut], tools=AGENT_TOOLS, thinking=thinking)
+
+
+def test_parse_tool_calls_several_nested_and_malformed():
+    one = '<tool_call>\n{"name": "f", "arguments": {"x": {"y": [1, {"z": "}"}]}}}\n</tool_call>'
+    two = '<tool_call>\n{"name": "g", "arguments": "{\\"a\\": 1}"}\n</tool_call>'
+    assert parse_tool_calls("<think>\nhm <tool_call>\n</think>\n\nok\n" + one + "\n" + two) == \
+        ([("f", {"x": {"y": [1, {"z": "}"}]}}), ("g", {"a": 1})], True)
+    assert parse_tool_calls("plain") == ([], False)
+    assert parse_tool_calls('<tool_call>\n{"name": "f", "arguments": {"x": }\n</tool_call>') == ([], False)
+    assert parse_tool_calls(one + '\n<tool_call>\n{"name": "g"') == ([("f", {"x": {"y": [1, {"z": "}"}]}})], False)
+    assert parse_tool_calls('<tool_call>\n{"name": "", "arguments": {}}\n</tool_call>')[1] is False
+    assert parse_tool_calls('<tool_call>\n{"name": "f", "arguments": [1]}\n</tool_call>')[1] is False
+
+
+@pytest.mark.parametrize("conv", [c for c in CONVERSATIONS if any(m["role"] == "assistant" for m in c)])
+def test_parse_reply_inverts_the_assistant_body(tok, conv):
+    """Render each assistant turn, parse its text back: the same message, and it renders identically."""
+    for i, msg in enumerate(conv):
+        if msg["role"] != "assistant":
+            continue
+        generated = render_text([msg]).removeprefix("<|im_start|>assistant\n").removesuffix("<|im_end|>\n")
+        parsed, ok = parse_reply(generated)
+        assert ok
+        assert render_text(conv[:i] + [parsed]) == render_text(conv[:i + 1])
+
+
+def test_parse_reply_malformed_keeps_the_text():
+    bad = 'Sure.\n<tool_call>\n{"name": "f", "arguments": {"x": 1}\n</tool_call>'
+    assert parse_reply(bad) == ({"role": "assistant", "content": bad}, False)
+    assert parse_reply("<think>\nr\n</think>\n\nhi") == (
+        {"role": "assistant", "content": "hi", "reasoning_content": "r"}, True)
+
+
+def test_call_prefix_is_how_training_lays_out_a_call(tok):
+    msgs = [{"role": "user", "content": "x"}]
+    call = {"role": "assistant", "content": "", "tool_calls": [{"name": "weekday", "arguments": {"d": 1}}]}
+    trained = render_text(msgs + [call])
+    for name in (None, "weekday"):
+        prefilled = tok.decode(render_prompt(tok, msgs, thinking=False, prefill=call_prefix(name)))
+        assert trained.startswith(prefilled)
