@@ -37,6 +37,7 @@ import torch
 
 from ..model import KVCache, MiniMindLM
 from .adapters import AdapterBank
+from .packed_linear import PackedLinears
 from .sampling import InvalidParams, SamplingParams, make_generator, sample_tokens, token_logprobs
 from .streaming import IncrementalDecoder, StopMatcher
 
@@ -95,9 +96,11 @@ class BatchRunner:
     """
 
     def __init__(self, model: MiniMindLM, capacity: int, max_len: int, pad_id: int = 0,
-                 decode=None, decode_model=None, adapters: AdapterBank | None = None) -> None:
+                 decode=None, decode_model=None, adapters: AdapterBank | None = None,
+                 packed: PackedLinears | None = None) -> None:
         self.model = model
         self.adapters = adapters
+        self.packed = packed  # oneDNN-packed Linear weights for eager CPU forwards (packed_linear.py)
         self.decode_model = model if decode_model is None else decode_model  # maybe torch.compile(model)
         self.cache = model.new_kv_cache(capacity, max_len)
         self.capacity, self.max_len, self.pad_id = capacity, max_len, pad_id
@@ -169,14 +172,15 @@ class BatchRunner:
             mask[i, P - p:] = 1
             s.row, s.start = n + i, L - p
             s.t_admit = time.perf_counter()
-            self.seen[n + i] = False
-            self.seen[n + i, torch.tensor(s.prompt_ids, device=self.device)] = True
+            if s.params.repetition_penalty != 1.0:  # other rows never read their `seen` row
+                self.seen[n + i] = False
+                self.seen[n + i, torch.tensor(s.prompt_ids, device=self.device)] = True
         self.cache.valid[n:n + m] = False
         self.seqs.extend(new)
         view = self._view(n, n + m, L - P)
         # Equal-length prompts in an empty cache need no mask: plain causal attention (faster).
         view.padded = L != P or any(len(s.prompt_ids) != P for s in new)
-        with self._adapters_for(new):
+        with self._adapters_for(new), self._packed_for(self.model):
             out = self.model(ids.to(self.device), attention_mask=mask.to(self.device), kv_cache=view, logits_to_keep=1)
         return self._accept(new, out.logits[:, -1])
 
@@ -201,7 +205,7 @@ class BatchRunner:
             self._shift(-min(s.start for s in self.seqs))
         n = len(self.seqs)
         ids = torch.tensor([[s.output_ids[-1]] for s in self.seqs], device=self.device)
-        with self._adapters_for(self.seqs):
+        with self._adapters_for(self.seqs), self._packed_for(self.decode_model):
             out = self.decode_model(ids, kv_cache=self._view(0, n, self.length))
         self.length += 1
         return events + self._accept(self.seqs, out.logits[:, -1])
@@ -212,6 +216,12 @@ class BatchRunner:
             return contextlib.nullcontext()
         return self.adapters.rows([s.adapter for s in seqs])
 
+    def _packed_for(self, model):
+        """Packed CPU matmuls for an eager forward of our model (a compiled one does its own)."""
+        if self.packed is None or model is not self.model:
+            return contextlib.nullcontext()
+        return self.packed.active()
+
     def cancel(self, seq: Sequence) -> None:
         if seq in self.seqs and not seq.finished:
             self._finish(seq, "cancelled", "")
@@ -220,14 +230,19 @@ class BatchRunner:
     # -- per-token bookkeeping ----------------------------------------------------------------
 
     def _accept(self, seqs: list[Sequence], logits: torch.Tensor) -> list[Event]:
-        rows = torch.tensor([s.row for s in seqs], device=self.device)
-        tokens = sample_tokens(logits, [s.params for s in seqs], [s.generator for s in seqs],
-                               self.seen[rows]).tolist()
+        # The `seen` mask (prompt and output tokens of each row) only matters to rows with a
+        # repetition penalty: without one, no per-step gather or update at all.
+        pen = [i for i, s in enumerate(seqs) if s.params.repetition_penalty != 1.0]
+        seen = self.seen[torch.tensor([s.row for s in seqs], device=self.device)] if pen else None
+        picked = sample_tokens(logits, [s.params for s in seqs], [s.generator for s in seqs], seen)
+        tokens = picked.tolist()
+        if pen:
+            rows = torch.tensor([seqs[i].row for i in pen], device=self.device)
+            self.seen[rows, picked[torch.tensor(pen, device=self.device)]] = True
         now = time.perf_counter()
         events = []
         for s, tok in zip(seqs, tokens):
             s.output_ids.append(tok)
-            self.seen[s.row, tok] = True
             if s.t_first is None:
                 s.t_first = now
             if tok in s.stop_ids:
@@ -294,6 +309,7 @@ class Engine:
         # Compiling the decode step: shapes change every step (the cache grows), so dynamic.
         self.decode_model = torch.compile(model, dynamic=True) if compile else None
         self.adapters: AdapterBank | None = None  # LoRA adapters selectable per request
+        self.packed = PackedLinears(model)
         self._ids = itertools.count()
 
     def load_adapter(self, name: str, folder) -> None:
@@ -335,7 +351,8 @@ class Engine:
 
     def runner(self, capacity: int | None = None, max_len: int | None = None) -> BatchRunner:
         return BatchRunner(self.model, capacity or self.max_batch_size, min(max_len or self.context_len, self.context_len),
-                           pad_id=self.pad_id, decode_model=self.decode_model, adapters=self.adapters)
+                           pad_id=self.pad_id, decode_model=self.decode_model, adapters=self.adapters,
+                           packed=self.packed)
 
     def run(self, seqs: list[Sequence]) -> Iterator[Event]:
         """Drive `seqs` to completion in batches of at most max_batch_size, yielding events."""
