@@ -89,18 +89,6 @@ def test_round_trip_streaming(client):
     assert (content, calls, finish) == ("It is 20.", {}, "stop")
 
 
-def test_without_tools_the_markup_is_plain_content(client):
-    r = client.chat.completions.create(model="tiny", messages=ASK, temperature=0, max_tokens=60,
-                                       extra_body={"enable_thinking": False})
-    # the model was trained with the calculator shown; unshown, whatever it says stays text
-    assert not r.choices[0].message.tool_calls and r.choices[0].finish_reason in ("stop", "length")
-
-
-def test_tool_choice_none_hides_the_tools(client):
-    r = create(client, ASK, tool_choice="none")
-    assert not r.choices[0].message.tool_calls and r.choices[0].finish_reason != "tool_calls"
-
-
 def test_execute_tools_runs_the_servers_calculator(client, server):
     r = create(client, ASK, extra={"execute_tools": True})
     msg = r.choices[0].message
@@ -225,6 +213,17 @@ def streamed_raw(client, kw):
                 c["arguments"] += d.function.arguments or ""
             finish = choice.finish_reason or finish
     return content, calls, finish, None
+
+
+@pytest.mark.parametrize("tools", [None, "none"])
+def test_without_tools_or_with_tool_choice_none_markup_is_content(scripted, tools):
+    reply = call("calculator", {"expression": "1"})
+    scripted.script = lambda prompt: reply
+    kw = {"tools": TOOLS2, "tool_choice": "none"} if tools else {}
+    r = scripted.client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}], **kw)
+    assert r.choices[0].message.content == reply and not r.choices[0].message.tool_calls
+    assert r.choices[0].finish_reason == "stop"
+    assert "# Tools" not in scripted.prompts[-1]  # "none": the model is not shown the tools
 
 
 def test_markup_never_leaks_into_content_deltas(scripted):

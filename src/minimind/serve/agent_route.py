@@ -34,7 +34,7 @@ from . import responses as R
 from .errors import APIError
 from .generation import collect, drain, event_stream, sampling_params, stream_error
 from .schemas import ChatRequest
-from .tool_calls import ReplyReader, call_deltas
+from .tool_calls import ReplyReader, chat_deltas
 
 if TYPE_CHECKING:
     from .app import Context
@@ -124,12 +124,9 @@ async def _agent_stream(ctx: Context, req: ChatRequest, messages: list[dict], to
         async for ev in drain(seq, events):
             new = reader.push(ev.text, ev.finished)
             items += new
-            for kind, value in new:
-                deltas = call_deltas(calls, value) if kind == "tool_call" else [
-                    {"reasoning_content" if kind == "reasoning" else "content": value}]
-                calls += kind == "tool_call"
-                for delta in deltas:
-                    yield R.sse(R.chat_chunk(*meta, delta))
+            for delta in chat_deltas(new, calls):
+                yield R.sse(R.chat_chunk(*meta, delta))
+            calls += sum(kind == "tool_call" for kind, _ in new)
         if seq.finish_reason == "error":
             yield stream_error()
             return

@@ -29,7 +29,7 @@ from .errors import APIError
 from .generation import collect, drain, event_stream, sampling_params, stream_error
 from .logprobs import chat_entries, chat_logprobs, completion_logprobs
 from .schemas import ChatRequest, CompletionRequest
-from .tool_calls import ReplyReader, call_deltas, forced_call
+from .tool_calls import ReplyReader, chat_deltas, forced_call
 
 if TYPE_CHECKING:  # app.py imports this module for its routes
     from .app import Context
@@ -61,18 +61,6 @@ async def chat_completions(request: Request):
     return R.chat_completion(*meta, message, seq, logprobs, reader.finish(seq.finish_reason))
 
 
-def chat_deltas(items: list[tuple[str, object]], calls_sent: int) -> list[dict]:
-    """Stream deltas of reader items; tool calls numbered from `calls_sent`."""
-    out: list[dict] = []
-    for kind, value in items:
-        if kind == "tool_call":
-            out += call_deltas(calls_sent, value)
-            calls_sent += 1
-        else:
-            out.append({"reasoning_content" if kind == "reasoning" else "content": value})
-    return out
-
-
 async def chat_stream(ctx: Context, req: ChatRequest, seq: Sequence, events: asyncio.Queue, reader: ReplyReader,
                       meta: tuple[str, int, str]) -> AsyncIterator[str]:
     yield R.sse(R.chat_chunk(*meta, {"role": "assistant", "content": ""}))
@@ -88,10 +76,10 @@ async def chat_stream(ctx: Context, req: ChatRequest, seq: Sequence, events: asy
 
     async for ev in drain(seq, events):
         pending.append(ev)
-        deltas = chat_deltas(reader.push(ev.text, ev.finished), calls)
-        calls += sum(1 for d in deltas if "id" in d.get("tool_calls", [{}])[0])
-        for delta in deltas:
+        items = reader.push(ev.text, ev.finished)
+        for delta in chat_deltas(items, calls):
             yield R.sse(R.chat_chunk(*meta, delta, logprobs=logprobs()))
+        calls += sum(kind == "tool_call" for kind, _ in items)
     if seq.finish_reason == "error":
         yield stream_error()
         return

@@ -13,7 +13,8 @@ Contract:
   and trailing whitespace, is dropped (the renderer strips it too). An unclosed block at the end
   (the token budget ran out) is flushed as content.
 - `call_deltas(index, call)` is OpenAI's streamed delta sequence for one call: a first delta with
-  index, id, type and function.name (arguments ""), then argument fragments.
+  index, id, type and function.name (arguments ""), then argument fragments; `chat_deltas(items,
+  calls_sent)` the deltas of a batch of reader items.
 - `forced_call(req)` implements tool_choice "required" and {"type": "function", "function":
   {"name": N}}: the assistant turn is prefilled (thinking off, an empty think block, as trained)
   with the opening of a call, `<tool_call>\\n{"name": "` (the model picks the function) or up
@@ -118,6 +119,18 @@ def call_deltas(index: int, call: dict) -> list[dict]:
     rest = [{"index": index, "function": {"arguments": args[i:i + ARGUMENT_FRAGMENT_CHARS]}}
             for i in range(0, len(args), ARGUMENT_FRAGMENT_CHARS)]
     return [{"tool_calls": [d]} for d in [first, *rest]]
+
+
+def chat_deltas(items: list[tuple[str, object]], calls_sent: int) -> list[dict]:
+    """Stream deltas of `ReplyReader` items; tool calls are numbered on from `calls_sent`."""
+    out: list[dict] = []
+    for kind, value in items:
+        if kind == "tool_call":
+            out += call_deltas(calls_sent, value)
+            calls_sent += 1
+        else:
+            out.append({"reasoning_content" if kind == "reasoning" else "content": value})
+    return out
 
 
 def forced_call(req) -> tuple[list[Piece], str] | None:
