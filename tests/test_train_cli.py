@@ -176,16 +176,50 @@ def test_kill_9_then_resume_is_exact(tmp_path, data):
 def test_quickstart_full_chains_every_stage(tmp_path, capsys):
     out = tmp_path / "qs"
     assert main(["quickstart", "--out", str(out), "--pretrain-steps", "2", "--sft-steps", "2", "--full",
-                 "--posttrain-steps", "2", "--device", "cpu"]) == 0
+                 "--posttrain-steps", "2", "--device", "cpu", "--eval-limit", "2"]) == 0
     printed = capsys.readouterr().out
-    for stage, init in (("pretrain", None), ("sft", "pretrain"), ("dpo", "sft"), ("reason", "dpo"), ("grpo", "reason")):
+    stages = ("pretrain", "sft", "dpo", "reason", "grpo")
+    for stage, init in zip(stages, (None,) + stages[:-1]):
         run = out / stage
         assert (run / "checkpoints" / "latest").is_file() and (run / "loss.png").is_file(), stage
         cfg = json.loads((run / "train_config.json").read_text())
         assert cfg["max_steps"] == 2
         if init:  # each stage starts from the previous stage's checkpoint
             assert Path(cfg["init"]) == out / init
+        # Each stage's demo eval is appended to its own eval.jsonl, for its final checkpoint.
+        logged = [json.loads(x) for x in (run / "eval.jsonl").read_text().splitlines()]
+        assert [r["task"] for r in logged] == ["ppl", "mcq", "gen", "toolcall"], stage
+        assert {r["checkpoint"] for r in logged} == {(run / "checkpoints" / "latest").read_text().strip()}
+        assert {r["n"] for r in logged} == {2, 8}  # 2 items per suite, 2 questions x 4 MCQ subjects
     assert "chat with the grpo model" in printed and "minimind chat --ckpt" in printed
-    # Re-running skips every finished stage instead of training again.
-    assert main(["quickstart", "--out", str(out), "--full", "--device", "cpu"]) == 0
-    assert capsys.readouterr().out.count("already done") == 5
+    # One table at the end: a row per stage, the headline figure of each suite, every number in range.
+    table = printed[printed.index("== demo eval, one row per stage"):].splitlines()
+    assert table[1].split() == ["model", "ppl", "bits/byte", "mcq", "accuracy", "gen", "accuracy", "toolcall",
+                                "accuracy"]
+    rows = {line.split()[0]: line.split()[1:] for line in table[3:8]}
+    assert list(rows) == list(stages)
+    for stage, (bpb, *accuracies) in rows.items():
+        assert 0 < float(bpb) < 20, stage  # an untrained model: about log2(vocab) / bytes per token
+        assert all(a.endswith("%") and 0 <= float(a[:-1]) <= 100 for a in accuracies), stage
+    # Re-running skips every finished stage and reuses the logged evals instead of training or scoring again.
+    sizes = {s: (out / s / "eval.jsonl").stat().st_size for s in stages}
+    assert main(["quickstart", "--out", str(out), "--full", "--device", "cpu", "--eval-limit", "2"]) == 0
+    again = capsys.readouterr().out
+    assert again.count("already done") == 5 and again.count("demo eval of") == 5
+    assert again[again.index("== demo eval, one row"):].splitlines()[:8] == table[:8]
+    assert sizes == {s: (out / s / "eval.jsonl").stat().st_size for s in stages}
+
+
+@pytest.mark.slow
+def test_quickstart_evaluates_its_final_checkpoint_and_checks_the_limit(tmp_path, capsys):
+    out = tmp_path / "qs"
+    assert main(["quickstart", "--out", str(out), "--eval-limit", "-1", "--device", "cpu"]) == 2
+    assert "--eval-limit must be 0" in capsys.readouterr().err and not out.exists()
+    assert main(["quickstart", "--out", str(out), "--pretrain-steps", "2", "--sft-steps", "2", "--device", "cpu",
+                 "--eval-limit", "1"]) == 0
+    printed = capsys.readouterr().out
+    table = printed[printed.index("== demo eval, one row per stage"):].splitlines()
+    assert table[3].split()[0] == "sft" and table[4].startswith("done in")  # only the final checkpoint
+    assert not (out / "pretrain" / "eval.jsonl").exists()
+    logged = [json.loads(x) for x in (out / "sft" / "eval.jsonl").read_text().splitlines()]
+    assert {r["task"]: r["n"] for r in logged} == {"ppl": 1, "mcq": 4, "gen": 1, "toolcall": 1}

@@ -16,6 +16,7 @@ import typing
 
 from ..errors import UserError
 from ..train.config import _unwrap_optional, field_type, flag
+from ..train.quickstart import DEMO_EVAL_LIMIT
 from ..train.stages import stage_registry
 
 RESERVED = {"config"}
@@ -61,6 +62,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(adds about 8 minutes on a laptop CPU)")
     q.add_argument("--posttrain-steps", type=int, default=None,
                    help="with --full: override the step budget of every post-training stage")
+    q.add_argument("--eval-limit", type=int, default=None,
+                   help="demo eval at the end (with --full: after every stage) on the first N items of each "
+                        f"suite and N questions per MCQ subject; 0 skips it (default: {DEMO_EVAL_LIMIT})")
     q.set_defaults(func=cmd_quickstart)
 
     p = sub.add_parser("plot", help="write loss and learning-rate curves (PNG) of a run directory")
@@ -118,6 +122,10 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if args.eval_limit is not None and args.eval_limit < 0:
+        raise UserError(f"--eval-limit must be 0 (no demo eval) or more, got {args.eval_limit}")
+    limit = DEMO_EVAL_LIMIT if args.eval_limit is None else args.eval_limit
     quickstart(args.out, device=args.device, pretrain_steps=args.pretrain_steps, sft_steps=args.sft_steps,
-               force=args.force, minutes=args.minutes, full=args.full, posttrain_steps=args.posttrain_steps)
+               force=args.force, minutes=args.minutes, full=args.full, posttrain_steps=args.posttrain_steps,
+               eval_limit=limit)
     return 0

@@ -7,7 +7,10 @@ Contract:
   the top level, so `report["accuracy"]` works for a single-task run.
 - `metrics(result)` lists the figures worth printing (numbers only, primary figure first).
 - `format_results(report)` is the readable table; `format_compare(labels, reports)` puts several
-  checkpoints' figures side by side (rows task/metric, one column each).
+  checkpoints' figures side by side (rows task/metric, one column each); `format_summary(labels,
+  reports)` is the compact one (one row per checkpoint, one column per task: its headline figure,
+  bits per byte for ppl, accuracy otherwise), as quickstart prints it after each stage.
+- `flat_metrics(report)` names every figure `eval/{task}_{metric}` (metrics.jsonl, TensorBoard).
 - `append_run_log(ckpt, report)` appends one line per result to `<run dir>/eval.jsonl` when the
   checkpoint lives in a run directory (`<run>/checkpoints/<name>`), so runs compare later.
 - `file_info(path)` hashes a file, or a folder (every file in it, sorted by relative path).
@@ -24,6 +27,7 @@ from ..checkpoint import resolve_checkpoint
 from ..errors import UserError
 
 PRIMARY = {"ppl": ("loss", "ppl", "bits_per_byte")}
+HEADLINE = {"ppl": "bits_per_byte"}  # the one figure per task of the compact summary (else accuracy)
 SKIP_KEYS = {"n", "shots", "pass_k", "max_new_tokens", "context", "stride", "tokens", "bytes", "truncated",
              "skipped", "seconds"}
 
@@ -62,7 +66,8 @@ def metrics(result: dict) -> list[tuple[str, float]]:
     return [(k, float(result[k])) for k in (*first, *rest) if k in result]
 
 
-def _fmt(name: str, value: float | None) -> str:
+def format_value(name: str, value: float | None) -> str:
+    """A figure as the tables print it: accuracies as percentages, others with four decimals."""
     if value is None:
         return "-"
     if "accuracy" in name or name.startswith("pass@"):
@@ -80,7 +85,7 @@ def format_results(report: dict, per_subject: bool = True) -> str:
     rows = []
     for res in report["results"]:
         for i, (name, value) in enumerate(metrics(res)):
-            rows.append([res["task"] if i == 0 else "", name, _fmt(name, value), str(res["n"]) if i == 0 else ""])
+            rows.append([res["task"] if i == 0 else "", name, format_value(name, value), str(res["n"]) if i == 0 else ""])
     text = f"checkpoint: {report['checkpoint']}\n" + _table(["task", "metric", "value", "n"], rows)
     timing = [f"{r['task']} {r['n']} in {r['seconds']:.1f} s ({r['n'] / max(r['seconds'], 1e-9):.1f}/s)"
               for r in report["results"] if "seconds" in r]
@@ -89,7 +94,7 @@ def format_results(report: dict, per_subject: bool = True) -> str:
     for res in report["results"]:
         subjects = res.get("per_subject") or {}
         if per_subject and len(subjects) > 1:
-            sub_rows = [[s, "accuracy", _fmt("accuracy", a)] for s, a in subjects.items()]
+            sub_rows = [[s, "accuracy", format_value("accuracy", a)] for s, a in subjects.items()]
             text += f"\n\n{res['task']} per subject\n" + _table(["subject", "metric", "value"], sub_rows)
     return text
 
@@ -106,9 +111,30 @@ def format_compare(labels: list[str], reports: list[dict]) -> str:
                 if (res["task"], name) not in keys:
                     keys.append((res["task"], name))
         values.append(got)
-    rows = [[task, name] + [_fmt(name, v.get((task, name))) for v in values] for task, name in keys]
+    rows = [[task, name] + [format_value(name, v.get((task, name))) for v in values] for task, name in keys]
     legend = "\n".join(f"  [{i + 1}] {label}" for i, label in enumerate(labels))
     return "checkpoints:\n" + legend + "\n" + _table(["task", "metric"] + [f"[{i + 1}]" for i in range(len(labels))], rows)
+
+
+def flat_metrics(report: dict) -> dict[str, float]:
+    """{"eval/mcq_accuracy": 0.31, "eval/ppl_bits_per_byte": 2.4, ...}: every figure of every result."""
+    return {f"eval/{res['task']}_{name}": value for res in report["results"] for name, value in metrics(res)}
+
+
+def format_summary(labels: list[str], reports: list[dict]) -> str:
+    """One row per report (e.g. per training stage), one column per task with its headline figure."""
+    tasks: list[str] = []
+    for rep in reports:
+        tasks += [r["task"] for r in rep["results"] if r["task"] not in tasks]
+    names = [HEADLINE.get(t, "accuracy") for t in tasks]
+    header = ["model"] + [f"{t} {'bits/byte' if n == 'bits_per_byte' else n}" for t, n in zip(tasks, names)]
+    rows = []
+    for label, rep in zip(labels, reports):
+        got = {r["task"]: r for r in rep["results"]}
+        rows.append([label] + [format_value(n, got[t].get(n)) if t in got else "-" for t, n in zip(tasks, names)])
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    return "\n".join([line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows])
 
 
 def run_dir_of(ckpt: str | Path) -> Path | None:

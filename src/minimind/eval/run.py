@@ -3,11 +3,12 @@
 Contract:
 - `load(ckpt, settings)` loads a checkpoint, run directory or Hugging Face folder with its
   tokenizer through `minimind.infer.load_engine` (the one loader; nothing here locates files).
+- `read_task(task, data, scorer, settings)` reads and checks a task's files (what `run_task` scores).
 - `run_task(engine, task, data, settings)` runs one of TASKS ("ppl", "ceval", "cmmlu", "mcq", "gen",
   "toolcall") and returns its result dict with "files" (paths and sha256) and "settings" added.
-- `run_demo(engine, settings)` writes the demo eval files (`minimind.data.demo.write_demo_eval`) to
-  a temporary folder and runs ppl, mcq (C-Eval layout), gen and toolcall on them; each result has
-  "suite": "demo" and its task name as the demo names it.
+- `run_demo(engine, settings, suites=None)` runs ppl, mcq (C-Eval layout), gen and toolcall on the
+  demo eval files: `suites` as `minimind.data.demo.write_demo_eval` returned them, or written now
+  to a temporary folder; each result has "suite": "demo" and its task name as the demo names it.
 - `evaluate(ckpt, task, data, settings)` = load + run + `report.make_report`.
 A progress bar (tqdm, on stderr, only on a terminal) shows each task's scored requests.
 """
@@ -78,37 +79,46 @@ def _settings_for(task: str, s: Settings) -> dict:
     return {k: v for k, v in asdict(s).items() if k in keys + ("batch_size", "skip_bad", "device", "dtype")}
 
 
-def run_task(engine, task: str, data: str | Path, s: Settings) -> dict:
+def read_task(task: str, data: str | Path, scorer: Scorer, s: Settings):
+    """Read and check a task's file(s): a UserError naming `file:line` on bad input (a training run
+    calls this before step 1, so a bad eval file never stops it later)."""
     if task not in TASKS:
         raise UserError(f"unknown task {task!r}; choose from {', '.join(TASKS)} or demo")
+    if task == "ppl":
+        return read_documents(data, scorer, s.limit, s.skip_bad)
+    if task in ("ceval", "cmmlu", "mcq"):
+        return read_suite(task, data, s.skip_bad)
+    if task == "gen":
+        return read_prompts(data, s.skip_bad, s.limit)
+    return read_cases(data, s.skip_bad, s.limit)
+
+
+def run_task(engine, task: str, data: str | Path, s: Settings) -> dict:
     scorer = Scorer(engine.model, engine.tokenizer, s.batch_size, s.max_len)
     s = replace(s, max_new_tokens=s.max_new_tokens or MAX_NEW_TOKENS)
     start = time.perf_counter()
+    read = read_task(task, data, scorer, s)
     if task == "ppl":
-        docs = read_documents(data, scorer, s.limit, s.skip_bad)
         with _bar("ppl", None) as bar:
-            res = evaluate_ppl(scorer, docs, s.stride, bar.update)
-        files, skipped = [Path(data)], docs.skipped
+            res = evaluate_ppl(scorer, read, s.stride, bar.update)
+        files = [Path(data)]
     elif task in ("ceval", "cmmlu", "mcq"):
-        suite = read_suite(task, data, s.skip_bad)
-        total = sum(len(q.choices) for q in limited(suite.questions, suite.family, s.limit))
+        total = sum(len(q.choices) for q in limited(read.questions, read.family, s.limit))
         with _bar(task, total) as bar:
-            res = evaluate_mcq(scorer, suite, s.shots, s.style, bar.update, s.limit)
-        files, skipped = suite.files, suite.skipped
+            res = evaluate_mcq(scorer, read, s.shots, s.style, bar.update, s.limit)
+        files = read.files
     elif task == "gen":
-        prompts = read_prompts(data, s.skip_bad, s.limit)
         runs = (2 if s.think == "both" else 1) * (1 + s.pass_k)
-        with _bar("gen", len(prompts.records) * runs) as bar:
-            res = evaluate_gen(engine, prompts, s.think, s.pass_k, s.max_new_tokens, s.temperature, s.top_p,
+        with _bar("gen", len(read.records) * runs) as bar:
+            res = evaluate_gen(engine, read, s.think, s.pass_k, s.max_new_tokens, s.temperature, s.top_p,
                                s.seed, bar.update)
-        files, skipped = prompts.files, prompts.skipped
+        files = read.files
     else:
-        cases = read_cases(data, s.skip_bad, s.limit)
-        with _bar("toolcall", len(cases.records)) as bar:
-            res = evaluate_toolcall(engine, cases, s.max_new_tokens, progress=bar.update)
-        files, skipped = cases.files, cases.skipped
+        with _bar("toolcall", len(read.records)) as bar:
+            res = evaluate_toolcall(engine, read, s.max_new_tokens, progress=bar.update)
+        files = read.files
     res["seconds"] = round(time.perf_counter() - start, 3)  # reading, tokenising and scoring; not loading
-    res["skipped"] = skipped
+    res["skipped"] = read.skipped
     res["truncated"] = scorer.truncated
     res["files"] = [file_info(f) for f in files]
     res["settings"] = _settings_for(task, s)
@@ -126,19 +136,28 @@ def write_demo_files(out_dir: Path) -> dict[str, Path]:
     return writer(out_dir)
 
 
-def run_demo(engine, s: Settings, writer=write_demo_files) -> list[dict]:
+def run_demo(engine, s: Settings, suites: dict[str, Path] | None = None) -> list[dict]:
+    """The demo suites: those already written at `suites` ({"ppl", "mcq", "gen", "toolcall"} as
+    `write_demo_eval` returns them; a training run writes them once), or freshly written to a
+    temporary folder. Files are named "demo:<name>" in the results, whichever folder held them."""
+    if suites is not None:
+        return _run_demo_files(engine, s, suites)
+    with tempfile.TemporaryDirectory(prefix="minimind-demo-eval-") as tmp:
+        return _run_demo_files(engine, s, write_demo_files(Path(tmp)))
+
+
+def _run_demo_files(engine, s: Settings, paths: dict[str, Path]) -> list[dict]:
     results = []
     s = replace(s, max_new_tokens=s.max_new_tokens or DEMO_MAX_NEW_TOKENS)
-    with tempfile.TemporaryDirectory(prefix="minimind-demo-eval-") as tmp:
-        paths = writer(Path(tmp))
-        for name, reader in DEMO_TASKS.items():
-            if name not in paths:
-                continue
-            res = run_task(engine, reader, paths[name], s)
-            res.update(task=name, suite="demo")
-            for f in res["files"]:  # the temporary folder is gone after the run: keep the name only
-                f["path"] = "demo:" + Path(f["path"]).relative_to(tmp).as_posix()
-            results.append(res)
+    for name, reader in DEMO_TASKS.items():
+        if name not in paths:
+            continue
+        root = Path(paths[name]).parent
+        res = run_task(engine, reader, paths[name], s)
+        res.update(task=name, suite="demo")
+        for f in res["files"]:  # a temporary folder is gone after the run: keep the name only
+            f["path"] = "demo:" + Path(f["path"]).relative_to(root).as_posix()
+        results.append(res)
     return results
 
 

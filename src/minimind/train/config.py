@@ -74,6 +74,12 @@ class TrainConfig:
     resume: bool = knob(False, "continue the run in --out from its latest checkpoint")
     eval_every: int = knob(0, "evaluate on the held-out split every N steps (0: only at the end)")
     eval_batches: int = knob(4, "held-out batches per evaluation (0: no evaluation)")
+    eval_suite: str | None = knob(None, "also run an eval suite at each evaluation: demo (all four embedded suites), "
+                                        "ppl, mcq, ceval, cmmlu, gen or toolcall; logged as eval/<task>_<metric>")
+    eval_data: str | None = knob(None, "--eval-suite's file (a C-Eval/CMMLU folder for ceval, cmmlu or a C-Eval-layout "
+                                       "mcq); default: the embedded demo suite of that name")
+    eval_limit: int | None = knob(None, "--eval-suite: only the first N documents/prompts/cases (questions per subject "
+                                        "for C-Eval layouts)")
     num_samples: int = knob(2, "sample generations logged at each evaluation")
     sample_tokens: int = knob(40, "new tokens per sample generation")
     log_every: int = knob(1, "write a metrics line every N steps")
@@ -132,8 +138,33 @@ class TrainConfig:
         if self.num_samples > 0 and self.sample_tokens < 1:
             raise UserError(f"--sample-tokens must be at least 1 when --num-samples is {self.num_samples} "
                             f"(or pass --num-samples 0), got {self.sample_tokens}")
+        self._validate_eval_suite()
         if self.max_steps is None and self.epochs is None and self.max_tokens is None:
             raise UserError("give a training budget: --max-steps, --epochs or --max-tokens")
+
+
+    def _validate_eval_suite(self) -> None:
+        """--eval-suite/--eval-data/--eval-limit; the file's records are checked when the run opens it."""
+        from ..eval.run import DEMO_TASKS, TASKS  # heavy (torch): only when validating
+
+        if self.eval_suite is None:
+            if self.eval_data is not None or self.eval_limit is not None:
+                raise UserError("--eval-data and --eval-limit need --eval-suite (demo, ppl, mcq, ...)")
+            return
+        suites = ("demo", *TASKS)
+        if self.eval_suite not in suites:
+            raise UserError(f"--eval-suite must be one of {', '.join(suites)}, got {self.eval_suite!r}")
+        if self.eval_data is None and self.eval_suite not in ("demo", *DEMO_TASKS):
+            raise UserError(f"--eval-suite {self.eval_suite} needs --eval-data (there is no embedded {self.eval_suite} suite)")
+        if self.eval_data is not None:
+            if self.eval_suite == "demo":
+                raise UserError("--eval-suite demo runs the embedded suites; give one suite name with --eval-data")
+            if not Path(self.eval_data).exists():
+                raise UserError(f"--eval-data {self.eval_data}: no such file or folder")
+        if self.eval_limit is not None and self.eval_limit < 1:
+            raise UserError(f"--eval-limit must be at least 1, got {self.eval_limit}")
+        if self.fsdp:
+            raise UserError("--eval-suite does not work with --fsdp: the eval runs on rank 0, which holds only a shard")
 
 
 # Lowest allowed value of counts and periods (0 means "off" where allowed).

@@ -7,8 +7,12 @@ Contract: `quickstart(out_dir, device="auto")`
 3. fine-tunes it on the demo conversations into `OUT/sft/`;
 4. with `full=True` (`--full`), continues with DPO, reasoning SFT and GRPO, each stage starting
    from the previous one's checkpoint (`OUT/dpo/`, `OUT/reason/`, `OUT/grpo/`);
-5. prints a few chat replies of the last model.
-Each run directory holds checkpoints, metrics.jsonl, loss.png and lr.png. Re-running continues an
+5. prints a few chat replies of the last model;
+6. evaluates the demo suites (`minimind.eval.run_demo`: held-out text bits per byte, the C-Eval-layout
+   multiple choice, verifiable generation, tool calls; DEMO_EVAL_LIMIT items of each) on the final
+   checkpoint, or with `--full` on every stage's, appends each to its run's eval.jsonl and prints one
+   table, a row per stage. A re-run reuses a stage's logged result for the same checkpoint.
+Each run directory holds checkpoints, metrics.jsonl, loss.png and lr.png (and eval.jsonl). Re-running continues an
 interrupted stage (`--resume`) and skips finished ones. On CUDA the Trainer picks the GPU and bf16
 by itself (device/dtype "auto").
 
@@ -50,6 +54,9 @@ POSTTRAIN = (
     ("grpo", "rl", dict(max_steps=30, batch_size=8, group_size=4, max_new_tokens=96, lr=3e-5, beta_kl=0.02,
                         rewards="correct:1,format:0.2")),
 )
+# The demo eval is bounded so the budget stays honest: 25 documents / prompts / tool-call cases and
+# 25 questions per MCQ subject (100), about 5-10 s per checkpoint for `tiny` on a laptop CPU.
+DEMO_EVAL_LIMIT = 25
 QUESTIONS = ["你好，你是谁？", "Who are you?", "What is the capital of France?", "请用一句话介绍一下人工智能。"]
 
 
@@ -142,11 +149,63 @@ def chat_replies(ckpt: Path, questions: list[str], max_new_tokens: int = 80, see
     return [split_reasoning(s.text)[1].strip() for s in engine.generate(prompts, params)]
 
 
+def _logged_demo_eval(run_dir: Path, checkpoint: str, limit: int) -> dict | None:
+    """The last demo eval of `checkpoint` with this limit in `<run>/eval.jsonl`, if it is complete."""
+    from ..eval.run import DEMO_TASKS
+
+    log = run_dir / "eval.jsonl"
+    lines = [json.loads(x) for x in log.read_text(encoding="utf-8").splitlines() if x.strip()] if log.is_file() else []
+    mine = [x for x in lines if x.get("suite") == "demo" and x.get("checkpoint") == checkpoint
+            and x.get("settings", {}).get("limit") == limit]
+    last = [x for x in mine if x.get("created") == mine[-1].get("created")] if mine else []
+    if sorted(x["task"] for x in last) != sorted(DEMO_TASKS):
+        return None
+    return {"checkpoint": checkpoint, "created": last[0]["created"], "results": last}
+
+
+def demo_eval(run_dir: Path, suites: dict[str, Path], device: str = "auto", limit: int = DEMO_EVAL_LIMIT) -> dict:
+    """The demo suites (written once by `write_demo`) on the run's final checkpoint, appended to
+    `<run>/eval.jsonl` (or read back from it on a re-run); returns the report (`minimind.eval.report`)."""
+    from ..checkpoint import resolve_checkpoint
+    from ..eval import Settings, run_demo
+    from ..eval.report import append_run_log, make_report
+    from ..eval.run import load
+    from .distributed import pick_device
+
+    name = resolve_checkpoint(run_dir).name
+    report = _logged_demo_eval(run_dir, name, limit)
+    if report is None:
+        settings = Settings(limit=limit, device=str(pick_device(device)))
+        report = make_report(str(run_dir), run_demo(load(run_dir, settings), settings, suites))
+        append_run_log(run_dir, report)
+    return report
+
+
+def summary_line(report: dict) -> str:
+    """"ppl 2.4100 bits/byte, mcq 31.00%, ... (6.2 s)": the headline figure of each demo task."""
+    from ..eval.report import HEADLINE, format_value
+
+    parts = []
+    for r in report["results"]:
+        name = HEADLINE.get(r["task"], "accuracy")
+        parts.append(f"{r['task']} {format_value(name, r.get(name))}" + (" bits/byte" if name == "bits_per_byte" else ""))
+    seconds = sum(r.get("seconds", 0.0) for r in report["results"])
+    return ", ".join(parts) + f" ({seconds:.1f} s)"
+
+
+def print_demo_evals(reports: dict[str, dict], limit: int) -> None:
+    from ..eval.report import format_summary
+
+    print(f"\n== demo eval, one row per stage ({limit} documents / prompts / cases per suite, {limit} questions "
+          f"per MCQ subject; held out from training; see docs/evaluation.md):")
+    print(format_summary(list(reports), list(reports.values())))
+
+
 def quickstart(out_dir: str | Path, device: str = "auto", pretrain_steps: int | None = None,
                sft_steps: int | None = None, force: bool = False, minutes: float = 9.0,
-               full: bool = False, posttrain_steps: int | None = None) -> dict[str, Path]:
+               full: bool = False, posttrain_steps: int | None = None, eval_limit: int = DEMO_EVAL_LIMIT) -> dict:
     from ..checkpoint import resolve_checkpoint
-    from ..data.demo import write_demo
+    from ..data.demo import suite_paths, write_demo
     from ..data.prepare import prepare
 
     out = Path(out_dir)
@@ -182,23 +241,38 @@ def quickstart(out_dir: str | Path, device: str = "auto", pretrain_steps: int | 
                     plan["sft_steps"], 2)
     if sft_steps is None:
         sft["max_minutes"] = sft_minutes(minutes, (time.monotonic() - start) / 60)
+    evals: dict[str, dict] = {}
+
+    def evaluate(stage: str) -> None:
+        if eval_limit > 0:
+            evals[stage] = demo_eval(out / stage, suite_paths(data["eval"]), device, eval_limit)
+            print(f"demo eval of {stage}: " + summary_line(evals[stage]))
+
+    if full:
+        evaluate("pretrain")
     _stage("sft", out / "sft", sft)
 
     last = "sft"
     if full:  # each post-training stage starts from the previous stage's checkpoint
+        evaluate("sft")
         for name, data_key, options in POSTTRAIN:
             steps = plan.get("posttrain_steps") or options["max_steps"]
             opts = dict(options, data=[str(data[data_key])], init=str(out / last), device=device,
                         max_steps=steps, eval_batches=0, num_samples=0, save_every=steps)
             _stage(name, out / name, opts)
+            evaluate(name)
             last = name
     final = resolve_checkpoint(out / last)
     print(f"\n== chat with the {last} model (thinking off):")
     for q, a in zip(QUESTIONS, chat_replies(final, QUESTIONS)):
         print(f"  user: {q}\n  minimind: {a}\n")
+    if not full:
+        evaluate(last)
+    if evals:
+        print_demo_evals(evals, eval_limit)
     minutes = (time.monotonic() - start) / 60
     stages = ["pretrain", "sft"] + ([name for name, _, _ in POSTTRAIN] if full else [])
     print(f"done in {minutes:.1f} min. Run directories: {', '.join(str(out / n) for n in stages)} "
           f"(checkpoints/, metrics.jsonl, loss.png, lr.png)")
     print(f"next: minimind chat --ckpt {out / last} --no-think")
-    return {"data": out / "data", **{n: out / n for n in stages}, "checkpoint": final}
+    return {"data": out / "data", **{n: out / n for n in stages}, "checkpoint": final, "evals": evals}

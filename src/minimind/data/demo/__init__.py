@@ -28,12 +28,12 @@ from pathlib import Path
 
 from . import conversations as C
 from . import mcq as Q
-from .evalsets import (build_suites, held_out_documents, held_out_prompts, normalise, write_demo_eval, write_jsonl,
-                       write_suites)
+from .evalsets import (build_suites, held_out_documents, held_out_prompts, normalise, suite_paths, write_demo_eval,
+                       write_jsonl, write_suites)
 from .sources import source_dialogues, source_documents
 from .tasks import rl_records
 
-__all__ = ["write_demo", "write_demo_eval", "source_documents", "source_dialogues"]
+__all__ = ["write_demo", "write_demo_eval", "suite_paths", "source_documents", "source_dialogues"]
 
 SEED = 1234
 LANGS = ("zh", "en")

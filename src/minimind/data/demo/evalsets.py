@@ -128,12 +128,18 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
             fh.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
+def suite_paths(folder: str | Path) -> dict[str, Path]:
+    """Where the suites are (or will be) in a folder written by `write_demo_eval` (`write_demo`: its `eval/`)."""
+    out = Path(folder)
+    return {"ppl": out / "ppl.jsonl", "mcq": out / "mcq", "gen": out / "gen.jsonl", "toolcall": out / "toolcall.jsonl"}
+
+
 def write_suites(out_dir: str | Path, suites: Suites, ppl_docs: list[dict]) -> dict[str, Path]:
     """Write built suites and the held-out documents (`write_demo` passes the ones it already has)."""
     out = Path(out_dir)
     for split in ("dev", "val"):
         (out / "mcq" / split).mkdir(parents=True, exist_ok=True)
-    paths = {"ppl": out / "ppl.jsonl", "mcq": out / "mcq", "gen": out / "gen.jsonl", "toolcall": out / "toolcall.jsonl"}
+    paths = suite_paths(out)
     write_jsonl(paths["ppl"], [{"text": d["text"]} for d in ppl_docs])
     for subject in SUBJECTS:
         for split, items in suites.mcq[subject].items():
