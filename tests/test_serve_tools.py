@@ -182,6 +182,8 @@ CASES = {  # reply -> (content, [(name, arguments)], finish)
     "unknown function": (call("rm", {"path": "/"}), call("rm", {"path": "/"}), [], "stop"),
     "plain answer": ("Just text, no <tool_c... markup here < tool_call", "Just text, no <tool_c... markup here < tool_call",
                      [], "stop"),
+    "text around a call": ("Before.\n" + call("weekday", {"date": "d"}) + "\nAfter.", "Before.\nAfter.",
+                           [("weekday", {"date": "d"})], "tool_calls"),
     "unclosed": ("Hmm " + call("calculator", {"expression": "1"})[:-5], "Hmm " + call("calculator", {"expression": "1"})[:-5],
                  [], "stop"),
 }

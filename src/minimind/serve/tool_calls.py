@@ -10,7 +10,8 @@ Contract:
   markup included, is content: a malformed call is text, never an error (as OpenAI-compatible
   servers report it). Text that could be the start of `<tool_call>` is held back, so markup
   never leaks into content; the whitespace that separates the answer from calls, and leading
-  and trailing whitespace, is dropped (the renderer strips it too). An unclosed block at the end
+  and trailing whitespace, is dropped (the renderer strips it too); text before and after a
+  call is joined by one newline. An unclosed block at the end
   (the token budget ran out) is flushed as content.
 - `call_deltas(index, call)` is OpenAI's streamed delta sequence for one call: a first delta with
   index, id, type and function.name (arguments ""), then argument fragments; `chat_deltas(items,
@@ -60,6 +61,7 @@ class ToolCallStream:
         self.inside = False  # between <tool_call> and </tool_call>
         self.ws = ""  # whitespace held back: it may only separate the answer from a call
         self.trim_next = True  # at the start, and right after a call: drop leading whitespace
+        self.emitted = False  # some content went out: text after a call is set off by a newline
         self.calls = 0
         self.push(prefix)  # a prefill opens a call: nothing comes out yet
 
@@ -104,11 +106,13 @@ class ToolCallStream:
             text = text.lstrip()
             if not text:
                 return
+            text = "\n" + text if self.emitted else text
             self.trim_next = False
         full = self.ws + text
         body = full.rstrip()
         self.ws = full[len(body):]
         if body:
+            self.emitted = True
             out.append(("content", body))
 
 

@@ -160,7 +160,7 @@ async function send(text) {
   } catch (err) {
     if (err.name === "AbortError") {
       stats.textContent = "stopped";
-      history.push({role: "user", content: text}, {role: "assistant", content: answer});
+      history.push({role: "user", content: text}, ...turns, {role: "assistant", content: turnContent});
     } else {
       node.remove();
       addMessage("error", "Error: " + err.message);
