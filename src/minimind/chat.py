@@ -183,7 +183,7 @@ def parse_reply(text: str) -> tuple[dict, bool]:
 
     Without any tool-call markup the reply is well formed and has no "tool_calls". With markup
     that parses (every block closed, valid JSON, a name, object arguments) the blocks become
-    "tool_calls" and "content" is the text around them. Otherwise it is malformed and "content"
+    "tool_calls" and "content" is the text around them (pieces joined by a newline). Otherwise it is malformed and "content"
     keeps the whole answer as text.
     """
     reasoning, answer = split_reasoning(text)
@@ -195,7 +195,8 @@ def parse_reply(text: str) -> tuple[dict, bool]:
     calls, ok = parse_tool_calls(answer)
     if not ok:
         return msg, False
-    msg["content"] = CALL_BLOCK.sub("", answer).strip()
+    around = CALL_BLOCK.sub(TOOL_CALL_START, answer).split(TOOL_CALL_START)  # the text between blocks
+    msg["content"] = "\n".join(t.strip() for t in around if t.strip())
     msg["tool_calls"] = [{"type": "function", "function": {"name": n, "arguments": a}} for n, a in calls]
     return msg, True
 
