@@ -176,7 +176,7 @@ def test_kill_9_then_resume_is_exact(tmp_path, data):
 def test_quickstart_full_chains_every_stage(tmp_path, capsys):
     out = tmp_path / "qs"
     assert main(["quickstart", "--out", str(out), "--pretrain-steps", "2", "--sft-steps", "2", "--full",
-                 "--posttrain-steps", "2", "--device", "cpu", "--eval-limit", "2"]) == 0
+                 "--posttrain-steps", "2", "--device", "cpu", "--eval-limit", "1"]) == 0
     printed = capsys.readouterr().out
     stages = ("pretrain", "sft", "dpo", "reason", "grpo")
     for stage, init in zip(stages, (None,) + stages[:-1]):
@@ -190,7 +190,7 @@ def test_quickstart_full_chains_every_stage(tmp_path, capsys):
         logged = [json.loads(x) for x in (run / "eval.jsonl").read_text().splitlines()]
         assert [r["task"] for r in logged] == ["ppl", "mcq", "gen", "toolcall"], stage
         assert {r["checkpoint"] for r in logged} == {(run / "checkpoints" / "latest").read_text().strip()}
-        assert {r["n"] for r in logged} == {2, 8}  # 2 items per suite, 2 questions x 4 MCQ subjects
+        assert {r["n"] for r in logged} == {1, 4}  # 1 item per suite, 1 question x 4 MCQ subjects
     assert "chat with the grpo model" in printed and "minimind chat --ckpt" in printed
     # One table at the end: a row per stage, the headline figure of each suite, every number in range.
     table = printed[printed.index("== demo eval, one row per stage"):].splitlines()
@@ -203,7 +203,7 @@ def test_quickstart_full_chains_every_stage(tmp_path, capsys):
         assert all(a.endswith("%") and 0 <= float(a[:-1]) <= 100 for a in accuracies), stage
     # Re-running skips every finished stage and reuses the logged evals instead of training or scoring again.
     sizes = {s: (out / s / "eval.jsonl").stat().st_size for s in stages}
-    assert main(["quickstart", "--out", str(out), "--full", "--device", "cpu", "--eval-limit", "2"]) == 0
+    assert main(["quickstart", "--out", str(out), "--full", "--device", "cpu", "--eval-limit", "1"]) == 0
     again = capsys.readouterr().out
     assert again.count("already done") == 5 and again.count("demo eval of") == 5
     assert again[again.index("== demo eval, one row"):].splitlines()[:8] == table[:8]

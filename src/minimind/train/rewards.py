@@ -32,6 +32,10 @@ from ..errors import UserError
 from ..eval.answers import (THINK_CLOSE, THINK_OPEN, answers_match, extract_final_answer, normalize_text,
                             parse_number, split_think)
 
+__all__ = ["THINK_CLOSE", "THINK_OPEN", "RewardFn", "WeightedRewards", "answers_match", "build_rewards",
+           "correctness_reward", "extract_final_answer", "format_reward", "length_penalty", "normalize_text",
+           "parse_number", "repetition_penalty", "reward_model", "split_think"]
+
 RewardFn = Callable[[str, "str | None", list], float]
 
 # ----------------------------------------------------------------------------- format
