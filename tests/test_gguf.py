@@ -32,6 +32,7 @@ from minimind.gguf import export_gguf, gguf_architecture  # noqa: E402 - needs t
 
 BASE = dict(vocab_size=6400, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, max_seq_len=512)
 MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64)
+YARN = {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32}
 # family -> (config overrides, llama.cpp architecture)
 FAMILIES = {
     "dense": ({}, "llama"),
@@ -40,20 +41,32 @@ FAMILIES = {
     "qk_norm": (dict(qk_norm=True, rms_norm_eps=1e-6), "qwen3"),
     "moe_qk_norm": (dict(qk_norm=True, **MOE), "qwen3moe"),
     "moe_shared": (dict(num_shared_experts=1, **MOE), "ernie4_5-moe"),
+    "yarn": (dict(rope_scaling=YARN), "llama"),
+    "yarn_qk_norm": (dict(qk_norm=True, rope_scaling=dict(YARN, attention_factor=1.0)), "qwen3"),  # upstream's
 }
-TEXT = "MiniMind 训练小模型 in 2 hours! 价格是 12345 元 🚀🎉 emoji, naïve café\n\ttabs   and  spaces 你好，世界。"
+# Mixed scripts, emoji, digit runs, contractions in any case, punctuation glued to words, CR/LF and
+# space runs: where llama.cpp's pre-tokenizers disagree (its "default" and "deepseek-llm" split this
+# differently; "qwen2" uses our regex verbatim).
+TEXT = ("MiniMind 训练小模型 in 2 hours! 价格是 12345 元 🚀🎉 emoji, naïve café\n\ttabs   and  spaces 你好，世界。"
+        "It's DON'T we'LL (括号)word,word...!!! a\r\nb   \n  x")
 
 
 def family_model(kw: dict, seed: int = 0) -> MiniMindLM:
-    """Random weights with a large embedding scale: sharp logits, so greedy picks are far from ties."""
+    """Random unit-gain weights: every layer changes the residual stream as much as the embedding
+    does (so attention, RoPE and routing decide the next token, not just the current token's own
+    embedding), and logits are sharp, so greedy picks are far from ties."""
     torch.manual_seed(seed)
     model = MiniMindLM(ModelConfig(**BASE, **kw)).eval()
     with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-        model.embed_tokens.weight.mul_(40)
-        if not model.config.tie_word_embeddings:
-            model.lm_head.weight.mul_(40)
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1 + 0.1 * torch.randn_like(p))
+            elif p.ndim == 1:  # biases
+                p.copy_(0.1 * torch.randn_like(p))
+            elif name == "embed_tokens.weight":
+                p.normal_()
+            else:  # [out, in]: unit gain; the router 3x sharper so routing is decisive but varied
+                p.normal_(std=(3.0 if name.endswith("mlp.gate.weight") else 1.0) / p.shape[1] ** 0.5)
     return model
 
 
@@ -107,7 +120,7 @@ def test_q8_0_quantises_matrices_only(tmp_path):
     (dict(norm_topk_prob=False, **MOE), "always renormalise"),
     (dict(qkv_bias=True, **MOE), "no attention biases"),
     (dict(qk_norm=True, num_shared_experts=1, **MOE), "its qwen3moe has no shared experts"),
-    (dict(rope_scaling={"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}), "YaRN"),
+    (dict(rope_scaling=dict(YARN, beta_fast=16.0)), "YaRN always uses beta_fast 32"),
 ])
 def test_unsupported_models_are_refused_before_writing(kw, message, tmp_path):
     with pytest.raises(UserError, match=message):
@@ -188,14 +201,23 @@ def test_llama_cpp_runtime_matches_ours(family, tmp_path):
     tok = load_tokenizer()
     prompt = tok.encode(TEXT)
     ours, margin = greedy(model, prompt, 32)
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt])).logits[0]
     assert margin > 1e-3, "test model too close to a tie for a fair comparison"
     for dtype, n in (("f32", 32), ("q8_0", 8)):
         path = export_gguf(model, tmp_path / f"{family}-{dtype}.gguf", dtype=dtype)
-        llm = llama_cpp.Llama(str(path), n_ctx=256, n_threads=2, verbose=False)
+        llm = llama_cpp.Llama(str(path), n_ctx=256, n_threads=2, logits_all=True, verbose=False,
+                              type_k=0, type_v=0)  # 0: GGML_TYPE_F32 (the default f16 KV cache rounds)
         # (a) tokenisation: id for id, with no BOS added and markers not parsed
         assert llm.tokenize(TEXT.encode(), add_bos=False, special=False) == prompt
         assert llm.detokenize(prompt).decode() == TEXT
-        # (b) greedy generation: all 32 tokens in f32, the first 8 in q8_0
+        # (b) every position's logits (which sees RoPE/YaRN and routing details greedy tokens may
+        # hide), then greedy generation: all 32 tokens in f32, the first 8 in q8_0
+        llm.eval(prompt)
+        theirs = torch.from_numpy(llm.scores[:len(prompt)].copy())
+        err = ((theirs - logits).abs().max() / logits.abs().max()).item()
+        assert err < (1e-5 if dtype == "f32" else 0.05), f"{family} {dtype}: relative logit error {err:.2e}"
+        llm.reset()
         assert llama_greedy(llm, prompt, n) == ours[:n], f"{family} {dtype}"
         # (c) the GGUF's chat template, rendered the way llama-cpp-python's chat handler does
         template = llm.metadata["tokenizer.chat_template"]

@@ -13,6 +13,7 @@ Contract:
     MoE, no QK-norm            -> ernie4_5-moe (shared experts or not; q/k rows permuted likewise)
   Anything llama.cpp cannot compute exactly is a UserError that says why, raised before `out` is
   touched (e.g. un-normalised top-k routing: llama.cpp's qwen3moe/ernie4_5-moe always renormalise).
+  YaRN goes in as llama.cpp's rope.scaling keys, with the attention factor rescaled (`_write_yarn`).
 - The tokenizer goes in as llama.cpp's byte-level BPE ("gpt2") with the pre-tokenizer whose split
   regex is ours (`PRE_TOKENIZERS`: llama.cpp's "qwen2" regex is `tokenizer.SPLIT_PATTERN`, written
   case-insensitively by hand); a tokenizer with any other split is refused rather than exported
@@ -24,6 +25,7 @@ Contract:
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -66,9 +68,11 @@ def gguf_architecture(cfg: ModelConfig) -> str:
         why = "QK-norm with shared experts: its qwen3moe has no shared experts, its ernie4_5-moe no QK-norm"
     elif cfg.is_moe and (cfg.qkv_bias or cfg.o_bias):
         why = "its MoE architectures (qwen3moe, ernie4_5-moe) have no attention biases"
-    elif cfg.rope_scaling is not None:
-        why = ("YaRN export is not supported: llama.cpp's YaRN scaling is not verified to equal ours "
-               "(export without rope_scaling, or use `export hf`)")
+    elif cfg.rope_scaling is not None and (
+            cfg.rope_scaling.get("beta_fast") not in (None, 32) or cfg.rope_scaling.get("beta_slow") not in (None, 1)
+            or cfg.rope_scaling.get("truncate") is False):
+        why = ("its YaRN always uses beta_fast 32, beta_slow 1 and whole-pair ramp ends (GGUF has no key for "
+               "them), and this model's rope_scaling differs")
     if why is not None:
         raise UserError(f"llama.cpp cannot run this model exactly: {why}")
     hf = hf_architecture(cfg)
@@ -194,6 +198,8 @@ def _write_hparams(w, cfg: ModelConfig, arch: str, dtype: str, name: str) -> Non
     w.add_rope_dimension_count(cfg.head_dim)
     w.add_rope_freq_base(cfg.rope_theta)
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    if cfg.rope_scaling is not None:
+        _write_yarn(w, cfg.rope_scaling)
     if cfg.is_moe:
         w.add_expert_count(cfg.num_experts)
         w.add_expert_used_count(cfg.num_experts_per_tok)
@@ -204,6 +210,20 @@ def _write_hparams(w, cfg: ModelConfig, arch: str, dtype: str, name: str) -> Non
         w.add_expert_shared_count(cfg.num_shared_experts)
         # One shared SwiGLU of width n_shared * I holds all shared experts (model/moe.py).
         w.add_expert_shared_feed_forward_length(cfg.num_shared_experts * cfg.moe_intermediate_size)
+
+
+def _write_yarn(w, scaling: dict) -> None:
+    """YaRN keys. llama.cpp scales cos/sin by attn_factor * (0.1 ln s + 1) (src/llama-context.cpp and
+    ggml's rope_yarn), so an explicit attention factor A is stored as A / (0.1 ln s + 1)."""
+    import gguf
+
+    factor = float(scaling["factor"])
+    w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+    w.add_rope_scaling_factor(factor)
+    w.add_rope_scaling_orig_ctx_len(scaling["original_max_position_embeddings"])
+    if scaling.get("attention_factor") is not None:
+        implied = 0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0
+        w.add_rope_scaling_attn_factors(scaling["attention_factor"] / implied)
 
 
 def _write_tokenizer(w, cfg: ModelConfig, tok: dict) -> None:
