@@ -328,3 +328,40 @@ def test_resume_needs_every_rank_to_see_the_checkpoint(monkeypatch, tmp_path):
         trainer._check_same_view()
     monkeypatch.setattr(D, "all_gather_objects", lambda obj, dist: [obj, True])
     trainer._check_same_view()
+
+
+def test_chunked_loss_under_bf16_autocast_matches_the_plain_path(monkeypatch):
+    import torch.nn.functional as F
+
+    from minimind.model import lm_loss
+
+    torch.manual_seed(0)
+    model = MiniMindLM(dataclasses.replace(get_preset("tiny"), vocab_size=2048))
+    ids = torch.randint(0, 2048, (2, 40))
+    monkeypatch.setattr(lm_loss, "CHUNK_ELEMENTS", 2048 * 16)
+    params = list(model.parameters())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(ids).logits
+        ref = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
+        loss = model(ids, labels=ids).loss
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, ref, rtol=1e-3, atol=1e-3)
+    for g, r in zip(torch.autograd.grad(loss, params), torch.autograd.grad(ref, params)):
+        assert (g - r).norm() <= 2e-2 * r.norm() + 1e-6
+
+
+def test_lora_on_the_head_still_counts_in_the_loss():
+    # The chunked loss reads lm_head.weight directly; an adapter hooked onto the head must not be
+    # bypassed.
+    import torch.nn.functional as F
+
+    from minimind.train.lora import add_lora
+
+    torch.manual_seed(0)
+    model = MiniMindLM(get_preset("tiny"))
+    add_lora(model, "lm_head", rank=4)
+    for p in model.lm_head.lora.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    ids = torch.randint(0, 6400, (2, 12))
+    ref = F.cross_entropy(model(ids).logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+    torch.testing.assert_close(model(ids, labels=ids).loss, ref)

@@ -3,24 +3,25 @@
 Contract: `token_logprobs(hidden [N, h], weight [V, h], targets [N]) -> [N] float32`, the
 log-probability of each target token under logits = hidden @ weight^T (computed in the autocast
 dtype when autocast is on, then upcast to float32), and 0 where the target is -100. Value and
-gradients equal `-F.cross_entropy(F.linear(hidden, weight).float(), targets, reduction="none")`.
+gradients equal those of `-F.cross_entropy(F.linear(hidden, weight).float(), targets,
+reduction="none")` (to rounding: the weight gradient is summed over chunks in float32).
 
 Why: the logits are the largest tensors of a step. For a 150k vocabulary, 16 x 2048 tokens make
-5 billion of them: 10 GB in bf16, 20 GB more for the float32 copy that cross-entropy saves for its
-backward. Here the rows go through in chunks of about `CHUNK_ELEMENTS` logits, each under
-activation checkpointing: the forward keeps only the hidden rows (and the shared weight), and the
-backward recomputes one chunk's logits at a time. Extra cost: one more head matmul per chunk,
-small next to the model's forward and backward.
+5 billion of them: 10 GB in bf16, and cross-entropy saves a float32 copy (20 GB) for its
+backward. Here rows go through in chunks of about `CHUNK_ELEMENTS` logits. The forward keeps
+only each row's log-sum-exp; the backward recomputes one chunk's logits at a time and turns them
+into gradients at once: d log p(y) / d logits = onehot(y) - softmax(logits). Extra cost: one more
+head matmul, small next to the model's forward and backward.
 
-Chunks are made with `split` (not slicing): its backward concatenates the chunk gradients once,
-where a slice's backward would write each chunk into its own full-size zero tensor.
+The two loops are PyTorch custom ops (`torch.library.custom_op`): torch.compile treats each as
+one opaque call, so a compiled model neither breaks its graph here nor unrolls (and re-guards)
+a loop whose length depends on the number of tokens.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 IGNORE_INDEX = -100
 CHUNK_ELEMENTS = 1 << 23  # logits per chunk: 32 MB in float32, whatever the vocabulary
@@ -31,20 +32,77 @@ def chunk_rows(vocab_size: int) -> int:
     return max(1, CHUNK_ELEMENTS // vocab_size)
 
 
-def _chunk_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    logits = F.linear(hidden, weight).float()
-    return -F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="none")
+@torch.library.custom_op("minimind::token_logprobs", mutates_args=())
+def _forward(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+             rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log p(target) [N] with 0 on ignored rows, log-sum-exp [N]), both float32."""
+    logp = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+    lse = torch.empty_like(logp)
+    with torch.autocast(hidden.device.type, enabled=False):  # the caller chose the dtype
+        for start in range(0, hidden.shape[0], rows):
+            sl = slice(start, start + rows)
+            logits = F.linear(hidden[sl], weight).float()
+            t = targets[sl]
+            valid = t != IGNORE_INDEX
+            lse[sl] = torch.logsumexp(logits, dim=-1)
+            picked = logits.gather(1, t.masked_fill(~valid, 0).unsqueeze(1)).squeeze(1)
+            logp[sl] = (picked - lse[sl]) * valid
+    return logp, lse
+
+
+@_forward.register_fake
+def _(hidden, weight, targets, rows):
+    return hidden.new_empty(hidden.shape[0], dtype=torch.float32), hidden.new_empty(hidden.shape[0], dtype=torch.float32)
+
+
+@torch.library.custom_op("minimind::token_logprobs_backward", mutates_args=())
+def _backward(grad: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+              lse: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of sum(grad * logp) with respect to hidden and weight."""
+    d_hidden = torch.empty_like(hidden)
+    d_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+    with torch.autocast(hidden.device.type, enabled=False):
+        for start in range(0, hidden.shape[0], rows):
+            sl = slice(start, start + rows)
+            h, t = hidden[sl], targets[sl]
+            valid = t != IGNORE_INDEX
+            probs = (F.linear(h, weight).float() - lse[sl].unsqueeze(1)).exp_()
+            g = -probs.mul_((grad[sl] * valid).unsqueeze(1))  # d/dlogits = g * (onehot - softmax)
+            g.scatter_add_(1, t.masked_fill(~valid, 0).unsqueeze(1), (grad[sl] * valid).unsqueeze(1))
+            g = g.to(hidden.dtype)
+            d_hidden[sl] = g @ weight
+            d_weight += (g.t() @ h).float()
+    return d_hidden, d_weight.to(weight.dtype)
+
+
+@_backward.register_fake
+def _(grad, hidden, weight, targets, lse, rows):
+    return torch.empty_like(hidden), torch.empty_like(weight)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    hidden, weight, targets, rows = inputs
+    ctx.save_for_backward(hidden, weight, targets, output[1])
+    ctx.rows = rows
+
+
+def _autograd_backward(ctx, grad_logp, grad_lse):
+    hidden, weight, targets, lse = ctx.saved_tensors
+    d_hidden, d_weight = _backward(grad_logp.contiguous(), hidden, weight, targets, lse, ctx.rows)
+    return d_hidden, d_weight, None, None
+
+
+_forward.register_autograd(_autograd_backward, setup_context=_setup_context)
 
 
 def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                    rows: int | None = None) -> torch.Tensor:
     """log p(targets[i] | hidden[i]) for every row, in chunks of `rows` (default: `chunk_rows`)."""
-    rows = rows or chunk_rows(weight.shape[0])
-    if hidden.shape[0] <= rows:  # one chunk: nothing to save by recomputing
-        return _chunk_logprobs(hidden, weight, targets)
-    grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
-    out = []
-    for h, t in zip(hidden.split(rows), targets.split(rows)):
-        out.append(checkpoint(_chunk_logprobs, h, weight, t, use_reentrant=False) if grad
-                   else _chunk_logprobs(h, weight, t))
-    return torch.cat(out)
+    device = hidden.device.type
+    if torch.is_autocast_enabled(device):  # what autocast would do to the plain F.linear
+        dtype = torch.get_autocast_dtype(device)
+        hidden, weight = hidden.to(dtype), weight.to(dtype)
+    else:
+        weight = weight.to(hidden.dtype)
+    logp, _ = _forward(hidden.contiguous(), weight, targets.contiguous(), rows or chunk_rows(weight.shape[0]))
+    return logp

@@ -24,6 +24,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
@@ -143,7 +144,13 @@ class MiniMindLM(nn.Module):
             return CausalLMOutput(logits=self.lm_head(x), aux_loss=aux_loss)
         # Position t predicts token t+1: drop the last hidden state and the first label.
         targets = labels[:, -x.shape[1]:][:, 1:]
-        token_logps = token_logprobs(x[:, :-1].flatten(0, 1), self.lm_head.weight, targets.flatten())
+        if self.lm_head._forward_hooks or self.lm_head._forward_pre_hooks:
+            # The head's output is changed by a hook (a LoRA adapter on lm_head): go through it.
+            logits = self.lm_head(x[:, :-1]).float()
+            token_logps = -F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
+                                           reduction="none")
+        else:
+            token_logps = token_logprobs(x[:, :-1].flatten(0, 1), self.lm_head.weight, targets.flatten())
         token_logps = token_logps.view_as(targets)
         loss = -token_logps.sum() / (targets != IGNORE_INDEX).sum().clamp(min=1)
         return CausalLMOutput(logits=None, loss=loss, aux_loss=aux_loss, token_logps=token_logps)

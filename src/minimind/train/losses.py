@@ -9,7 +9,8 @@ Contract:
 - Log-probabilities are always computed in float32, whatever the logits' dtype.
 - Token losses never hold float32 copies of the whole [N, V] logits: the stages get per-token
   log-probs from the model's chunked head (`model.lm_loss`, via `model(ids, labels=...)`), and
-  `distill_loss` works through chunks of rows (`_chunked_distill_terms`).
+  `distill_loss` works through chunks of rows (`_chunked_distill_terms`, eager: the trainer
+  compiles the model, not the loss).
 
 The math, in one line each (pi = policy, ref = frozen reference, y_w/y_l = chosen/rejected):
 - DPO (sigmoid):  -log sigmoid(beta * [(log pi(y_w) - log ref(y_w)) - (log pi(y_l) - log ref(y_l))])
