@@ -20,3 +20,15 @@ def test_bench_infer_runs_against_transformers(capsys):
                  "--batch-sizes", "1,2", "--repeats", "1", "--threads", "1", "--no-server"]) == 0
     printed = capsys.readouterr().out
     assert "transformers" in printed and "minimind" in printed
+    hf_rows = [line for line in printed.splitlines() if line.startswith("| transformers")]
+    assert len(hf_rows) == 2 and all(line.rstrip().endswith("| 1.00x |") for line in hf_rows)  # its own ratio
+
+
+def test_bench_infer_cpu_clock_reports_ratio_to_transformers(capsys):
+    assert main(["bench", "infer", "--preset", "tiny", "--prompt-len", "8", "--new-tokens", "4",
+                 "--batch-sizes", "2", "--repeats", "1", "--threads", "1", "--no-server", "--clock", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "cpu clock" in printed
+    (ours,) = [line for line in printed.splitlines() if line.startswith("| minimind |")]
+    ratio = float(ours.split("|")[-2].strip().rstrip("x"))
+    assert ratio > 0
