@@ -14,6 +14,10 @@ Contract (see docs/architecture.md):
   `encode(text, allow_special=True)` turns written markers into their ids; it is for text we wrote
   ourselves (a whole prompt typed by the person who owns it, tests). Chat control ids come from the
   renderer (chat.py), which encodes message text through the plain path.
+- `encode_flat(texts)` is the bulk plain path of data preparation: the same ids as `encode_batch`,
+  as one uint32 array plus lengths. For a tokenizer made by `train_tokenizer` (our split pattern,
+  byte-level BPE) it runs tiktoken's BPE when tiktoken is installed, 4-5x faster than `tokenizers`
+  here; `fast_bpe.tiktoken_encoding` only accepts a tokenizer for which both give the same ids.
 - Training streams its input: files are read line by line and never held whole in memory.
 
 Why byte-level BPE: every string (any script, emoji, binary junk) maps to bytes first, so there is
@@ -29,12 +33,16 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
+from functools import cached_property
+from itertools import chain
 from pathlib import Path
 
+import numpy as np
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as _HFTokenizer
 
 from .errors import UserError
+from .fast_bpe import tiktoken_encoding
 
 PAD_TOKEN = "<|endoftext|>"
 BOS_TOKEN = "<|im_start|>"
@@ -111,6 +119,43 @@ class Tokenizer:
         except TypeError:
             raise _not_unicode(texts) from None
         return [e.ids if allow_special else self._checked(e.ids) for e in out]
+
+    def encode_flat(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Plain ids of `texts` back to back (uint32) and each text's token count (int64).
+
+        Exactly `encode_batch(texts)` flattened (tests/test_prepare_speed.py compares them), without
+        a Python int per token: data preparation stores these arrays as they are.
+        """
+        fast = self._fast_bpe
+        if fast is None:
+            ids = self.encode_batch(texts)
+            lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+            return np.fromiter(chain.from_iterable(ids), dtype=np.uint32, count=int(lengths.sum())), lengths
+        try:
+            # allowed_special=() and no disallowed check: markers written in the text stay text
+            parts = [fast.encode_to_numpy(t, allowed_special=set(), disallowed_special=()) for t in texts]
+        except (TypeError, ValueError):  # UnicodeEncodeError: a lone surrogate; or not a str
+            raise _not_unicode(texts) from None
+        flat = np.concatenate(parts) if parts else np.zeros(0, np.uint32)
+        if self._added_mask[flat].any():  # cannot happen (no added id is a rank); kept as the guard
+            raise UserError(f"{self.path}: plain text encodes to added-token ids; this tokenizer cannot "
+                            "keep text apart from control tokens")
+        return flat, np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
+
+    @property
+    def bulk_engine(self) -> str:
+        """What runs the BPE of `encode_flat`: "tiktoken" or "tokenizers" (built on first use)."""
+        return "tokenizers" if self._fast_bpe is None else "tiktoken"
+
+    @cached_property
+    def _fast_bpe(self):
+        return tiktoken_encoding(json.loads(self.backend.to_str()), SPLIT_PATTERN)
+
+    @cached_property
+    def _added_mask(self) -> np.ndarray:
+        mask = np.zeros(max(self.vocab_size, max(self.added_ids, default=0) + 1), dtype=bool)
+        mask[list(self.added_ids)] = True
+        return mask
 
     def _checked(self, ids: list[int]) -> list[int]:
         # Plain ids must hold no added-token id. The plain backend cannot produce one for a
