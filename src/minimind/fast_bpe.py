@@ -29,6 +29,8 @@ def tiktoken_encoding(spec: dict, split_pattern: str):
         import tiktoken  # optional accelerator: without it, `tokenizers` does the work
     except ImportError:
         return None
+    if not hasattr(tiktoken.Encoding, "encode_to_numpy"):  # tiktoken < 0.6
+        return None
     model, pre = spec.get("model") or {}, spec.get("pre_tokenizer") or {}
     steps = pre.get("pretokenizers") if pre.get("type") == "Sequence" else None
     if spec.get("normalizer") or not steps or len(steps) != 2 or model.get("type") != "BPE":

@@ -6,6 +6,10 @@ Contract:
   input: files are read line by line, cut into chunks of ~1 MB, and at most 2 chunks per worker
   are in flight (an ordered window over `Pool.apply_async`, i.e. `imap` with back-pressure).
   Results are written in input order, so the output does not depend on the number of workers.
+- Speed: the time goes into BPE. Pretraining text is encoded a chunk at a time by
+  `Tokenizer.encode_flat` (tiktoken's BPE where it provably gives the same ids, see
+  `minimind.fast_bpe`; ids go straight into numpy arrays, never a Python int per token), and the
+  workers inherit the tokenizer built once by the parent (fork).
 - Layout, atomic replacement and the rule that a run deletes nothing it did not write: see
   `data/layout.py`.
 - Reuse: if the target holds a meta.json whose `config_hash` (format version, kind, tokenizer
