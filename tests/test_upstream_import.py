@@ -258,8 +258,9 @@ class NotAllowed:  # a pickled class: weights_only must refuse it, never import 
 
 @pytest.mark.parametrize("content, message", [
     ("list", "not a state dict"),
-    ("object", "not a PyTorch state dict that loads safely"),
+    ("object", "loads safely \\(weights_only\\): it holds Python objects"),
     ("garbage", "not a PyTorch state dict that loads safely"),
+    ("text", "not a PyTorch state dict that loads safely"),
     ("missing", "tensor model.layers.1.self_attn.v_proj.weight is missing"),
     ("extra", "unexpected tensor model.layers.0.self_attn.rotary.weight"),
     ("shape", "do not split into heads"),
@@ -273,6 +274,8 @@ def test_bad_pth_is_one_line_error_and_nothing_written(content, message, tmp_pat
         torch.save({"x": NotAllowed()}, path)
     elif content == "garbage":
         path.write_bytes(b"\x00not a zip or a pickle")
+    elif content == "text":  # the weights-only unpickler fails on this with a KeyError
+        path.write_text("junk\n")
     else:
         if content == "missing":
             del sd["model.layers.1.self_attn.v_proj.weight"]

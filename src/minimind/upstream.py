@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import math
-import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,9 +79,9 @@ def read_pth(path: Path) -> dict[str, torch.Tensor]:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such file") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, OSError) as err:
-        first = (str(err).splitlines() or [type(err).__name__])[0][:160]
-        raise CheckpointError(f"{path}: not a PyTorch state dict that loads safely (weights_only): {first}") from None
+    except Exception as err:  # noqa: BLE001 - on corrupt input the weights-only unpickler raises anything (KeyError, ...)
+        raise CheckpointError(f"{path}: not a PyTorch state dict that loads safely (weights_only): "
+                              f"{_load_error(err)}") from None
     if isinstance(data, dict) and isinstance(data.get("model"), dict):  # upstream's *_resume.pth
         data = data["model"]
     if not isinstance(data, dict) or not data or not all(
@@ -90,6 +89,15 @@ def read_pth(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: not a state dict (expected a dict of tensor names to tensors, "
                               f"got {type(data).__name__})")
     return data
+
+
+def _load_error(err: Exception) -> str:
+    """One line for a torch.load failure; a refused pickle names the object it would have built."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(err).splitlines()]
+    refused = [line for line in lines if "Unsupported global" in line or "WeightsUnpickler error" in line]
+    if refused:
+        return f"it holds Python objects, not only tensors ({refused[0][:120]})"
+    return f"{type(err).__name__} {(lines or [''])[0][:160]}".rstrip()
 
 
 def _folder_weights(folder: Path) -> dict[str, torch.Tensor]:
