@@ -5,8 +5,10 @@
 # Invocation, from the repository root:
 #   make setup TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu128"  # once, online
 #   bash benchmarks/gpu_check.sh
-# On a machine without internet, carry a .venv whose torch was built with CUDA (the script
-# installs nothing; it uses $PYTHON, default .venv/bin/python, else python3). The report goes to
+# On a machine without internet, carry a .venv whose torch was built with CUDA, or point
+# PYTHON at an interpreter that has torch (CUDA) and the package's dependencies: the script
+# installs nothing, puts src/ on PYTHONPATH itself, and uses $PYTHON, default .venv/bin/python,
+# else python3. The env part lists the dependencies that interpreter lacks. The report goes to
 # $OUT/gpu_check_report.md when $OUT is set (part logs in $OUT/gpu_check/PART.log), else
 # runs/gpu_check_report/report.md with the part logs next to it.
 #
@@ -105,6 +107,11 @@ run_part() {
 part_env() {
     command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
     "$PY" - <<'EOF'
+import importlib.util
+missing = [m for m in ("torch", "safetensors", "tokenizers", "tqdm", "numpy", "fastapi", "uvicorn", "pytest",
+                       "transformers") if importlib.util.find_spec(m) is None]
+print("python packages missing:", ", ".join(missing) or "none",
+      "(transformers only matters for bench-infer's baseline, fastapi/uvicorn for serve)")
 import torch
 from minimind.train.metrics import peak_flops
 print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())
