@@ -102,7 +102,8 @@ def test_metadata_and_tensors(family, tmp_path):
     if kw.get("num_experts"):
         experts = tensors["blk.0.ffn_up_exps.weight"].data
         assert experts.shape == (4, 64, 64)
-        assert torch.equal(torch.from_numpy(experts[3].copy()), model_state_dict(model)["layers.0.mlp.experts.3.up_proj.weight"])
+        expert3 = model_state_dict(model)["layers.0.mlp.experts.3.up_proj.weight"]
+        assert torch.equal(torch.from_numpy(experts[3].copy()), expert3)
 
 
 def test_q8_0_quantises_matrices_only(tmp_path):

@@ -37,11 +37,14 @@ def upstream_state_dict(layers=2, heads=4, kv_heads=2, head_dim=16, qk_norm=Fals
     for i in range(layers):
         p = f"model.layers.{i}."
         sd.update({p + "input_layernorm.weight": norm(H), p + "post_attention_layernorm.weight": norm(H),
-                   p + "self_attn.q_proj.weight": w(heads * head_dim, H), p + "self_attn.k_proj.weight": w(kv_heads * head_dim, H),
-                   p + "self_attn.v_proj.weight": w(kv_heads * head_dim, H), p + "self_attn.o_proj.weight": w(H, heads * head_dim)})
+                   p + "self_attn.q_proj.weight": w(heads * head_dim, H),
+                   p + "self_attn.k_proj.weight": w(kv_heads * head_dim, H),
+                   p + "self_attn.v_proj.weight": w(kv_heads * head_dim, H),
+                   p + "self_attn.o_proj.weight": w(H, heads * head_dim)})
         if qk_norm:
             sd[p + "self_attn.q_norm.weight"], sd[p + "self_attn.k_norm.weight"] = norm(head_dim), norm(head_dim)
-        mlps = [""] if not experts else [f"experts.{e}." for e in range(experts)] + [f"shared_experts.{s}." for s in range(shared)]
+        mlps = [""] if not experts else ([f"experts.{e}." for e in range(experts)]
+                                         + [f"shared_experts.{s}." for s in range(shared)])
         width = inner if not experts else moe_inner
         for m in mlps:
             sd.update({p + f"mlp.{m}gate_proj.weight": w(width, H), p + f"mlp.{m}up_proj.weight": w(width, H),
@@ -120,7 +123,8 @@ def reference_logits(sd, ids, heads, kv_heads, head_dim, eps, theta=1e6, top_k=1
         att = torch.einsum("hts,shd->thd", scores.softmax(-1), v).reshape(T, -1)
         x = x + F.linear(att, sd[p + "self_attn.o_proj.weight"])
         h = rms(x, sd[p + "post_attention_layernorm.weight"], eps)
-        x = x + (moe(sd, p + "mlp.", h, top_k, qk_norm, shared) if p + "mlp.gate.weight" in sd else swiglu(sd, p + "mlp.", h))
+        is_moe = p + "mlp.gate.weight" in sd
+        x = x + (moe(sd, p + "mlp.", h, top_k, qk_norm, shared) if is_moe else swiglu(sd, p + "mlp.", h))
         layer += 1
     x = rms(x, sd["model.norm.weight"], eps)
     return F.linear(x, sd.get("lm_head.weight", sd["model.embed_tokens.weight"]))
@@ -197,16 +201,32 @@ def test_yarn_switch_matches_upstreams_yarn(tmp_path):
     assert (ref - plain).abs().max().item() > 1e-3  # the switch really changes the function
 
 
+def test_config_json_beside_a_pth_supplies_what_tensors_cannot(tmp_path):
+    sd = upstream_state_dict(experts=4, shared=1)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"model_type": "minimind", "num_attention_heads": 4, "num_experts_per_tok": 2,
+                                  "rms_norm_eps": 1e-6}))
+    out = tmp_path / "ckpt"
+    assert main(["import", "minimind", str(save_pth(tmp_path, sd)), "--out", str(out), "--config", str(config)]) == 0
+    model = load_model(out)
+    assert (model.config.num_heads, model.config.num_experts_per_tok, model.config.rms_norm_eps) == (4, 2, 1e-6)
+    ref = reference_logits(sd, IDS, 4, 2, 16, 1e-6, top_k=2, shared=1)
+    assert (ours(model, IDS) - ref).abs().max().item() < 1e-4
+
+
 # -- Transformers folders, load_model, CLI, round trip ----------------------------------------
 
 
 def upstream_folder(tmp_path, sd, **config):
     folder = tmp_path / "MiniMind2-hf"
     folder.mkdir()
-    weights = {k: v.contiguous() for k, v in sd.items() if k != "lm_head.weight" or not config.get("tie_word_embeddings", True)}
+    tied = config.get("tie_word_embeddings", True)
+    weights = {k: v.contiguous() for k, v in sd.items() if k != "lm_head.weight" or not tied}
     save_file(weights, str(folder / "model.safetensors"))
-    cfg = {"architectures": ["MiniMindForCausalLM"], "model_type": "minimind", "auto_map": {"AutoModelForCausalLM": "model_minimind.MiniMindForCausalLM"},
-           "hidden_size": H, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": V,
+    cfg = {"architectures": ["MiniMindForCausalLM"], "model_type": "minimind",
+           "auto_map": {"AutoModelForCausalLM": "model_minimind.MiniMindForCausalLM"},
+           "hidden_size": H, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+           "vocab_size": V,
            "rms_norm_eps": 1e-6, "rope_theta": 1e6, "max_position_embeddings": 4096, "use_moe": False, **config}
     (folder / "config.json").write_text(json.dumps(cfg))
     return folder

@@ -10,7 +10,8 @@ Contract:
 - The shape comes from the tensors: vocabulary, widths, layers, experts, QK-norm, head size
   (from the QK-norm weight) and tied or untied head. What tensors cannot tell is read from
   config.json or given as a flag (`UpstreamFlags`), and a missing one is a UserError naming the
-  flag (`--num-heads` for a model without QK-norm, `--experts-per-tok` for an MoE `.pth`).
+  flag (`--num-heads` for a model without QK-norm, `--experts-per-tok` for an MoE `.pth`); an
+  upstream config.json can also be given for a `.pth` (`--config`).
 - Upstream's names are ours with a `model.` prefix, except shared experts: upstream keeps a list
   (`mlp.shared_experts.{s}.*`), we keep one SwiGLU of width n_shared * I (rows stacked).
 - Where upstream departs from the Llama/Qwen convention (docs/interop.md):
@@ -59,6 +60,7 @@ class UpstreamFlags:
     rope_theta: float | None = None
     max_seq_len: int | None = None
     yarn: bool | None = None
+    config: Path | None = None  # an upstream config.json to read beside a .pth (flags still win)
 
 
 def is_upstream_folder(path: Path) -> bool:
@@ -79,7 +81,8 @@ def read_pth(path: Path) -> dict[str, torch.Tensor]:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such file") from None
-    except Exception as err:  # noqa: BLE001 - on corrupt input the weights-only unpickler raises anything (KeyError, ...)
+    # On corrupt input the weights-only unpickler raises about anything (a KeyError for a text file).
+    except Exception as err:  # noqa: BLE001
         raise CheckpointError(f"{path}: not a PyTorch state dict that loads safely (weights_only): "
                               f"{_load_error(err)}") from None
     if isinstance(data, dict) and isinstance(data.get("model"), dict):  # upstream's *_resume.pth
@@ -88,6 +91,17 @@ def read_pth(path: Path) -> dict[str, torch.Tensor]:
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items()):
         raise CheckpointError(f"{path}: not a state dict (expected a dict of tensor names to tensors, "
                               f"got {type(data).__name__})")
+    return data
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:  # ValueError: bad JSON or bad UTF-8
+        reason = getattr(err, "strerror", None) or err
+        raise CheckpointError(f"{path}: cannot read an upstream config.json ({reason})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: an upstream config.json must be a JSON object")
     return data
 
 
@@ -161,8 +175,9 @@ def infer_config(sd: dict[str, torch.Tensor], flags: UpstreamFlags, source: str,
     if head_dim == 0 or q_rows % head_dim or kv_rows % head_dim:
         raise CheckpointError(f"{source}: q_proj ({q_rows} rows) and k_proj ({kv_rows} rows) do not split into "
                               f"heads of {head_dim}; check --num-heads")
-    kw: dict[str, Any] = dict(vocab_size=vocab, hidden_size=hidden, num_layers=len(layers), num_heads=q_rows // head_dim,
-                              num_kv_heads=kv_rows // head_dim, head_dim=head_dim, qk_norm=qk_norm)
+    kw: dict[str, Any] = dict(vocab_size=vocab, hidden_size=hidden, num_layers=len(layers),
+                              num_heads=q_rows // head_dim, num_kv_heads=kv_rows // head_dim, head_dim=head_dim,
+                              qk_norm=qk_norm)
     lm_head = sd.get("lm_head.weight")
     kw["tie_word_embeddings"] = lm_head is None or torch.equal(lm_head, sd["model.embed_tokens.weight"])
     # Defaults of upstream's two generations: minimind-3 has QK-norm and eps 1e-6, minimind2 1e-5.
@@ -246,12 +261,12 @@ def expected_keys(cfg: ModelConfig) -> list[str]:
 def load_upstream_model(path: str | Path, flags: UpstreamFlags | None = None) -> MiniMindLM:
     """An upstream `.pth` file or Transformers folder as a MiniMindLM (float32, eval mode)."""
     path, flags = Path(path), flags or UpstreamFlags()
-    json_config = None
+    json_config = _read_config(Path(flags.config)) if flags.config is not None else None
     if path.is_dir():
         if not is_upstream_folder(path):
             raise CheckpointError(f"{path}: not an upstream MiniMind folder (config.json with model_type "
                                   f"\"minimind\")")
-        json_config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        json_config = json_config or _read_config(path / "config.json")
         sd = _folder_weights(path)
     else:
         sd = read_pth(path)

@@ -55,6 +55,8 @@ def _register_import_minimind(imp_sub: argparse._SubParsersAction) -> None:
     up.add_argument("--out", required=True, help="output checkpoint folder (new or empty; see --force)")
     up.add_argument("--tokenizer", default=None, help="upstream tokenizer folder to copy in (tokenizer.json ...)")
     up.add_argument("--force", action="store_true", help=FORCE_HELP)
+    up.add_argument("--config", default=None,
+                    help="upstream config.json to read beside a .pth (its keys as in an upstream folder)")
     up.add_argument("--num-heads", type=int, default=None,
                     help="attention heads (needed without QK-norm: the tensors do not say; minimind2 uses 8)")
     up.add_argument("--experts-per-tok", type=int, default=None,
@@ -112,7 +114,7 @@ def cmd_import_minimind(args: argparse.Namespace) -> int:
 
     flags = UpstreamFlags(num_heads=args.num_heads, experts_per_tok=args.experts_per_tok,
                           rms_norm_eps=args.rms_norm_eps, rope_theta=args.rope_theta,
-                          max_seq_len=args.max_seq_len, yarn=args.yarn)
+                          max_seq_len=args.max_seq_len, yarn=args.yarn, config=args.config)
     out = import_upstream(args.path, args.out, tokenizer_dir=args.tokenizer, flags=flags, force=args.force)
     print(f"wrote {out}")
     return 0
