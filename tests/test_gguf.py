@@ -38,6 +38,7 @@ FAMILIES = {
     "dense": ({}, "llama"),
     "untied": (dict(tie_word_embeddings=False), "llama"),
     "qkv_bias": (dict(qkv_bias=True), "qwen2"),
+    "all_biases": (dict(qkv_bias=True, o_bias=True), "llama"),  # llama with q/k biases reordered too
     "qk_norm": (dict(qk_norm=True, rms_norm_eps=1e-6), "qwen3"),
     "moe_qk_norm": (dict(qk_norm=True, **MOE), "qwen3moe"),
     "moe_shared": (dict(num_shared_experts=1, **MOE), "ernie4_5-moe"),

@@ -88,7 +88,7 @@ def gguf_tensors(model: MiniMindLM) -> dict[str, torch.Tensor]:
     arch = gguf_architecture(cfg)
     perm = interleave_perm(cfg.head_dim) if arch in INTERLEAVED_ROPE else None
     out: dict[str, torch.Tensor] = {}
-    experts: dict[str, list[torch.Tensor]] = {}
+    experts: dict[str, dict[int, torch.Tensor]] = {}
     for name, tensor in model_state_dict(model).items():
         tensor = tensor.float()
         if name in TOP_NAMES:
@@ -99,12 +99,12 @@ def gguf_tensors(model: MiniMindLM) -> dict[str, torch.Tensor]:
         if perm is not None and module in ("self_attn.q_proj", "self_attn.k_proj"):
             tensor = permute_heads(tensor, cfg.head_dim, perm)
         if module.startswith("mlp.experts."):  # mlp.experts.{e}.gate_proj -> ffn_gate_exps
-            proj = module.rsplit(".", 1)[1].split("_")[0]
-            experts.setdefault(f"blk.{layer}.ffn_{proj}_exps.{kind}", []).append(tensor)
+            _, _, expert, proj = module.split(".")
+            experts.setdefault(f"blk.{layer}.ffn_{proj.split('_')[0]}_exps.{kind}", {})[int(expert)] = tensor
             continue
         out[f"blk.{layer}.{LAYER_NAMES[module]}.{kind}"] = tensor
-    for name, parts in experts.items():  # state-dict order is expert 0, 1, ... within a layer
-        out[name] = torch.stack(parts)
+    for name, parts in experts.items():
+        out[name] = torch.stack([parts[e] for e in range(cfg.num_experts)])
     return out
 
 
