@@ -21,6 +21,7 @@ YARN = {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}
 FAMILIES = {
     "dense": ({}, "LlamaForCausalLM"),
     "qkv_bias": (dict(qkv_bias=True), "Qwen2ForCausalLM"),
+    "all_biases": (dict(qkv_bias=True, o_bias=True), "LlamaForCausalLM"),
     "qk_norm": (dict(qk_norm=True, rms_norm_eps=1e-6), "Qwen3ForCausalLM"),
     "moe_qk_norm": (dict(qk_norm=True, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32),
                     "Qwen3MoeForCausalLM"),
