@@ -242,6 +242,12 @@ def test_load_model_reads_an_upstream_folder(tmp_path):
     assert (ours(model, IDS) - ref).abs().max().item() < 1e-4
 
 
+def test_import_hf_points_to_import_minimind(tmp_path, capsys):
+    folder = upstream_folder(tmp_path, upstream_state_dict(qk_norm=True), head_dim=16)
+    assert main(["import", "hf", str(folder), "--out", str(tmp_path / "out")]) == 2
+    assert "use `minimind import minimind`" in capsys.readouterr().err
+
+
 def test_cli_import_copies_tokenizer_and_result_loads(tmp_path, capsys):
     from minimind.tokenizer import default_tokenizer_dir
 

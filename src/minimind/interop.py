@@ -250,7 +250,9 @@ def hf_to_config(hf: dict[str, Any], source: str = "config.json") -> ModelConfig
         raise ConfigError(f"{source}: a model config must be a JSON object, got {type(hf).__name__}")
     arch = hf.get("model_type")
     if arch not in ARCH_CLASSES:
-        raise ConfigError(f"{source}: model_type {arch!r} is not supported; supported: {', '.join(ARCH_CLASSES)}")
+        hint = " (an upstream MiniMind folder: use `minimind import minimind`)" if arch == "minimind" else ""
+        raise ConfigError(f"{source}: model_type {arch!r} is not supported{hint}; "
+                          f"supported: {', '.join(ARCH_CLASSES)}")
     if hf.get("hidden_act", "silu") != "silu":
         raise ConfigError(f"{source}: hidden_act {hf['hidden_act']!r} is not supported (only silu / SwiGLU)")
     if hf.get("mlp_bias") or (arch == "ernie4_5_moe" and hf.get("use_bias")):
