@@ -32,8 +32,8 @@ import json
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from importlib import resources
 from functools import cached_property
+from importlib import resources
 from itertools import chain
 from pathlib import Path
 
