@@ -130,6 +130,15 @@ def test_unsupported_models_are_refused_before_writing(kw, message, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_cli_refusal_names_the_checkpoint(tmp_path, capsys):
+    kw = dict(qk_norm=True, num_shared_experts=1, **MOE)
+    ckpt = save_model(family_model(kw), tmp_path / "ckpt", tokenizer_dir=default_tokenizer_dir())
+    assert main(["export", "gguf", "--ckpt", str(ckpt), "--out", str(tmp_path / "m.gguf")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {ckpt}: llama.cpp cannot run this model exactly") and err.count("\n") == 1
+    assert not (tmp_path / "m.gguf").exists()
+
+
 def test_other_pre_tokenizer_is_refused(tmp_path):
     tok_dir = tmp_path / "tok"
     shutil.copytree(default_tokenizer_dir(), tok_dir)

@@ -262,7 +262,10 @@ def export_gguf(ckpt: str | Path | MiniMindLM, out: str | Path, dtype: str = "f3
     source = None if isinstance(ckpt, MiniMindLM) else resolve_checkpoint(ckpt)
     model = ckpt if source is None else load_model(source)
     cfg = model.config
-    arch = gguf_architecture(cfg)  # refuses before anything is converted or written
+    try:
+        arch = gguf_architecture(cfg)  # refuses before anything is converted or written
+    except UserError as err:
+        raise UserError(f"{source or 'this model'}: {err}") from None
     if tokenizer_dir is None:
         has_tok = source is not None and (source / "tokenizer.json").is_file()
         tokenizer_dir = source if has_tok else default_tokenizer_dir()
