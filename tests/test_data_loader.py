@@ -8,7 +8,7 @@ import torch
 
 import minimind.data.store as store_mod
 from minimind.chat import render_conversation, render_prompt
-from minimind.data import IGNORE, make_loader
+from minimind.data.loader import IGNORE, make_loader
 from minimind.data.prepare import prepare
 from minimind.errors import UserError
 from support import write_jsonl

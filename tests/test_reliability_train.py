@@ -69,7 +69,7 @@ def test_held_out_split_too_small_skips_evaluation_and_keeps_the_run(tmp_path, p
 
 
 def test_loader_refuses_a_split_smaller_than_the_world_when_built(pretrain_data, tok):
-    from minimind.data import make_loader
+    from minimind.data.loader import make_loader
 
     make_loader("pretrain", pretrain_data, tok, 16, 1, split="val")  # fine for one rank
     with pytest.raises(UserError, match="too little pretrain data in the 'val' split for 64 rank"):
@@ -93,7 +93,7 @@ def _two_rank_worker(rank: int, port: int, argv: list[str]) -> None:
 def test_two_process_run_with_one_held_out_window_finishes_with_its_checkpoint(tmp_path, pretrain_data, tok):
     # The case: 2 ranks (gloo), a held-out split of a single window, which one rank can
     # evaluate but not two. Choose seq_len so that the split holds exactly one window.
-    from minimind.data import make_loader
+    from minimind.data.loader import make_loader
 
     stream = 2 * make_loader("pretrain", pretrain_data, tok, 2, 1, split="val").samples_per_epoch
     seq_len = stream // 2 + 1

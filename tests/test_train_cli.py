@@ -89,7 +89,7 @@ def test_pretrain_sft_lora_plot(tmp_path, data, capsys):
 
 
 def test_sft_loss_counts_only_assistant_tokens(data):
-    from minimind.data import make_loader
+    from minimind.data.loader import make_loader
     from minimind.model import MiniMindLM
     from minimind.tokenizer import load_tokenizer
     from minimind.train.stages.base import TrainContext

@@ -118,7 +118,7 @@ def _padded_batches(kind: str, path: Path, tok, seq_len: int, batch_size: int, n
 
 
 def _packed_batches(kind: str, path: Path, tok, seq_len: int, batch_size: int, n: int) -> list[dict]:
-    from ..data import make_loader
+    from ..data.loader import make_loader
 
     it = iter(make_loader(kind, path, tok, seq_len, batch_size, seed=0))
     out = []

@@ -12,12 +12,13 @@ Modules:
 
 # The functions `prepare` and `clean` are not re-exported here: they would shadow their own
 # modules (minimind.data.prepare would become the function). Import them from their modules.
+# Nor is the loader: it imports torch (seconds at start-up, and again in every `data prepare`
+# worker), which preparing and cleaning data never need. Import it from `minimind.data.loader`.
 from .formats import KINDS, ReadStats, iter_examples, normalize_record
-from .loader import IGNORE, Loader, make_loader
 from .prepare import PrepareResult, read_meta
 from .store import DocStore, open_store
 
 __all__ = [
-    "KINDS", "IGNORE", "DocStore", "Loader", "PrepareResult", "ReadStats",
-    "iter_examples", "make_loader", "normalize_record", "open_store", "read_meta",
+    "KINDS", "DocStore", "PrepareResult", "ReadStats", "iter_examples", "normalize_record",
+    "open_store", "read_meta",
 ]

@@ -121,7 +121,7 @@ class Stage:
     # (b) how a batch is made -----------------------------------------------------------------
 
     def batches(self, ctx: TrainContext, split: str = "train") -> Batches:
-        from ...data import make_loader
+        from ...data.loader import make_loader
 
         cfg = ctx.config
         if not cfg.data:
