@@ -46,10 +46,10 @@ FAMILIES = {
     "yarn_qk_norm": (dict(qk_norm=True, rope_scaling=dict(YARN, attention_factor=1.0)), "qwen3"),  # upstream's
 }
 # Mixed scripts, emoji, digit runs, contractions in any case, punctuation glued to words, CR/LF and
-# space runs: where llama.cpp's pre-tokenizers disagree (its "default" and "deepseek-llm" split this
-# differently; "qwen2" uses our regex verbatim).
+# space runs, punctuation before CJK: where llama.cpp's pre-tokenizers disagree (its "default",
+# "deepseek-llm" and "gpt-2" give other ids here; "qwen2" uses our regex verbatim).
 TEXT = ("MiniMind 训练小模型 in 2 hours! 价格是 12345 元 🚀🎉 emoji, naïve café\n\ttabs   and  spaces 你好，世界。"
-        "It's DON'T we'LL (括号)word,word...!!! a\r\nb   \n  x")
+        "It's DON'T we'LL (括号)word,word...!!! a\r\nb   \n  x。我们，而且.\n\n你 https://x.com")
 
 
 def family_model(kw: dict, seed: int = 0) -> MiniMindLM:
@@ -200,6 +200,27 @@ CONVERSATION = [
     {"role": "assistant", "content": "等于 42。", "reasoning_content": "12 加 30 是 42。"},
     {"role": "user", "content": "And times 2?"},
 ]
+
+
+@pytest.mark.slow
+def test_llama_cpp_tokenises_upstream_style_tokenizer(tmp_path):
+    """Upstream MiniMind's tokenizer.json has a lone ByteLevel(use_regex=true) pre-tokenizer: exported
+    with pre "gpt-2", llama.cpp must split and merge exactly as `tokenizers` does."""
+    llama_cpp = runtime("llama_cpp")
+    from tokenizers import Tokenizer
+
+    tok_dir = tmp_path / "tok"
+    shutil.copytree(default_tokenizer_dir(), tok_dir)
+    data = json.loads((tok_dir / "tokenizer.json").read_text())
+    data["pre_tokenizer"] = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    (tok_dir / "tokenizer.json").write_text(json.dumps(data))
+    path = export_gguf(family_model({}), tmp_path / "m.gguf", tokenizer_dir=tok_dir)
+    assert read(path)[0]["tokenizer.ggml.pre"] == "gpt-2"
+    expected = Tokenizer.from_file(str(tok_dir / "tokenizer.json")).encode(TEXT, add_special_tokens=False).ids
+    assert expected != load_tokenizer().encode(TEXT)  # the split really differs from ours
+    llm = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
+    assert llm.tokenize(TEXT.encode(), add_bos=False, special=False) == expected
+    llm.close()
 
 
 @pytest.mark.slow

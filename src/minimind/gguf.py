@@ -16,7 +16,8 @@ Contract:
   YaRN goes in as llama.cpp's rope.scaling keys, with the attention factor rescaled (`_write_yarn`).
 - The tokenizer goes in as llama.cpp's byte-level BPE ("gpt2") with the pre-tokenizer whose split
   regex is ours (`PRE_TOKENIZERS`: llama.cpp's "qwen2" regex is `tokenizer.SPLIT_PATTERN`, written
-  case-insensitively by hand); a tokenizer with any other split is refused rather than exported
+  case-insensitively by hand; upstream MiniMind's lone ByteLevel split is llama.cpp's "gpt-2");
+  a tokenizer with any other split is refused rather than exported
   to tokenize differently. Added special tokens are CONTROL, the other added ones USER_DEFINED.
 - Only 2-D weights are converted to `dtype`; norms, biases and the MoE router stay f32 (as
   llama.cpp's own converter does); a q8_0 row length not divisible by 32 falls back to f16.
@@ -45,7 +46,9 @@ INTERLEAVED_ROPE = ("llama", "ernie4_5-moe")
 DTYPES = ("f32", "f16", "bf16", "q8_0")
 # Split regex of a tokenizer.json -> llama.cpp's `tokenizer.ggml.pre` name with the same regex
 # (src/llama-vocab.cpp, LLAMA_VOCAB_PRE_TYPE_QWEN2). Proven id for id by tests/test_gguf.py.
-PRE_TOKENIZERS = {SPLIT_PATTERN: "qwen2"}
+# A lone ByteLevel(use_regex=true) splits with GPT-2's regex, llama.cpp's "gpt-2" (its regex verbatim).
+GPT2_SPLIT = "<ByteLevel use_regex>"
+PRE_TOKENIZERS = {SPLIT_PATTERN: "qwen2", GPT2_SPLIT: "gpt-2"}
 # Ours -> llama.cpp's tensor names (gguf-py's TENSOR_NAMES), per layer after "layers.{i}.".
 LAYER_NAMES = {
     "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
@@ -129,13 +132,17 @@ def _convert(name: str, tensor: torch.Tensor, dtype: str):
 
 
 def _split_regex(pre: dict | None, path: Path) -> str:
-    """The one Split regex of a byte-level pre-tokenizer, or a UserError."""
+    """The split a byte-level pre-tokenizer makes: its one Split regex, or GPT2_SPLIT for a lone
+    ByteLevel(use_regex=true) (upstream MiniMind's tokenizer); anything else is a UserError."""
     parts = (pre or {}).get("pretokenizers", [pre] if pre else [])
     regexes = [p.get("pattern", {}).get("Regex") for p in parts if p.get("type") == "Split"]
     byte_level = [p for p in parts if p.get("type") == "ByteLevel"]
+    if len(parts) == 1 and byte_level and byte_level[0].get("use_regex", True) \
+            and not byte_level[0].get("add_prefix_space", False):
+        return GPT2_SPLIT
     if len(regexes) != 1 or regexes[0] is None or len(byte_level) != 1 or byte_level[0].get("use_regex", True):
         raise UserError(f"{path}: llama.cpp's byte-level BPE needs one Split regex then ByteLevel "
-                        f"(use_regex false); this tokenizer's pre-tokenizer is different")
+                        f"(use_regex false), or ByteLevel alone; this tokenizer's pre-tokenizer is different")
     return regexes[0]
 
 
