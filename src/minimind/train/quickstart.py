@@ -11,7 +11,9 @@ Contract: `quickstart(out_dir, device="auto")`
 6. evaluates the demo suites (`minimind.eval.run_demo`: held-out text bits per byte, the C-Eval-layout
    multiple choice, verifiable generation, tool calls; DEMO_EVAL_LIMIT items of each) on the final
    checkpoint, or with `--full` on every stage's, appends each to its run's eval.jsonl and prints one
-   table, a row per stage. A re-run reuses a stage's logged result for the same checkpoint.
+   table, a row per stage. A re-run reuses a stage's logged result for the same checkpoint. The eval
+   is outside the planned training time (SHARES leave 10% of `--minutes` for data, evaluation and
+   chat); with the default limit it is about 5 s of CPU time per `tiny` checkpoint.
 Each run directory holds checkpoints, metrics.jsonl, loss.png and lr.png (and eval.jsonl). Re-running continues an
 interrupted stage (`--resume`) and skips finished ones. On CUDA the Trainer picks the GPU and bf16
 by itself (device/dtype "auto").
@@ -55,7 +57,7 @@ POSTTRAIN = (
                         rewards="correct:1,format:0.2")),
 )
 # The demo eval is bounded so the budget stays honest: 25 documents / prompts / tool-call cases and
-# 25 questions per MCQ subject (100), about 5-10 s per checkpoint for `tiny` on a laptop CPU.
+# 25 questions per MCQ subject (100) per checkpoint.
 DEMO_EVAL_LIMIT = 25
 QUESTIONS = ["你好，你是谁？", "Who are you?", "What is the capital of France?", "请用一句话介绍一下人工智能。"]
 
