@@ -141,3 +141,32 @@ def test_text_stop_strings_and_stream(tmp_path):
     cut = engine.generate([prompt], SamplingParams(**{**sample.__dict__, "stop": [stop]}))[0]
     assert cut.text == text[:text.find(stop)] and cut.finish_reason == "stop"
     assert len(cut.output_ids) < 30
+
+
+def test_repetition_penalty_rows_mixed_with_plain_rows_equal_recomputation(model):
+    """Only penalised rows track seen tokens; they must still see prompt + output, whatever their neighbours."""
+    def naive(prompt, n, penalty):
+        ids = list(prompt)
+        with torch.no_grad():
+            for _ in range(n):
+                logits = model(torch.tensor([ids])).logits[0, -1]
+                seen = torch.zeros_like(logits, dtype=torch.bool)
+                seen[torch.tensor(ids)] = True
+                pen = torch.where(logits > 0, logits / penalty, logits * penalty)
+                ids.append(int(torch.where(seen, pen, logits).argmax()))
+        return ids[len(prompt):]
+
+    params = [greedy(14, repetition_penalty=10.0) if i % 2 == 0 else greedy(14) for i in range(len(PROMPTS))]
+    engine = Engine(model)
+    runner = engine.runner(capacity=2, max_len=32)  # staggered rows: moves and shifts carry `seen` along
+    waiting = [engine.new_sequence(p, sp) for p, sp in zip(PROMPTS, params)]
+    seqs = list(waiting)
+    while waiting or runner.seqs:
+        if waiting and runner.room_for(len(waiting[0].prompt_ids)):
+            runner.admit([waiting.pop(0)])
+        runner.step()
+    for i, (p, s) in enumerate(zip(PROMPTS, seqs)):
+        assert s.output_ids == naive(p, 14, 10.0 if i % 2 == 0 else 1.0), i
+    # Unpenalised, rows 0 and 2 repeat their own earlier outputs: the penalty must change that, so a
+    # row that lost track of the tokens it generated fails the comparison above.
+    assert all(seqs[i].output_ids != naive(PROMPTS[i], 14, 1.0) for i in (0, 2))

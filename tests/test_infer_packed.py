@@ -37,6 +37,20 @@ def test_packed_linear_equals_linear_and_only_inside_the_block():
     torch.testing.assert_close(logits, plain, rtol=1e-4, atol=1e-4)
 
 
+def test_packed_linear_with_bias_and_any_leading_shape():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(24, 40, bias=True)
+    with torch.no_grad():
+        lin.bias.normal_()
+    packed = PackedLinears(lin)
+    for shape in [(1, 24), (7, 24), (2, 3, 24), (0, 24)]:
+        x = torch.randn(shape)
+        with torch.inference_mode(), packed.active():
+            y = lin(x)
+        assert y.shape == (*shape[:-1], 40)
+        torch.testing.assert_close(y, F.linear(x, lin.weight, lin.bias), rtol=1e-5, atol=1e-5)
+
+
 def test_packed_weights_follow_in_place_updates():
     model = tiny_model()
     packed = PackedLinears(model)

@@ -19,6 +19,7 @@ matrix-vector product bound by memory bandwidth) measured ~25% faster inside the
 from __future__ import annotations
 
 import contextlib
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -53,12 +54,12 @@ class PackedLinears:
             self._packed[id(lin)] = entry
         return entry[2]
 
-    def _forward_for(self, lin: nn.Linear):
+    def _forward_for(self, lin: nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
         in_features = lin.in_features
 
         def forward(x: torch.Tensor) -> torch.Tensor:
             rows = x.numel() // in_features
-            if rows == 0 or x.dtype != torch.float32 or torch.is_grad_enabled():
+            if rows == 0 or not x.is_cpu or x.dtype != torch.float32 or torch.is_grad_enabled():
                 return F.linear(x, lin.weight, lin.bias)
             y = torch.ops.mkldnn._linear_pointwise(x.reshape(rows, in_features), self._weight(lin), lin.bias,
                                                    "none", [], "")
@@ -66,7 +67,7 @@ class PackedLinears:
         return forward
 
     @contextlib.contextmanager
-    def active(self):
+    def active(self) -> Iterator[None]:
         """Route the model's Linear layers through the packed weights inside this block."""
         if not self.available:
             yield
