@@ -130,3 +130,70 @@ def test_context_full_ends_the_run(tmp_path_factory):
     (run,) = run_agents(engine_model(engine, SamplingParams(max_new_tokens=8, temperature=0)), [TOOL_CONV[:2]],
                         builtin_tools())
     assert run.finish == "context" and run.messages == TOOL_CONV[:2]
+
+
+def test_token_segments_concatenate_to_the_render_and_mask_observations(tok):
+    """Token-level run: generated ids are the trainable segments, tool results and template
+    text are not, and all segments joined are the renderer's ids of the transcript."""
+    from minimind.agent import scripted_token_model
+    from minimind.chat import render_conversation
+
+    seen = []
+
+    def fn(prompt):
+        n = prompt.count("<tool_response>\n")
+        return {0: "need both\n</think>\n\nLet me compute.\n" + call("calculator", expression="(2+3)*4") + "\n"
+                   + call("weekday", date="2026-11-27"),
+                2: "both known\n</think>\n\n20, on a Friday."}[n]
+
+    conv = [{"role": "system", "content": "", "tools": builtin_tools().specs()}, {"role": "user", "content": "q"}]
+    (run,) = run_agents(scripted_token_model(tok, lambda p: seen.append(p) or fn(p), thinking=True), [conv],
+                        builtin_tools())
+    assert run.finish == "answer" and run.turns == 2 and run.tool_calls == 2
+    assert [m["role"] for m in run.messages] == ["system", "user", "assistant", "tool", "tool", "assistant"]
+    assert run.messages[-1] == {"role": "assistant", "content": "20, on a Friday.", "reasoning_content": "both known"}
+    assert [t for _, t in run.segments] == [0, 1, 0, 1]
+    # the generated segments are exactly the replies (plus <|im_end|>); observations are the loop's text
+    assert [tok.decode(s) for s, t in run.segments if t] == [fn(p) + "<|im_end|>" for p in seen]
+    obs = tok.decode(run.segments[2][0])
+    assert obs == ('\n<|im_start|>user\n<tool_response>\n{"result": 20}\n</tool_response>\n<tool_response>\n'
+                   '{"result": "Friday"}\n</tool_response><|im_end|>\n<|im_start|>assistant\n<think>\n')
+    ids, mask = render_conversation(tok, run.messages)
+    assert run.ids == ids[: len(run.ids)] and tok.decode(ids[len(run.ids):]) == "\n"
+    # loss mask over the run: 1 on every generated token, 0 on prompt and tool results
+    flat_mask = [t for s, t in run.segments for _ in s]
+    assert sum(flat_mask) == sum(len(s) for s, t in run.segments if t)
+    # every trained token is an assistant token of the render; the observation holds none
+    assert all(mask[k] for k, m in enumerate(flat_mask) if m)
+    start = len(run.segments[0][0]) + len(run.segments[1][0])
+    # (except its closing "<think>\n": the render trains it, the loop supplied it as the prompt)
+    think = len(tok.encode("<think>\n", allow_special=True))
+    assert not any(mask[start:start + len(run.segments[2][0]) - think]) and '{"result": 20}' in obs
+
+
+def test_token_runs_end_on_turn_limit_and_context(tok):
+    from minimind.agent import scripted_token_model
+
+    looping = scripted_token_model(tok, lambda p: call("calculator", expression="1+1"), context_len=10_000)
+    conv = [{"role": "user", "content": "loop"}]
+    (run,) = run_agents(looping, [conv], builtin_tools(), max_turns=3)
+    assert run.finish == "turn_limit" and run.turns == 3 and [t for _, t in run.segments] == [0, 1, 0, 1, 0, 1]
+    tiny = scripted_token_model(tok, lambda p: call("calculator", expression="1+1"), context_len=60)
+    (run,) = run_agents(tiny, [conv], builtin_tools(), max_turns=5)
+    assert run.finish == "context" and run.turns >= 2 and run.segments[-1][1] == 0  # ended on an observation
+
+
+def test_engine_token_model_continues_from_its_own_ids(tmp_path_factory):
+    from minimind.agent import engine_token_model
+
+    engine = load_engine(tool_checkpoint(tmp_path_factory), max_batch_size=4, max_len=512)
+    model = engine_token_model(engine, lambda i, turn: SamplingParams(max_new_tokens=40, temperature=0))
+    runs = run_agents(model, [TOOL_CONV[:2], TOOL_CONV[:2]], builtin_tools())
+    for run in runs:  # same transcript as the text-level loop, and the generated ids are the engine's
+        assert run.finish == "answer" and run.messages[2:] == [
+            {"role": "assistant", "content": "", "tool_calls": [
+                {"type": "function", "function": {"name": "calculator", "arguments": {"expression": "(2+3)*4"}}}]},
+            {"role": "tool", "name": "calculator", "content": '{"result": 20}'},
+            {"role": "assistant", "content": "It is 20."}]
+        assert [t for _, t in run.segments] == [0, 1, 0, 1]
+        assert run.segments[-1][0][-1] == engine.tokenizer.eos_id

@@ -19,14 +19,23 @@ Contract:
     "context"     the conversation outgrew the model's context before an answer.
 - The input conversations are not modified. `on_message(i, message)` (optional) sees every
   appended message of conversation i as it happens (the CLI prints calls and results with it).
+- Token level (for RL, which must train on the exact sampled tokens): a `TokenModel` maps
+  prompt ids to generated ids (`engine_token_model`, or `scripted_token_model` for tests). With
+  one, `run_agents` keeps each conversation as token ids and continues every turn from those ids
+  (never from a re-render), and `AgentRun.segments` holds them as (ids, trainable) pieces: the
+  rendered prompt (0), each turn's generated ids with their stop token (1), and the renderer's ids
+  for what the loop appends (0): a missing <|im_end|> of a capped reply, the tool results as
+  one user turn, and the next generation prompt. Their concatenation equals
+  `chat.render_conversation` of the transcript (less its final "\n") whenever the generated ids
+  are the renderer's tokenization of the reply text (tests/test_agent.py checks it).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from typing import Any, Callable
 
-from .chat import parse_reply, render_prompt, render_text
+from .chat import Piece, encode_pieces, generation_prompt, parse_reply, render_pieces, render_prompt, render_text
 from .infer import SamplingParams
 from .tools import ToolRegistry
 
@@ -41,6 +50,31 @@ class AgentRun:
     turns: int = 0  # model replies so far
     tool_calls: int = 0
     extra: dict = field(default_factory=dict)  # room for callers (e.g. rewards) to annotate a run
+    segments: list[tuple[list[int], int]] = field(default_factory=list)  # token runs only: (ids, trainable)
+
+    @property
+    def ids(self) -> list[int]:
+        """All token ids of a token-level run, in order (the last prompt the model would continue)."""
+        return [t for seg, _ in self.segments for t in seg]
+
+    def generated_texts(self, tokenizer) -> list[str]:
+        """Decoded text of each generated segment (token runs only)."""
+        return [tokenizer.decode(seg) for seg, trainable in self.segments if trainable]
+
+
+# (conversation index, turn) of each prompt: lets a sampler seed every generation reproducibly.
+Where = list[tuple[int, int]]
+
+
+@dataclass
+class TokenModel:
+    """Generates from token ids: `generate(prompts, where)` -> generated ids (stop token
+    included when it stopped) per prompt, or None when the prompt leaves no room."""
+
+    tokenizer: Any
+    generate: Callable[[list[list[int]], Where], list["list[int] | None"]]
+    thinking: bool = False
+    tools: list[dict] | None = None
 
 
 def agent_step(messages: list[dict], reply: str | None, registry: ToolRegistry,
@@ -70,6 +104,8 @@ def run_agents(model: Model, conversations: list[list[dict]], registry: ToolRegi
     """Run the loop on every conversation, batched: one model call per turn for all unfinished ones."""
     if max_turns < 1:
         raise ValueError(f"max_turns must be >= 1, got {max_turns}")
+    if isinstance(model, TokenModel):
+        return _run_tokens(model, conversations, registry, max_turns, on_message)
     runs = [AgentRun([dict(m) for m in conv]) for conv in conversations]
     active = list(range(len(runs)))
     while active:
@@ -90,6 +126,82 @@ def run_agents(model: Model, conversations: list[list[dict]], registry: ToolRegi
                 run.finish = finish
         active = still
     return runs
+
+
+def _observation(tok, appended: list[dict], thinking: bool, closed: bool) -> list[int]:
+    """Ids the loop appends after a reply that called tools: its missing <|im_end|> (if it was
+    capped), the "\n" ending the turn, the tool results as one user turn, the generation prompt.
+    Every piece starts after a control token, so encoding it alone equals the full render."""
+    from .tokenizer import EOS_TOKEN
+
+    tools = [m for m in appended if m["role"] == "tool"]
+    pieces = [Piece(("" if closed else EOS_TOKEN) + "\n", 0, False), *render_pieces(tools),
+              Piece(generation_prompt(thinking), 0, False)]
+    return encode_pieces(tok, pieces)[0]
+
+
+def _run_tokens(model: TokenModel, conversations: list[list[dict]], registry: ToolRegistry, max_turns: int,
+                on_message: Callable[[int, dict], None] | None) -> list[AgentRun]:
+    """`run_agents` at the token level: see the module docstring."""
+    tok = model.tokenizer
+    stops = {tok.eos_id, tok.pad_id}
+    runs = [AgentRun([dict(m) for m in conv]) for conv in conversations]
+    for run in runs:
+        run.segments.append((render_prompt(tok, run.messages, tools=model.tools, thinking=model.thinking), 0))
+    active = list(range(len(runs)))
+    while active:
+        outs = model.generate([runs[i].ids for i in active], [(i, runs[i].turns) for i in active])
+        still = []
+        for i, out in zip(active, outs, strict=True):
+            run = runs[i]
+            run.turns += 1
+            before = len(run.messages)
+            closed = bool(out) and out[-1] in stops
+            if out is not None:
+                run.segments.append((list(out), 1))
+            reply = None if out is None else tok.decode(out[:-1] if closed else out)
+            finish = agent_step(run.messages, reply, registry,
+                                (lambda m, i=i: on_message(i, m)) if on_message else None)
+            run.tool_calls += sum(m["role"] == "tool" for m in run.messages[before:])
+            if finish is None and run.turns >= max_turns:
+                finish = "turn_limit"
+            if finish is None:
+                run.segments.append((_observation(tok, run.messages[before:], model.thinking, closed), 0))
+                still.append(i)
+            else:
+                run.finish = finish
+        active = still
+    return runs
+
+
+def engine_token_model(engine, params: Callable[[int, int], SamplingParams] | SamplingParams,
+                       thinking: bool = False, tools: list[dict] | None = None) -> TokenModel:
+    """A TokenModel on `engine`: each turn's prompts in one batch, each reply capped to its room.
+    `params(conversation, turn)` may give each generation its own sampling (e.g. its seed)."""
+    def generate(prompts: list[list[int]], where: Where) -> list[list[int] | None]:
+        fits = [k for k, p in enumerate(prompts) if len(p) < engine.context_len]
+        plist = []
+        for k in fits:
+            p = params(*where[k]) if callable(params) else params
+            plist.append(replace(p, max_new_tokens=min(p.max_new_tokens, engine.context_len - len(prompts[k]))))
+        seqs = engine.generate([prompts[k] for k in fits], plist) if fits else []
+        out: list[list[int] | None] = [None] * len(prompts)
+        for k, seq in zip(fits, seqs):
+            out[k] = list(seq.output_ids)
+        return out
+
+    return TokenModel(engine.tokenizer, generate, thinking, tools)
+
+
+def scripted_token_model(tok, fn: Callable[[str], str], thinking: bool = False,
+                         context_len: int | None = None) -> TokenModel:
+    """A TokenModel from a function of the decoded prompt: its reply text, tokenised with control
+    tokens and closed with <|im_end|> (tests)."""
+    def generate(prompts: list[list[int]], where: Where) -> list[list[int] | None]:
+        return [None if context_len is not None and len(p) >= context_len
+                else tok.encode(fn(tok.decode(p)), allow_special=True) + [tok.eos_id] for p in prompts]
+
+    return TokenModel(tok, generate, thinking)
 
 
 def engine_model(engine, params: SamplingParams, tools: list[dict] | None = None, thinking: bool = False) -> Model:
