@@ -14,6 +14,10 @@ for the loss of a batch and how to save weights (see `stages/base.py`). It owns 
 - a NaN/inf loss stops the run (`TrainingError`) before the optimizer step, so the last checkpoint
   stays good.
 
+Its parts live beside it: `step.py` (one optimizer step: micro-batches, backward, clip, update),
+`state.py` (model/optimizer state dicts for checkpoints), `rundir.py` (train_config.json, the
+tokenizer copy), `checkpointing.py` (checkpoint folders, RNG states).
+
 Never losing finished work (docs/reliability.md):
 - the run directory is locked (`runlock.RunLock`) for the whole run; leftovers of a killed save
   are cleaned under that lock;
@@ -29,7 +33,6 @@ Never losing finished work (docs/reliability.md):
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import random
 import time
@@ -39,14 +42,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_optimizer_state_dict,
-)
 
-from ..checkpoint import CheckpointError, atomic_write, resolve_checkpoint
+from ..checkpoint import CheckpointError, resolve_checkpoint
 from ..config import flops_per_token
 from ..data.loader import Prefetcher
 from ..errors import UserError
@@ -56,11 +53,13 @@ from . import distributed as D
 from .budget import WallClock, planned_steps
 from .build import build_model, check_vocabulary, enable_activation_checkpointing, load_tokenizer_for, resolve_dtype
 from .evaluation import Evaluator
-from .metrics import (MetricsLogger, Progress, check_optional_loggers, model_flops_utilization, peak_flops,
-                      truncate_metrics)
+from .metrics import MetricsLogger, Progress, check_optional_loggers, model_flops_utilization, peak_flops
 from .optim import lr_at, make_optimizer, set_lr
+from .rundir import check_saved_config, write_run_files
 from .runlock import RunLock
 from .stages.base import Stage, TrainContext
+from .state import full_state, load_optimizer_state
+from .step import accumulate, update
 
 
 def _host(value: Any) -> Any:
@@ -135,7 +134,7 @@ class Trainer:
         if cfg.max_minutes and self._saved_total:  # a run shortened by the clock keeps its shorter schedule
             self.total_steps = min(self.total_steps, self._saved_total)
         if self.main:  # setup succeeded: only now touch the run directory's files
-            self._write_run_files(tokenizer)
+            write_run_files(self.run_dir, self.stage.name, self.cfg, tokenizer, self.step)
 
     def _claim_run_dir(self) -> None:
         """Lock the run directory, decide fresh start or resume, clean what a killed run left."""
@@ -150,7 +149,7 @@ class Trainer:
         if self.main:
             for p in ckpt.clean_partial(self.run_dir):  # safe: we hold the lock, nobody else writes here
                 print(f"note: removed {p.relative_to(self.run_dir)}, left by an interrupted run")
-            self._check_saved_config()
+            check_saved_config(self.run_dir, self.stage.name, self.cfg)
 
     def _check_same_view(self) -> None:
         """Every rank reads its resume state from the run directory, so all must see the same one.
@@ -213,30 +212,6 @@ class Trainer:
         if message is not None:
             raise UserError(message)
 
-    def _write_run_files(self, tokenizer: Any) -> None:
-        """train_config.json (atomically), the tokenizer, and metrics.jsonl cut back to the start step."""
-        text = json.dumps({"stage": self.stage.name, **self.cfg.to_dict()}, indent=2) + "\n"
-        atomic_write(self.run_dir / "train_config.json", lambda p: p.write_text(text))
-        if tokenizer is not None:
-            from ..checkpoint import copy_tokenizer
-
-            (self.run_dir / "tokenizer").mkdir(exist_ok=True)
-            copy_tokenizer(tokenizer.path, self.run_dir / "tokenizer")
-        # a fresh start drops records of an earlier attempt; a resume those past its step
-        truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
-
-    def _check_saved_config(self) -> None:
-        saved = self.run_dir / "train_config.json"
-        if not (self.cfg.resume and saved.is_file()):
-            return
-        old = json.loads(saved.read_text())
-        new = {"stage": self.stage.name, **self.cfg.to_dict()}
-        changed = sorted(k for k in new if k != "resume" and old.get(k) != new[k])
-        if old.get("stage") != self.stage.name:
-            raise UserError(f"{saved}: this run was a {old.get('stage')!r} run, not {self.stage.name!r}")
-        if changed:
-            print(f"note: resuming with changed options: {', '.join(changed)} (the run will not repeat exactly)")
-
     # -- checkpoints --------------------------------------------------------------------------------
 
     def _restore(self, folder: Path) -> None:
@@ -245,8 +220,7 @@ class Trainer:
         if saved_world != self.dist.world_size:
             raise CheckpointError(f"{folder} was written by {saved_world} process(es); resume it with the same number "
                                   f"(now {self.dist.world_size}) so every rank finds its data position")
-        set_optimizer_state_dict(self.model, self.optimizer, tensors["optimizer"],
-                                 options=StateDictOptions(full_state_dict=True))
+        load_optimizer_state(self.model, self.optimizer, tensors["optimizer"], self.dist)
         if self.scaler is not None and tensors.get("scaler"):
             self.scaler.load_state_dict(tensors["scaler"])
         ckpt.set_rng_state(tensors["rng"][self.dist.rank], self.device)
@@ -258,9 +232,7 @@ class Trainer:
     def save(self) -> Path | None:
         """All ranks call this (FSDP gathers shards); rank 0 writes and returns the folder.
         The val loss of the step is added afterwards (`_record_val_loss`)."""
-        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        model_sd = get_model_state_dict(self.model, options=opts)
-        optim_sd = get_optimizer_state_dict(self.model, self.optimizer, options=opts)
+        model_sd, optim_sd = full_state(self.model, self.optimizer, self.dist)
         loaders = D.all_gather_objects(self.batches.state_dict(), self.dist)
         rngs = D.all_gather_objects(ckpt.rng_state(self.device), self.dist)
         written: list[Path] = []
@@ -288,60 +260,10 @@ class Trainer:
     # -- the loop -------------------------------------------------------------------------------------
 
     def _train_step(self, it) -> tuple[float, dict[str, Any], int]:
-        cfg, stage, dist = self.cfg, self.stage, self.dist
-        micro = [next(it) for _ in range(cfg.grad_accum)]
-        weights = [stage.batch_weight(b) for b in micro]
-        # Normalise by the loss tokens of the whole global batch: then k micro-batches of b (or N
-        # ranks) give exactly the gradient of one batch of k*b, even when SFT masks differ per row.
-        global_w = sum(weights)  # host numbers (CPU batches): no device sync on one process
-        if dist.enabled:
-            global_w = float(D.all_reduce_sum(torch.tensor(global_w, dtype=torch.float64, device=self.device), dist))
-        if global_w == 0:
-            weights, global_w = [1.0] * len(micro), float(len(micro) * dist.world_size)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        metrics: dict[str, Any] = {}  # tensors stay on the device until they are logged
-        tokens = 0
-        for i, (batch, w) in enumerate(zip(micro, weights)):
-            last = i == len(micro) - 1
-            sync: Any = contextlib.nullcontext()
-            if dist.enabled and not last:  # gradients are all-reduced once, after the last micro-batch
-                if cfg.fsdp:
-                    self.model.set_requires_gradient_sync(False)
-                else:
-                    sync = self.train_model.no_sync() if hasattr(self.train_model, "no_sync") else sync
-            elif dist.enabled and cfg.fsdp:
-                self.model.set_requires_gradient_sync(True)
-            with sync:
-                with self.ctx.autocast():
-                    loss, m = stage.loss(self.train_model, batch, self.ctx)
-                # DDP/FSDP average gradients over ranks, hence the world_size factor.
-                scaled = loss * (w * dist.world_size / global_w)
-                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-            loss_sum += loss.detach().double() * w
-            for k, v in m.items():
-                v = v.detach() if isinstance(v, torch.Tensor) else v
-                metrics[k] = metrics.get(k, 0.0) + v / len(micro)
-            tokens += stage.batch_tokens(batch)
-        # The step's one host sync: the NaN check must decide before the optimizer step.
-        loss_value = float(D.all_reduce_sum(loss_sum, dist)) / global_w
-        return loss_value, metrics, tokens * dist.world_size
+        return accumulate(self, it)  # step.py
 
     def _update(self) -> torch.Tensor | None:
-        """Clip, step the optimizer (through the grad scaler if any), zero the gradients; the grad
-        norm, as a tensor (read only when it is logged: no host sync per step)."""
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
-        grad_norm = None
-        if self.cfg.grad_clip > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_([p for _, p in self.params], self.cfg.grad_clip)
-            grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return grad_norm
+        return update(self)
 
     def _replan(self) -> None:
         """--max-minutes: shrink the budget to what the measured step time allows (budget.WallClock)."""
@@ -385,12 +307,13 @@ class Trainer:
             if self.lock is not None:
                 self.lock.release()
 
-    def _fit(self) -> TrainResult:
+    def _start(self) -> None:
+        """Loggers, progress bar, the run's opening line; batches on a background thread if asked."""
         cfg = self.cfg
         self.logger = MetricsLogger(self.run_dir, cfg.tensorboard, cfg.wandb, cfg.to_dict()) if self.main else None
         self.progress = Progress(self.total_steps, self.step, enabled=self.main and cfg.progress, desc=self.stage.name)
-        fpt = flops_per_token(self.model.config, cfg.seq_len)
-        peak = peak_flops(self.device, self.dtype) if self.main else None
+        self._fpt = flops_per_token(self.model.config, cfg.seq_len)
+        self._peak = peak_flops(self.device, self.dtype) if self.main else None
         if self.main:
             where = f"resuming from {self.resume_from} at step {self.step}" if self.resume_from else "starting"
             n_train = sum(p.numel() for _, p in self.params)
@@ -400,12 +323,37 @@ class Trainer:
         prefetch = self._prefetch if self._prefetch is not None else self.device.type == "cuda"
         if prefetch and self.stage.prefetch_batches:
             self.batches = Prefetcher(self.batches, depth=2, pin=self.device.type == "cuda")
+        self._wall = WallClock(cfg.max_minutes, self._clock) if cfg.max_minutes else None
+        self._shortened = False
+
+    def _log_step(self, loss: float, lr: float, tokens: int, dt: float, grad_norm: Any, metrics: dict[str, Any]) -> None:
+        """Progress bar every step; a metrics record every --log-every steps and at the last."""
+        tok_s = tokens / max(dt, 1e-9)  # every rank's tokens ...
+        mfu = model_flops_utilization(tok_s, self._fpt, self._peak, self.dist.world_size)  # ... over every rank's peak
+        if not self.main:
+            return
+        self.progress.update(loss, lr, tok_s, mfu)
+        if self.step % self.cfg.log_every == 0 or self.step == self.total_steps:
+            record = {"step": self.step, "split": "train", "loss": loss, "lr": lr, "tokens": self.tokens_seen,
+                      "tok_s": round(tok_s, 1), "grad_norm": _host(grad_norm), **{k: _host(v) for k, v in metrics.items()}}
+            if mfu is not None:
+                record["mfu"] = round(mfu, 5)
+            self.logger.log(record)
+
+    def _stop(self) -> None:
+        if isinstance(self.batches, Prefetcher):
+            self.batches.close()
+        self.progress.close()
+        if self.logger is not None:
+            self.logger.close()
+
+    def _fit(self) -> TrainResult:
+        cfg = self.cfg
+        self._start()
         it = iter(self.batches)
         losses: list[float] = []
         last_saved = self.step if self.resume_from else -1
         val_loss = None
-        self._wall = WallClock(cfg.max_minutes, self._clock) if cfg.max_minutes else None
-        self._shortened = False
         t_last = time.perf_counter()
         try:
             while self.step < self.total_steps:
@@ -424,20 +372,8 @@ class Trainer:
                 self.tokens_seen += tokens
                 losses.append(loss)
                 self._replan()
-
                 now = time.perf_counter()
-                dt, t_last = now - t_last, now
-                tok_s = tokens / max(dt, 1e-9)  # every rank's tokens ...
-                mfu = model_flops_utilization(tok_s, fpt, peak, self.dist.world_size)  # ... over every rank's peak
-                if self.main:
-                    self.progress.update(loss, lr, tok_s, mfu)
-                    if self.step % cfg.log_every == 0 or self.step == self.total_steps:
-                        record = {"step": self.step, "split": "train", "loss": loss, "lr": lr, "tokens": self.tokens_seen,
-                                  "tok_s": round(tok_s, 1), "grad_norm": _host(grad_norm),
-                                  **{k: _host(v) for k, v in metrics.items()}}
-                        if mfu is not None:
-                            record["mfu"] = round(mfu, 5)
-                        self.logger.log(record)
+                self._log_step(loss, lr, tokens, now - t_last, grad_norm, metrics)
 
                 done = self.step == self.total_steps
                 saving = bool(cfg.save_every and self.step % cfg.save_every == 0) or done
@@ -447,11 +383,7 @@ class Trainer:
                     last_saved = self.step
                 t_last = time.perf_counter()  # evaluation and saving do not count as training time
         finally:
-            if isinstance(self.batches, Prefetcher):
-                self.batches.close()
-            self.progress.close()
-            if self.logger is not None:
-                self.logger.close()
+            self._stop()
         if last_saved != self.step:  # e.g. resumed a run that had already finished
             self.save()
         final = ckpt.latest_checkpoint(self.run_dir) if self.main else None
