@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/tokenizer_bpt.py [--tokenizer DIR ...]
 
 The text is the demo corpus's held-out documents (`minimind.data.demo.source_documents()` with
-split "eval": every 50th document, which neither the demo training files nor the shipped tokenizer
-saw), grouped by language. More bytes per token means shorter sequences for the same text, i.e.
+split "eval": every 25th document is a candidate, kept only if it shares no 13-gram with any other
+document; neither the demo training files nor the shipped tokenizer saw them), grouped by language. More bytes per token means shorter sequences for the same text, i.e.
 more text per training step and per context window. Default: the shipped 6400-token tokenizer.
 """
 
