@@ -11,7 +11,8 @@ from test_eval_support import GEN_CHAT, WEATHER_CALL, overfit_checkpoint, tool_c
 from minimind.errors import UserError
 from minimind.eval.gen import evaluate_gen, read_prompts
 from minimind.eval.run import load, Settings
-from minimind.eval.toolcall import evaluate_toolcall, parse_tool_calls, read_cases
+from minimind.chat import parse_tool_calls
+from minimind.eval.toolcall import evaluate_toolcall, read_cases
 
 QUESTION = GEN_CHAT[0]["content"]
 

@@ -19,55 +19,13 @@ Contract:
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-from ..chat import render_prompt
+from ..chat import normalize_call, parse_tool_calls, render_prompt
 from ..data.formats import RecordError
 from ..infer import SamplingParams
-from ..tokenizer import TOOL_CALL_END, TOOL_CALL_START
-from .answers import split_think
 from .gen import Prompts, generate_texts, read_records
-
-_BLOCK = re.compile(re.escape(TOOL_CALL_START) + r"\s*(.*?)\s*" + re.escape(TOOL_CALL_END), re.S)
-
-Call = tuple[str, Any]
-
-
-def normalize_call(call: Any) -> Call | None:
-    """(name, arguments object) of an OpenAI-style or flat call; None if it is not one."""
-    if not isinstance(call, dict):
-        return None
-    call = call.get("function") if isinstance(call.get("function"), dict) else call
-    name, args = call.get("name"), call.get("arguments", {})
-    if isinstance(args, str):
-        try:
-            args = json.loads(args) if args.strip() else {}
-        except json.JSONDecodeError:
-            return None
-    if not isinstance(name, str) or not name or not isinstance(args, dict):
-        return None
-    return name, args
-
-
-def parse_tool_calls(text: str) -> tuple[list[Call], bool]:
-    """The calls written in generated text, and whether all of it was well formed."""
-    _, answer = split_think(text)
-    blocks = _BLOCK.findall(answer)
-    ok = bool(blocks) and answer.count(TOOL_CALL_START) == len(blocks) == answer.count(TOOL_CALL_END)
-    calls = []
-    for body in blocks:
-        try:
-            call = normalize_call(json.loads(body))
-        except json.JSONDecodeError:
-            call = None
-        if call is None:
-            ok = False
-        else:
-            calls.append(call)
-    return calls, ok
-
 
 def _reference(rec: dict) -> dict:
     """Split a normalised sft record into prompt messages, tools and the reference calls."""
