@@ -171,3 +171,80 @@ def build_rewards(spec: str) -> WeightedRewards:
     if not terms:
         raise UserError(f"no reward terms in {spec!r}; e.g. 'format:0.5,correct:1'")
     return WeightedRewards(terms)
+
+
+# ----------------------------------------------------------------------------- agent rollouts
+# Agent RL scores a whole multi-turn rollout (transcript + why it ended), not one completion.
+
+AGENT_REWARD_NAMES = ("correct", "wellformed", "valid", "unfinished", "repetition")
+
+
+def agent_reward_terms(messages: list[dict], finish: str | None, generated: Sequence[str],
+                       references: Sequence[str], registry, *, n: int = 3) -> dict[str, float]:
+    """The unweighted reward terms of one agent rollout.
+
+    correct     1 when it ended with an answer whose final answer matches any reference
+                (`answers_match`, the evaluation's rule), else 0;
+    wellformed  1 unless a reply had tool-call markup that does not parse ("malformed"), else 0;
+    valid       the fraction of its tool calls that name a registered tool with arguments its
+                schema accepts (0 without calls: with weight > 0 this rewards using the tools);
+    unfinished  -1 when it hit the turn limit or the context, else 0;
+    repetition  `repetition_penalty` of all its generated text joined (0 down to -1).
+    """
+    from ..tools import ToolError, validate_arguments  # pure Python, no torch
+
+    correct = 0.0
+    if finish == "answer" and messages and messages[-1].get("role") == "assistant":
+        final = extract_final_answer(str(messages[-1].get("content") or ""))
+        correct = float(any(answers_match(final, str(r)) for r in references if str(r).strip()))
+    calls = [c.get("function", c) for m in messages if m.get("role") == "assistant"
+             for c in (m.get("tool_calls") or []) if isinstance(c, dict)]
+    ok = 0
+    for call in calls:
+        tool = registry.tools.get(call.get("name"))
+        try:
+            ok += tool is not None and bool(validate_arguments(tool, call.get("arguments")) is not None)
+        except ToolError:
+            pass
+    return {"correct": correct, "wellformed": 0.0 if finish == "malformed" else 1.0,
+            "valid": ok / len(calls) if calls else 0.0,
+            "unfinished": -1.0 if finish in ("turn_limit", "context") else 0.0,
+            "repetition": repetition_penalty("\n".join(generated), n=n)}
+
+
+@dataclass
+class AgentRewards:
+    """Weighted agent reward terms: total = sum of weight * `agent_reward_terms(...)[name]`."""
+
+    weights: dict[str, float]
+    ngram: int = 3
+
+    def score(self, rollouts: Sequence[tuple[list[dict], str | None, Sequence[str]]],
+              references: Sequence[Sequence[str]], registry) -> tuple[list[float], dict[str, list[float]]]:
+        """Totals for (messages, finish, generated texts) rollouts, and each used term's values."""
+        terms = [agent_reward_terms(m, f, g, refs, registry, n=self.ngram)
+                 for (m, f, g), refs in zip(rollouts, references, strict=True)]
+        parts = {name: [t[name] for t in terms] for name in self.weights}
+        totals = [sum(w * t[name] for name, w in self.weights.items()) for t in terms]
+        return totals, parts
+
+
+def build_agent_rewards(spec: str) -> AgentRewards:
+    """Parse "name[:weight],..." over AGENT_REWARD_NAMES ("repetition@N" sets the n-gram size)."""
+    weights: dict[str, float] = {}
+    ngram = 3
+    for item in (s.strip() for s in spec.split(",")):
+        if not item:
+            continue
+        head, _, param = item.partition("@")
+        name, _, weight = (x.strip() for x in head.partition(":"))
+        if name not in AGENT_REWARD_NAMES:
+            raise UserError(f"unknown agent reward {name!r}; choose from {', '.join(AGENT_REWARD_NAMES)}")
+        try:
+            weights[name] = float(weight) if weight else 1.0
+            ngram = int(param) if param and name == "repetition" else ngram
+        except ValueError:
+            raise UserError(f"agent reward {item!r}: bad weight or parameter") from None
+    if not weights:
+        raise UserError(f"no reward terms in {spec!r}; e.g. 'correct:1,valid:0.2,unfinished:0.5'")
+    return AgentRewards(weights, ngram)

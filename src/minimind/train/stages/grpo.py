@@ -68,10 +68,14 @@ class GRPOConfig(SFTConfig):
     thinking: bool = knob(True, "rollout and sample prompts open a <think> block (off: an empty block, "
                                 "the thinking-off mode; short answers need no reasoning)")
 
-    def validate(self) -> None:
-        super().validate()
+    def build_reward_fn(self):
+        """The reward function `--rewards` names (agent-rl overrides this with its own terms)."""
         from ..rewards import build_rewards
 
+        return build_rewards(self.rewards)
+
+    def validate(self) -> None:
+        super().validate()
         if self.group_size < 2:
             raise UserError(f"--group-size must be at least 2 (advantages compare completions), got {self.group_size}")
         if self.max_new_tokens < 1:
@@ -80,7 +84,7 @@ class GRPOConfig(SFTConfig):
             raise UserError("grpo does not support --fsdp: ranks sample completions of different lengths; use DDP")
         if self.beta_kl < 0 or self.clip_eps <= 0:
             raise UserError("--beta-kl must be >= 0 and --clip-eps > 0")
-        build_rewards(self.rewards)  # raises UserError on a bad spec, before any model loads
+        self.build_reward_fn()  # raises UserError on a bad spec, before any model loads
 
 
 class RolloutBatches(DerivedBatches):
@@ -105,9 +109,7 @@ class GRPOStage(SFTStage):
 
     def __init__(self, config: GRPOConfig) -> None:
         super().__init__(config)
-        from ..rewards import build_rewards
-
-        self.reward_fn = build_rewards(config.rewards)  # replace with any WeightedRewards in Python
+        self.reward_fn = config.build_reward_fn()  # replace with any WeightedRewards in Python
 
     def batches(self, ctx: TrainContext, split: str = "train") -> RolloutBatches:
         return RolloutBatches(self, ctx, iter(super().batches(ctx, split)))
