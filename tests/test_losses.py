@@ -295,3 +295,51 @@ def test_grpo_k3_kl_values():
     # Without beta the KL is still reported but not added to the loss.
     loss0, m0 = grpo_loss(new, new.detach(), ref, zero_adv, mask, beta_kl=0.0)
     assert loss0.item() == 0.0 and m0["kl"].item() == pytest.approx(k3 / 2, abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- PPO (hand values)
+
+
+def test_gae_three_steps_by_hand():
+    from minimind.train.losses import gae
+
+    rewards = torch.tensor([[0.0, 0.0, 1.0], [0.0, 5.0, 1.0]])
+    values = torch.tensor([[0.5, 0.6, 0.7], [0.5, 9.0, 0.7]])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 1]], dtype=torch.bool)
+    adv, ret = gae(rewards, values, mask, gamma=0.9, lam=0.5)
+    # row 0: delta_2 = 1 - 0.7 = 0.3 = A_2; delta_1 = 0.9*0.7 - 0.6 = 0.03, A_1 = 0.03 + 0.45*0.3 = 0.165;
+    #        delta_0 = 0.9*0.6 - 0.5 = 0.04, A_0 = 0.04 + 0.45*0.165 = 0.11425
+    # row 1: the masked middle token is skipped: A_0 = (0.9*0.7 - 0.5) + 0.45*0.3 = 0.265
+    torch.testing.assert_close(adv, torch.tensor([[0.11425, 0.165, 0.3], [0.265, 0.0, 0.3]]))
+    torch.testing.assert_close(ret, torch.tensor([[0.61425, 0.765, 1.0], [0.765, 0.0, 1.0]]))
+    # gamma = lambda = 1: A_t = sum of future rewards - V(s_t)
+    adv, _ = gae(rewards[:1], values[:1], mask[:1], gamma=1.0, lam=1.0)
+    torch.testing.assert_close(adv, torch.tensor([[0.5, 0.4, 0.3]]))
+
+
+def test_ppo_policy_loss_by_hand():
+    from minimind.train.losses import ppo_policy_loss
+
+    new = torch.log(torch.tensor([[1.5, 0.5, 1.0]])).requires_grad_()
+    old = torch.zeros(1, 3)
+    adv = torch.tensor([[1.0, 1.0, -2.0]])
+    loss, m = ppo_policy_loss(new, old, adv, torch.ones(1, 3, dtype=torch.bool), clip_eps=0.2)
+    # -min(1.5*1, 1.2*1) = -1.2; -min(0.5, 0.8) = -0.5; -min(-2, -2) = 2  ->  mean 0.1
+    assert loss.item() == pytest.approx(0.1, abs=1e-6)
+    assert m["clip_fraction"].item() == pytest.approx(1 / 3)
+    loss.backward()  # the clipped token has no gradient; the others get -r A / 3
+    torch.testing.assert_close(new.grad, torch.tensor([[0.0, -0.5 / 3, 2 / 3]]))
+
+
+def test_ppo_value_loss_by_hand():
+    from minimind.train.losses import ppo_value_loss
+
+    v = torch.tensor([[1.0, 0.0]], requires_grad=True)
+    old, ret, mask = torch.tensor([[0.5, 0.5]]), torch.tensor([[2.0, 0.0]]), torch.ones(1, 2, dtype=torch.bool)
+    loss, _ = ppo_value_loss(v, old, ret, mask, clip=0.2)
+    # token 0: max((1-2)^2, (0.7-2)^2) = 1.69; token 1: max(0, (0.3-0)^2) = 0.09; 0.5 * mean = 0.445
+    assert loss.item() == pytest.approx(0.445, abs=1e-6)
+    plain, _ = ppo_value_loss(v, old, ret, mask, clip=None)
+    assert plain.item() == pytest.approx(0.25, abs=1e-6)
+    loss.backward()  # both tokens take the clipped branch, whose value is constant in V: no gradient
+    torch.testing.assert_close(v.grad, torch.zeros(1, 2))

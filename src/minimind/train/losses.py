@@ -1,4 +1,4 @@
-"""Loss functions of the post-training stages: sequence log-probs, DPO, distillation, GRPO.
+"""Loss functions of the post-training stages: sequence log-probs, DPO, distillation, GRPO, PPO.
 
 Contract:
 - Pure tensor math: no model, no data, no I/O. Every function takes tensors and returns a
@@ -18,6 +18,8 @@ The math, in one line each (pi = policy, ref = frozen reference, y_w/y_l = chose
 - Distillation:   alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, labels)
 - GRPO:           -min(r A, clip(r, 1-eps, 1+eps) A) + beta * k3, with r = exp(new - old) and
                   k3 = exp(ref - new) - (ref - new) - 1, averaged over all completion tokens.
+- PPO:            GAE advantages from per-token rewards and values, the same clipped surrogate
+                  per token, and a clipped squared-error value loss.
 """
 
 from __future__ import annotations
@@ -249,3 +251,60 @@ def grpo_loss(
     metrics["ratio"] = masked_mean(ratio.detach(), mask)
     loss = masked_mean(per_token, mask)
     return loss, metrics
+
+
+# ----------------------------------------------------------------------------- PPO
+# PPO learns a value V(s_t) per token and turns per-token rewards into advantages with GAE:
+#   delta_t = r_t + gamma * V(s_{t+1}) - V(s_t),   A_t = delta_t + gamma * lambda * A_{t+1},
+# with V = 0 after the last completion token; the value target ("return") is A_t + V(s_t).
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
+        lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over [N, L] token rows -> (advantages, returns), both [N, L].
+
+    `mask` marks the completion tokens (a row's unmasked positions are skipped: the step after a
+    token is the next masked one, and after the last one the value is 0); advantages and returns
+    are 0 where the mask is 0. No gradient flows: GAE works on rollout-time numbers.
+    """
+    if not 0.0 <= gamma <= 1.0 or not 0.0 <= lam <= 1.0:
+        raise UserError(f"gamma and lambda must be in [0, 1], got {gamma} and {lam}")
+    r, v, m = rewards.detach().float(), values.detach().float(), mask.to(torch.bool)
+    adv = torch.zeros_like(r)
+    next_value = torch.zeros_like(r[:, 0])
+    next_adv = torch.zeros_like(r[:, 0])
+    for t in range(r.shape[1] - 1, -1, -1):  # backwards: A_t needs A_{t+1}
+        delta = r[:, t] + gamma * next_value - v[:, t]
+        a = delta + gamma * lam * next_adv
+        adv[:, t] = torch.where(m[:, t], a, 0.0)
+        next_value = torch.where(m[:, t], v[:, t], next_value)
+        next_adv = torch.where(m[:, t], a, next_adv)
+    returns = torch.where(m, adv + v, 0.0)
+    return adv, returns
+
+
+def ppo_policy_loss(logps_new: torch.Tensor, logps_old: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                    clip_eps: float = 0.2) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped surrogate with per-token advantages [N, L]: mean over the mask of
+    -min(r A, clip(r, 1 - eps, 1 + eps) A), r = exp(new - old)."""
+    mask = mask.to(torch.bool)
+    adv = advantages.float().detach()
+    ratio = torch.exp(logps_new.float() - logps_old.float().detach())
+    per_token = -torch.minimum(ratio * adv, ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv)
+    is_clipped = ((ratio < 1 - clip_eps) & (adv < 0)) | ((ratio > 1 + clip_eps) & (adv > 0))
+    return masked_mean(per_token, mask), {"clip_fraction": masked_mean(is_clipped.float(), mask),
+                                          "ratio": masked_mean(ratio.detach(), mask)}
+
+
+def ppo_value_loss(values: torch.Tensor, values_old: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+                   clip: float | None = 0.2) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped value loss: mean over the mask of 0.5 * max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2).
+
+    The clipped branch keeps one update from moving a value further than `clip` from the value
+    the rollout saw (as PPO clips the policy ratio); `clip=None` is the plain squared error."""
+    mask = mask.to(torch.bool)
+    v, old, ret = values.float(), values_old.float().detach(), returns.float().detach()
+    err = (v - ret) ** 2
+    if clip is not None:
+        err = torch.maximum(err, (old + (v - old).clamp(-clip, clip) - ret) ** 2)
+    return 0.5 * masked_mean(err, mask), {"value_error": masked_mean((v.detach() - ret) ** 2, mask)}
