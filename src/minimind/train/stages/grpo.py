@@ -186,7 +186,8 @@ class GRPOStage(SFTStage):
         metrics = {"reward": float(rewards.mean()), "reward_std": float(rewards.view(-1, G).std(1, correction=0).mean()),
                    "completion_len": sum(len(s.output_ids) for s in seqs) / len(seqs),
                    **{f"reward/{name}": sum(v) / len(v) for name, v in parts.items()}}
-        return {"input_ids": ids, "labels": labels, "advantages": advantages, "metrics": metrics, "texts": texts}
+        return {"input_ids": ids, "labels": labels, "advantages": advantages, "rewards": rewards, "metrics": metrics,
+                "texts": texts}
 
     def batch_weight(self, batch: dict[str, Any]) -> float:
         return float((batch["labels"][:, 1:] != -100).sum())  # token-level normalisation across micro-batches
