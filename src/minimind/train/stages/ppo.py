@@ -17,7 +17,9 @@ would double the weights, the optimizer state and the forward passes for a model
 while a head shares the features the policy already computes. Its weights live beside the
 policy's, in `value_head.safetensors` of each checkpoint (model.safetensors stays a plain model
 that chat/serve/export load). The head reads the final hidden states through a forward hook on
-the model's last norm, so the model code is untouched. As in GRPO there is one update per batch
+the model's last norm, so the model code is untouched, and reads them detached: it is a linear
+probe of the policy's features, so the value loss never pulls on the policy's weights (with one
+shared learning rate, `--value-scale` lets the head learn faster than the policy moves). As in GRPO there is one update per batch
 of rollouts, so the ratio starts at 1; the clipping bounds updates if that changes.
 """
 
@@ -47,6 +49,8 @@ class PPOConfig(GRPOConfig):
     lam: float = knob(0.95, "lambda of GAE (1: Monte Carlo returns, 0: one-step TD)")
     vf_coef: float = knob(0.5, "weight of the value loss")
     value_clip: float = knob(0.2, "clip range of the value update around the rollout's values")
+    value_scale: float = knob(10.0, "the value head's output is multiplied by this: Adam moves each weight by about "
+                                    "--lr a step, so it is the head's learning-rate multiplier (one --lr trains both)")
     whiten_advantages: bool = knob(True, "normalise advantages to mean 0, std 1 over the batch's tokens")
     beta_kl: float = knob(0.04, "weight of the per-token KL penalty to the --init model inside the reward")
 
@@ -54,8 +58,8 @@ class PPOConfig(GRPOConfig):
         super().validate()
         if not (0 <= self.gamma <= 1 and 0 <= self.lam <= 1):
             raise UserError(f"--gamma and --lam must be in [0, 1], got {self.gamma} and {self.lam}")
-        if self.vf_coef < 0 or self.value_clip <= 0:
-            raise UserError("--vf-coef must be >= 0 and --value-clip > 0")
+        if self.vf_coef < 0 or self.value_clip <= 0 or self.value_scale <= 0:
+            raise UserError("--vf-coef must be >= 0, --value-clip and --value-scale > 0")
 
 
 class PPOStage(GRPOStage):
@@ -88,8 +92,8 @@ class PPOStage(GRPOStage):
     def _values(self, model: "nn.Module", positions: int) -> "torch.Tensor":
         """V(s_t) [B, positions] for the last `positions` + 1 hidden states of the last forward
         (the state at t predicts token t+1, as the log-probs do)."""
-        h = self._hidden[:, -(positions + 1):][:, :-1]
-        return model.value_head(h).squeeze(-1).float()
+        h = self._hidden[:, -(positions + 1):][:, :-1].detach()
+        return self.config.value_scale * model.value_head(h).squeeze(-1).float()
 
     # (b) rollouts with old log-probs, values and GAE -------------------------------------------
 
