@@ -123,3 +123,29 @@ def test_agent_rl_bad_options_are_user_errors(files, tmp_path, capsys):
                        (["--rewards", "correct:x"], "bad weight")):
         assert main([*base, *extra]) == 2
         assert msg in capsys.readouterr().err
+
+
+def test_rollout_starts_from_the_loader_prompt_with_record_tools(files, tok):
+    """Tools given at the record level reach the model (the rollout starts from the loader's
+    prompt ids, in the thinking-off mode), and a rollout batch is reproducible from its counter."""
+    from minimind.chat import render_prompt
+    from minimind.checkpoint import load_model
+    from minimind.train.stages.agent_rl import AgentRLConfig, AgentRLStage
+    from minimind.train.stages.base import TrainContext
+
+    cfg = AgentRLConfig(init=files["init"], data=[files["data"]], out="unused", max_steps=1, group_size=2,
+                        max_new_tokens=5, max_turns=2)
+    ctx = TrainContext(config=cfg, device=torch.device("cpu"), tokenizer=tok, model=load_model(files["init"]).train(),
+                       autocast=lambda: torch.autocast("cpu", enabled=False))
+    stage = AgentRLStage(cfg)
+    msgs = [[{"role": "user", "content": "What is 2*3?"}]]
+    loader_prompt = render_prompt(tok, msgs[0], tools=CALC)  # as `data prepare` renders an rl record with tools
+    raw = {"prompt_ids": [loader_prompt], "answers": ["6"], "messages": msgs, "gt": [None]}
+    b = stage.rollout(raw, ctx, count=0)
+    want = render_prompt(tok, msgs[0], tools=CALC, thinking=False)
+    assert "# Tools" in tok.decode(want)
+    for i in range(2):
+        assert b["input_ids"][i, : len(want)].tolist() == want and (b["labels"][i, : len(want)] == -100).all()
+    assert b["advantages"].shape == (2,) and ctx.model.training
+    again = stage.rollout(raw, ctx, count=0)
+    assert torch.equal(again["input_ids"], b["input_ids"]) and again["texts"] == b["texts"]

@@ -99,13 +99,19 @@ def agent_step(messages: list[dict], reply: str | None, registry: ToolRegistry,
     return None
 
 
-def run_agents(model: Model, conversations: list[list[dict]], registry: ToolRegistry, max_turns: int = 4,
-               on_message: Callable[[int, dict], None] | None = None) -> list[AgentRun]:
-    """Run the loop on every conversation, batched: one model call per turn for all unfinished ones."""
+def run_agents(model: "Model | TokenModel", conversations: list[list[dict]], registry: ToolRegistry,
+               max_turns: int = 4, on_message: Callable[[int, dict], None] | None = None,
+               prompt_ids: list[list[int]] | None = None) -> list[AgentRun]:
+    """Run the loop on every conversation, batched: one model call per turn for all unfinished ones.
+
+    `prompt_ids` (TokenModel only) are the conversations' first prompts when the caller already
+    rendered them (e.g. the RL loader, with record-level tools); otherwise they are rendered here."""
     if max_turns < 1:
         raise ValueError(f"max_turns must be >= 1, got {max_turns}")
     if isinstance(model, TokenModel):
-        return _run_tokens(model, conversations, registry, max_turns, on_message)
+        return _run_tokens(model, conversations, registry, max_turns, on_message, prompt_ids)
+    if prompt_ids is not None:
+        raise ValueError("prompt_ids need a TokenModel")
     runs = [AgentRun([dict(m) for m in conv]) for conv in conversations]
     active = list(range(len(runs)))
     while active:
@@ -141,13 +147,18 @@ def _observation(tok, appended: list[dict], thinking: bool, closed: bool) -> lis
 
 
 def _run_tokens(model: TokenModel, conversations: list[list[dict]], registry: ToolRegistry, max_turns: int,
-                on_message: Callable[[int, dict], None] | None) -> list[AgentRun]:
+                on_message: Callable[[int, dict], None] | None,
+                prompt_ids: list[list[int]] | None = None) -> list[AgentRun]:
     """`run_agents` at the token level: see the module docstring."""
     tok = model.tokenizer
     stops = {tok.eos_id, tok.pad_id}
     runs = [AgentRun([dict(m) for m in conv]) for conv in conversations]
-    for run in runs:
-        run.segments.append((render_prompt(tok, run.messages, tools=model.tools, thinking=model.thinking), 0))
+    if prompt_ids is not None and len(prompt_ids) != len(runs):
+        raise ValueError(f"{len(prompt_ids)} prompt_ids for {len(runs)} conversations")
+    for k, run in enumerate(runs):
+        first = list(prompt_ids[k]) if prompt_ids is not None else render_prompt(
+            tok, run.messages, tools=model.tools, thinking=model.thinking)
+        run.segments.append((first, 0))
     active = list(range(len(runs)))
     while active:
         outs = model.generate([runs[i].ids for i in active], [(i, runs[i].turns) for i in active])

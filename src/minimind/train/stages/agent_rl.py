@@ -2,8 +2,9 @@
 
 One optimizer step, as GRPO's (this stage subclasses it and reuses its loss, reference model,
 group advantages and resume state), except how a batch is made:
-1. take B prompts from the `rl` loader (conversations whose system message carries `tools`,
-   the last assistant turn dropped; references from `gt` or `answer`) and start G rollouts of
+1. take B prompts from the `rl` loader (conversations whose system message, or record, carries
+   `tools`, the last assistant turn dropped; references from `gt` or `answer`; the prompt ids in
+   the `--thinking` mode as GRPO makes them) and start G rollouts of
    each; all B*G advance together through the agent loop (`agent.run_agents` with
    `agent.engine_token_model`: one batched `Engine.generate` per turn for every unfinished
    rollout), which executes the tool calls with the built-in registry (`--tools`) until an
@@ -111,6 +112,9 @@ class AgentRLStage(GRPOStage):
 
         cfg, tok, model, G = self.config, ctx.tokenizer, ctx.model, self.config.group_size
         convs = [m for m in raw["messages"] for _ in range(G)]
+        # The loader's prompts (tools from the system message or the record, thinking on), in
+        # the configured thinking mode: the exact ids GRPO would sample from.
+        prompts = [self._mode_prompt(tok, p) for p in raw["prompt_ids"] for _ in range(G)]
         refs = [references(a, g) for a, g in zip(raw["answers"], raw.get("gt") or [None] * len(raw["answers"]))
                 for _ in range(G)]
 
@@ -123,7 +127,7 @@ class AgentRLStage(GRPOStage):
         with torch.no_grad(), ctx.autocast():
             engine = Engine(model, tok, max_batch_size=len(convs))  # Engine sets eval()
             runs = run_agents(engine_token_model(engine, params, thinking=cfg.thinking), convs,
-                              self.tool_registry, cfg.max_turns)
+                              self.tool_registry, cfg.max_turns, prompt_ids=prompts)
         model.train(was_training)
 
         texts = [r.generated_texts(tok) for r in runs]
