@@ -11,18 +11,23 @@ Contract:
   on a CUDA GPU that supports it (else fp16) and the stored dtype elsewhere (fp32 on the CPU,
   where bf16 matmuls are 4-6x slower than fp32 on the machines we measured).
 - `prepare_device(device)`: per-process settings for fast math on that device (TF32 on CUDA).
+
+torch is imported inside the functions that need it, not at the top: `check_device_name` runs when
+the CLI parses its flags, and `minimind --help` should not wait a second for torch to load.
 """
 
 from __future__ import annotations
 
 import re
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import UserError
 
+if TYPE_CHECKING:
+    import torch
+
 DEVICE_NAME = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
-INFERENCE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+INFERENCE_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def check_device_name(name: str) -> None:
@@ -33,6 +38,8 @@ def check_device_name(name: str) -> None:
 
 def pick_device(pref: str, local_rank: int = 0) -> torch.device:
     """The device `pref` names, or a UserError if it is absent here (see the module docstring)."""
+    import torch
+
     check_device_name(pref)
     if pref == "auto":
         return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
@@ -51,17 +58,21 @@ def pick_device(pref: str, local_rank: int = 0) -> torch.device:
 
 def inference_dtype(device: torch.device, name: str | None) -> torch.dtype | None:
     """The dtype to run a model in for inference; None keeps the dtype it was stored in."""
+    import torch
+
     if name in (None, "auto"):
         if device.type != "cuda":
             return None
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if name not in INFERENCE_DTYPES:
         raise UserError(f"--dtype must be auto, {', '.join(INFERENCE_DTYPES)}; got {name!r}")
-    return INFERENCE_DTYPES[name]
+    return getattr(torch, name)
 
 
 def prepare_device(device: torch.device) -> None:
     """Per-process math settings: on CUDA, fp32 matmuls may use TF32 tensor cores (~8x faster on
     Ampere and later; 10-bit mantissa inputs with fp32 accumulation, as PyTorch's "high")."""
+    import torch
+
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")

@@ -20,6 +20,7 @@ from pathlib import Path
 import sys
 import time
 
+from ..devices import pick_device
 from ..errors import UserError
 
 HELP = """commands:
@@ -110,8 +111,6 @@ def _registry(args: argparse.Namespace):
 
 def _check_model_flags(args: argparse.Namespace) -> None:
     """Flags shared by generate/chat/serve, checked before anything loads."""
-    from ..devices import pick_device  # imports torch: kept out of `minimind --help`
-
     _registry(args)
     if args.max_len is not None and args.max_len < 2:
         raise UserError(f"--max-len must be at least 2 (one prompt token and one generated), got {args.max_len}")

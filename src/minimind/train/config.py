@@ -19,13 +19,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..devices import check_device_name
 from ..errors import UserError
 
 
@@ -171,13 +171,6 @@ class TrainConfig:
 AT_LEAST = {"batch_size": 1, "grad_accum": 1, "log_every": 1, "keep_last": 1, "warmup_steps": 0, "save_every": 0,
             "eval_every": 0, "eval_batches": 0, "num_samples": 0, "seed": 0}
 MAX_SEED = 2**32 - 1  # numpy's seed words are uint32; torch takes up to 2**64 - 1
-DEVICE_NAME = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
-
-
-def check_device_name(name: str) -> None:
-    """The device grammar every command accepts; whether it exists is checked when it is opened."""
-    if not DEVICE_NAME.fullmatch(name):
-        raise UserError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {name!r}")
 
 
 def flag(name: str) -> str:
