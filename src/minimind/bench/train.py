@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from ..config import flops_per_token, get_preset
     from ..model import MiniMindLM
-    from ..train.distributed import pick_device
+    from ..devices import pick_device
     from ..train.metrics import measured_matmul_flops, peak_flops
 
     device = pick_device(args.device)

@@ -112,7 +112,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
-    from ..train.distributed import pick_device
+    from ..devices import pick_device
     from ..train.quickstart import quickstart
 
     pick_device(args.device)  # a bad or absent device fails now, not after the data is prepared

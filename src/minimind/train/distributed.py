@@ -25,7 +25,7 @@ import torch.distributed as td
 from torch import nn
 
 from ..errors import UserError
-from .config import check_device_name
+from ..devices import pick_device
 
 
 @dataclass
@@ -42,24 +42,6 @@ class Dist:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def pick_device(pref: str, local_rank: int = 0) -> torch.device:
-    """The device `pref` names (see `config.check_device_name`), or a UserError if it is absent here."""
-    check_device_name(pref)
-    if pref == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank)
-        return torch.device("cpu")
-    dev = torch.device(pref)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"--device {pref}: CUDA is not available on this machine")
-        if dev.index is None:
-            dev = torch.device("cuda", local_rank)
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"--device {pref}: MPS is not available on this machine")
-    return dev
 
 
 def init_distributed(device_pref: str = "auto") -> Dist:

@@ -125,13 +125,15 @@ class MetricsLogger:
         self._file.flush()
         step = record.get("step", 0)
         numeric = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
+        # Plain keys get their split as a prefix ("train/loss", "val/loss"); keys that already
+        # name their group ("eval/mcq_accuracy") are logged as they are.
+        prefix = "val/" if record.get("split") == "val" else "train/"
+        named = {(k if "/" in k else prefix + k): v for k, v in numeric.items()}
         if self._tb is not None:
-            prefix = "val/" if record.get("split") == "val" else "train/"
-            for k, v in numeric.items():
-                self._tb.add_scalar(prefix + k, v, step)
+            for k, v in named.items():
+                self._tb.add_scalar(k, v, step)
         if self._wandb is not None:
-            prefix = "val/" if record.get("split") == "val" else "train/"
-            self._wandb.log({prefix + k: v for k, v in numeric.items()}, step=step)
+            self._wandb.log(named, step=step)
 
     def close(self) -> None:
         self._file.close()

@@ -70,7 +70,7 @@ def probe_tokens_per_second(device: str = "auto", seq_len: int = 256, batch_size
 
     from ..config import get_preset
     from ..model import MiniMindLM
-    from .distributed import pick_device
+    from ..devices import pick_device
     from .build import resolve_dtype
 
     dev = pick_device(device)
@@ -172,7 +172,7 @@ def demo_eval(run_dir: Path, suites: dict[str, Path], device: str = "auto", limi
     from ..eval import Settings, run_demo
     from ..eval.report import append_run_log, make_report
     from ..eval.run import load
-    from .distributed import pick_device
+    from ..devices import pick_device
 
     name = resolve_checkpoint(run_dir).name
     report = _logged_demo_eval(run_dir, name, limit)

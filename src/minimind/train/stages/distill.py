@@ -90,7 +90,7 @@ class DistillStage(SFTStage):
     requires_init = False
 
     def run_instead_of_training(self) -> bool:
-        from ..distributed import pick_device
+        from ...devices import pick_device
 
         cfg = self.config
         if not cfg.generate:
