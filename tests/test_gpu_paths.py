@@ -309,6 +309,7 @@ def test_single_process_sets_the_cuda_device(monkeypatch):
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     chosen = []
     monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
     assert D.init_distributed("cuda:1").device == torch.device("cuda", 1)
