@@ -192,21 +192,28 @@ class GRPOStage(SFTStage):
     def batch_weight(self, batch: dict[str, Any]) -> float:
         return float((batch["labels"][:, 1:] != -100).sum())  # token-level normalisation across micro-batches
 
+    def completion_logps(self, model: "nn.Module", batch: dict[str, Any], ctx: TrainContext) -> tuple:
+        """(ids, labels, mask, keep, token log-probs) over the completion columns only.
+
+        Only completion tokens are scored, so the LM head runs on the columns from the last
+        prompt token of the shortest prompt onwards (decided on the CPU copy of the labels: no
+        device sync). The head then works on [B, keep] positions, often several times fewer.
+        labels/mask/log-probs are [B, keep] / [B, keep - 1] / [B, keep - 1].
+        """
+        scored = (batch["labels"] != -100).any(0).numpy().nonzero()[0]
+        keep = batch["labels"].shape[1] - int(scored[0]) + 1 if len(scored) else batch["labels"].shape[1]
+        ids = batch["input_ids"].to(ctx.device, non_blocking=True)
+        labels = batch["labels"][:, -keep:].to(ctx.device, non_blocking=True)
+        mask = labels[:, 1:] != -100
+        return ids, labels, mask, keep, model(ids, labels=labels, logits_to_keep=keep).token_logps
+
     def loss(self, model: "nn.Module", batch: dict[str, Any], ctx: TrainContext) -> tuple["torch.Tensor", dict[str, Any]]:
         import torch
 
         cfg = self.config
         from ..losses import grpo_loss
 
-        # Only completion tokens are scored, so the LM head runs on the columns from the last
-        # prompt token of the shortest prompt onwards (decided on the CPU copy of the labels: no
-        # device sync). The head then works on [B, keep] positions, often several times fewer.
-        scored = (batch["labels"] != -100).any(0).numpy().nonzero()[0]
-        keep = batch["labels"].shape[1] - int(scored[0]) + 1 if len(scored) else batch["labels"].shape[1]
-        ids = batch["input_ids"].to(ctx.device, non_blocking=True)
-        labels = batch["labels"][:, -keep:].to(ctx.device, non_blocking=True)
-        mask = labels[:, 1:] != -100
-        new = model(ids, labels=labels, logits_to_keep=keep).token_logps
+        ids, labels, mask, keep, new = self.completion_logps(model, batch, ctx)
         ref = None
         if "ref" in ctx.extra:
             with torch.no_grad():

@@ -130,13 +130,7 @@ class PPOStage(GRPOStage):
         from ..losses import ppo_policy_loss, ppo_value_loss
 
         cfg = self.config
-        # As GRPO: the head runs only from the last prompt token of the shortest prompt on.
-        scored = (batch["labels"] != -100).any(0).numpy().nonzero()[0]
-        keep = batch["labels"].shape[1] - int(scored[0]) + 1 if len(scored) else batch["labels"].shape[1]
-        ids = batch["input_ids"].to(ctx.device, non_blocking=True)
-        labels = batch["labels"][:, -keep:].to(ctx.device, non_blocking=True)
-        mask = labels[:, 1:] != -100
-        new = model(ids, labels=labels, logits_to_keep=keep).token_logps
+        ids, labels, mask, keep, new = self.completion_logps(model, batch, ctx)  # as GRPO
         values = self._values(ctx.model, keep - 1)
 
         def crop(t: "torch.Tensor") -> "torch.Tensor":
