@@ -35,10 +35,10 @@ from tokenizers import Tokenizer
 from .config import ModelConfig, count_params
 from .errors import UserError
 from .model import MiniMindLM
+from .tokenizer import TOKENIZER_FILES
 
 CONFIG_NAME = "model_config.json"
 WEIGHTS_NAME = "model.safetensors"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
 class CheckpointError(UserError):
