@@ -4,7 +4,8 @@ import gzip
 
 import pytest
 
-from minimind.data.formats import ReadStats, iter_examples, iter_raw, normalize_record, RecordError
+from minimind.data.formats import ReadStats, iter_examples, normalize_record, RecordError
+from minimind.data.reading import iter_raw
 from minimind.errors import UserError
 from support import write_jsonl
 

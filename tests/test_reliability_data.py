@@ -14,7 +14,7 @@ import json
 import pytest
 
 from minimind.cli import main
-import minimind.data.formats as formats
+import minimind.data.reading as reading
 import minimind.data.layout as layout
 import minimind.data.prepare as prepare_mod
 from minimind.data.clean import CleanConfig, clean
@@ -161,13 +161,13 @@ def test_disk_full_is_one_line_and_keeps_the_old_result(tmp_path, capsys, tok, m
 
 
 def test_record_over_the_limit_is_refused_by_file_and_line(tmp_path, tok, monkeypatch):
-    monkeypatch.setattr(formats, "MAX_RECORD_BYTES", 1000)
+    monkeypatch.setattr(reading, "MAX_RECORD_BYTES", 1000)
     at_limit = json.dumps({"text": "y" * (1000 - 12)})  # exactly 1000 bytes without its newline
     assert len(at_limit) == 1000
     src = tmp_path / "big.jsonl"
     src.write_text(json.dumps(TEXTS[0]) + "\n" + json.dumps({"text": "x" * 5000}) + "\n" + at_limit + "\n")
     with pytest.raises(UserError, match=r"big\.jsonl:2: record is 5\d{3} bytes, over the limit of 1000 bytes "
-                                        r"per record \(minimind\.data\.formats\.MAX_RECORD_BYTES\)"):
+                                        r"per record \(minimind\.data\.reading\.MAX_RECORD_BYTES\)"):
         prepare("pretrain", [src], tmp_path / "out", tok, workers=1)
     res = prepare("pretrain", [src], tmp_path / "out", tok, workers=1, skip_bad=True)
     assert res.meta["records"] == 2 and res.meta["skipped"] == 1
@@ -187,14 +187,14 @@ def test_a_long_line_is_never_held_whole(monkeypatch):
             return line
 
     f = Spy(b'{"a": 1}\n' + b"z" * 5_000_000 + b"\n" + b'{"b": 2}')
-    got = list(formats._bounded_lines(f, 10_000))
-    assert got == [(1, b'{"a": 1}\n'), (2, formats.Oversized(5_000_001)), (3, b'{"b": 2}')]
+    got = list(reading._bounded_lines(f, 10_000))
+    assert got == [(1, b'{"a": 1}\n'), (2, reading.Oversized(5_000_001)), (3, b'{"b": 2}')]
     assert Spy.biggest <= 1 << 20
 
 
 def test_real_limit_on_the_cli(tmp_path, capsys):
     src = tmp_path / "huge.jsonl"
-    line = b'{"text": "' + b"w" * formats.MAX_RECORD_BYTES + b'"}\n'
+    line = b'{"text": "' + b"w" * reading.MAX_RECORD_BYTES + b'"}\n'
     src.write_bytes(b'{"text": "fine"}\n' + line)
     rc, _, err = _cli(capsys, "data", "prepare", "--kind", "pretrain", "--data", str(src), "--out",
                       str(tmp_path / "o"), "--workers", "1")

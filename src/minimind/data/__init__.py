@@ -1,7 +1,9 @@
 """Data: demo data, formats and validation, prepared shards, loaders, cleaning.
 
 Modules:
-    formats  read JSONL / .jsonl.gz / Parquet in upstream MiniMind's shapes; validate records
+    reading  stream raw records from JSONL / .jsonl.gz / Parquet, bounded in size
+    formats  upstream MiniMind's record shapes: validate and normalise records
+    layout   the on-disk layout of a prepared directory and its safe replacement
     prepare  `data prepare`: streaming, multi-process tokenisation into memory-mapped shards
     store    random access to tokenised docs (a prepared directory, or raw files in RAM)
     loader   `make_loader`: packed / padded batches, deterministic, resumable, rank-sharded

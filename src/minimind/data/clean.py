@@ -28,7 +28,7 @@ Contract:
   prompts): the strings inside (text, message contents, reasoning) are normalised in place and
   their concatenation is what the filters and dedup look at. Fields we do not know are kept
   (a value JSON cannot hold, such as a Parquet timestamp, as its text).
-- A record without any text, or a line that is not JSON (or over `formats.MAX_RECORD_BYTES`, or
+- A record without any text, or a line that is not JSON (or over `reading.MAX_RECORD_BYTES`, or
   with a lone surrogate), is an error naming `file:line`, or with `skip_bad=True` is counted
   under `bad` in the report. The report counts, for each source and step, how many documents the
   step removed.
@@ -54,7 +54,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..errors import UserError
-from .formats import RecordError, check_files, iter_raw, parse_payload
+from .formats import RecordError, parse_payload
+from .reading import check_files, iter_raw
 
 UNICODE_FORMS = ("NFKC", "NFKC-strict", "NFC", "none")
 STEPS = ("bad", "too_short", "too_long", "repetitive", "low_letters", "exact_dup", "near_dup")

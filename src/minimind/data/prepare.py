@@ -41,7 +41,8 @@ import numpy as np
 
 from ..errors import UserError
 from .layout import TOKENIZER_FILES, check_target, read_meta, remove_ours, remove_stale_temps, swap_in
-from .formats import ReadStats, RecordError, check_files, check_kind, check_payload, iter_raw
+from .formats import ReadStats, RecordError, check_kind, check_payload
+from .reading import check_files, iter_raw
 
 # 2: chat markers inside message text are plain text (earlier shards may hold forged control ids),
 # so folders prepared by version 1 are never reused.

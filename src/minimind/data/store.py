@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from .formats import ReadStats, check_files, check_kind
+from .formats import ReadStats, check_kind
+from .reading import check_files
 from .prepare import (Encoded, checked_chunks, config_hash, prepare, read_meta, source_info,
                       token_dtype, tokenizer_hash)
 

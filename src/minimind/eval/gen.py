@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Callable
 
 from ..chat import render_prompt
-from ..data.formats import RecordError, check_payload, iter_raw
+from ..data.formats import RecordError, check_payload
+from ..data.reading import iter_raw
 from ..errors import UserError
 from ..infer import SamplingParams
 from .answers import THINK_OPEN, answers_match, extract_final_answer
