@@ -19,7 +19,7 @@ import sys
 
 from ..errors import UserError
 
-# Order = order in `minimind --help`. A module that is missing (not written yet) is skipped.
+# Order = order in `minimind --help`.
 # OS errors that describe the machine or the user's paths, not our code. Whatever was finished
 # before them is already on disk (checkpoints and outputs are written by rename), so a one-line
 # report loses nothing; other errnos (EBADF, EINVAL, ...) point at bugs and keep their traceback.
@@ -39,13 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as err:
-            if err.name == f"{__name__}.{name}":
-                continue
-            raise
-        module.register(sub)
+        importlib.import_module(f"{__name__}.{name}").register(sub)
     return parser
 
 
