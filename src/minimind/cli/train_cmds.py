@@ -19,8 +19,6 @@ from ..train.config import _unwrap_optional, field_type, flag
 from ..train.quickstart import DEMO_EVAL_LIMIT
 from ..train.stages import stage_registry
 
-RESERVED = {"config"}
-
 
 def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
     """One flag per dataclass field; defaults are SUPPRESSed so only given flags override."""

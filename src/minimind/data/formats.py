@@ -38,7 +38,6 @@ from .reading import Oversized, check_files, iter_raw
 
 KINDS = ("pretrain", "sft", "dpo", "rl")
 ROLES = ("system", "user", "assistant", "tool")
-MESSAGE_KEYS = ("role", "content", "reasoning_content", "tool_calls", "tools")
 # A JSON \u escape of a UTF-16 surrogate; json.loads pairs valid ones, a lone one stays in the str.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
