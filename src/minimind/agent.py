@@ -99,6 +99,19 @@ def agent_step(messages: list[dict], reply: str | None, registry: ToolRegistry,
     return None
 
 
+def _advance(run: AgentRun, i: int, reply: str | None, registry: ToolRegistry, max_turns: int,
+             on_message: Callable[[int, dict], None] | None) -> str | None:
+    """Apply one reply to conversation i (run its tool calls); return its finish, or None to go on."""
+    run.turns += 1
+    before = len(run.messages)
+    finish = agent_step(run.messages, reply, registry, (lambda m: on_message(i, m)) if on_message else None)
+    run.tool_calls += sum(m["role"] == "tool" for m in run.messages[before:])
+    if finish is None and run.turns >= max_turns:
+        finish = "turn_limit"
+    run.finish = finish
+    return finish
+
+
 def run_agents(model: "Model | TokenModel", conversations: list[list[dict]], registry: ToolRegistry,
                max_turns: int = 4, on_message: Callable[[int, dict], None] | None = None,
                prompt_ids: list[list[int]] | None = None) -> list[AgentRun]:
@@ -118,18 +131,8 @@ def run_agents(model: "Model | TokenModel", conversations: list[list[dict]], reg
         replies = model([runs[i].messages for i in active])
         still = []
         for i, reply in zip(active, replies, strict=True):
-            run = runs[i]
-            run.turns += 1
-            before = len(run.messages)
-            finish = agent_step(run.messages, reply, registry,
-                                (lambda m, i=i: on_message(i, m)) if on_message else None)
-            run.tool_calls += sum(m["role"] == "tool" for m in run.messages[before:])
-            if finish is None and run.turns >= max_turns:
-                finish = "turn_limit"
-            if finish is None:
+            if _advance(runs[i], i, reply, registry, max_turns, on_message) is None:
                 still.append(i)
-            else:
-                run.finish = finish
         active = still
     return runs
 
@@ -165,22 +168,14 @@ def _run_tokens(model: TokenModel, conversations: list[list[dict]], registry: To
         still = []
         for i, out in zip(active, outs, strict=True):
             run = runs[i]
-            run.turns += 1
             before = len(run.messages)
             closed = bool(out) and out[-1] in stops
             if out is not None:
                 run.segments.append((list(out), 1))
             reply = None if out is None else tok.decode(out[:-1] if closed else out)
-            finish = agent_step(run.messages, reply, registry,
-                                (lambda m, i=i: on_message(i, m)) if on_message else None)
-            run.tool_calls += sum(m["role"] == "tool" for m in run.messages[before:])
-            if finish is None and run.turns >= max_turns:
-                finish = "turn_limit"
-            if finish is None:
+            if _advance(run, i, reply, registry, max_turns, on_message) is None:
                 run.segments.append((_observation(tok, run.messages[before:], model.thinking, closed), 0))
                 still.append(i)
-            else:
-                run.finish = finish
         active = still
     return runs
 
