@@ -34,7 +34,7 @@ def tiny_model(vocab_size: int = 128, seed: int = 0, max_seq_len: int = 256, sha
 
 def tiny_tokenizer(folder: Path, vocab_size: int = 300):
     """A byte-level BPE with few merges: Chinese characters stay split into 2-3 byte tokens."""
-    from minimind.tokenizer import train_tokenizer
+    from minimind.tokenizer_train import train_tokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
     corpus = folder / "corpus.txt"

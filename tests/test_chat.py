@@ -203,7 +203,7 @@ def test_generated_conversations_parity(tok, hf_tok):
 
 def test_check_chatml(tmp_path):
     from minimind.chat import check_chatml
-    from minimind.tokenizer import train_tokenizer
+    from minimind.tokenizer_train import train_tokenizer
 
     check_chatml(load_tokenizer())  # ours passes
     data = tmp_path / "a.txt"

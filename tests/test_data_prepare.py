@@ -138,7 +138,7 @@ def test_cli_prepare_errors_and_skip_bad(tmp_path, capsys):
 
 
 def test_prepared_dir_checks_kind_and_tokenizer(tmp_path, tok):
-    from minimind.tokenizer import train_tokenizer
+    from minimind.tokenizer_train import train_tokenizer
 
     src = write_jsonl(tmp_path / "a.jsonl", [{"text": t} for t in TEXTS * 3])
     res = prepare("pretrain", [src], tmp_path / "p", tok)

@@ -7,7 +7,8 @@ import pytest
 
 from minimind.cli import main
 from minimind.errors import UserError
-from minimind.tokenizer import SPECIAL_TOKENS, default_tokenizer_dir, load_tokenizer, train_tokenizer
+from minimind.tokenizer import SPECIAL_TOKENS, default_tokenizer_dir, load_tokenizer
+from minimind.tokenizer_train import train_tokenizer
 
 SAMPLES = [
     "MiniMind trains small language models from scratch.",

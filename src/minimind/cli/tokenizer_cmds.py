@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..tokenizer import train_tokenizer
+    from ..tokenizer_train import train_tokenizer
 
     tok = train_tokenizer(args.data, args.vocab_size, args.out)
     print(f"wrote {tok.path} ({tok.vocab_size} tokens)")
