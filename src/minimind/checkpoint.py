@@ -17,6 +17,8 @@ Contract:
   the model is allocated.
 - `read_safetensors` is the one way every loader (checkpoints, HF folders, LoRA adapters) reads a
   weights file; `check_tokenizer_files` the one way exports and imports vet tokenizer files.
+- `read_hf_weights(folder)` reads a Hugging Face folder's weights from exactly the files its
+  `*.safetensors.index.json` names (or its single weights file); stray files are never read.
 """
 
 from __future__ import annotations
@@ -210,3 +212,43 @@ def load_weights(model: MiniMindLM, sd: dict[str, torch.Tensor], source: str) ->
         raise CheckpointError(
             f"{source}: weights do not match the config (missing: {missing[:5]}, unexpected: {unexpected[:5]})"
         )
+
+
+def hf_weight_files(folder: Path) -> dict[Path, list[str] | None]:
+    """The files holding the model's weights -> the tensors to read from each (None: all of them)."""
+    indexes = sorted(folder.glob("*.safetensors.index.json"))
+    if len(indexes) > 1:
+        raise UserError(f"{folder}: several weight indexes ({', '.join(i.name for i in indexes)}); keep one")
+    if indexes:
+        try:
+            weight_map = json.loads(indexes[0].read_text(encoding="utf-8"))["weight_map"]
+        except (ValueError, KeyError, TypeError):  # ValueError: bad JSON or bad UTF-8
+            weight_map = None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise UserError(f"{indexes[0]}: not a valid safetensors index (needs a \"weight_map\" of "
+                            f"tensor name -> file name)")
+        files: dict[Path, list[str] | None] = {}
+        for name, shard in sorted(weight_map.items()):
+            if Path(shard).name != shard or shard in (".", ".."):  # a plain name, never a path out of the folder
+                raise UserError(f"{indexes[0]}: shard name {shard!r} is not a file name in this folder")
+            if not (folder / shard).is_file():
+                raise UserError(f"{indexes[0]} names {shard}, which is missing from {folder}")
+            files.setdefault(folder / shard, []).append(name)
+        return files
+    if (folder / "model.safetensors").is_file():
+        return {folder / "model.safetensors": None}
+    found = sorted(folder.glob("*.safetensors"))
+    if len(found) == 1:
+        return {found[0]: None}
+    if not found:
+        raise UserError(f"{folder}: no .safetensors weights (pytorch_model.bin is not read: it would unpickle)")
+    raise UserError(f"{folder}: {len(found)} .safetensors files but no model.safetensors and no "
+                    f"*.safetensors.index.json saying which hold the weights")
+
+
+def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a Hugging Face folder, read from exactly the files `hf_weight_files` names."""
+    sd: dict[str, torch.Tensor] = {}
+    for path, keys in hf_weight_files(folder).items():
+        sd.update(read_safetensors(path, keys))
+    return sd

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from .checkpoint import (TOKENIZER_FILES, check_fits, check_tokenizer_files, copy_tokenizer, load_model,
-                         load_weights, model_state_dict, read_safetensors, resolve_checkpoint, save_model,
+                         load_weights, model_state_dict, read_hf_weights, resolve_checkpoint, save_model,
                          write_safetensors)
 from .config import ConfigError, ModelConfig
 from .errors import UserError
@@ -304,45 +304,6 @@ def hf_to_config(hf: dict[str, Any], source: str = "config.json") -> ModelConfig
         raise ConfigError(f"{source}: {err}{where}", err.field) from None
 
 
-def _weight_files(folder: Path) -> dict[Path, list[str] | None]:
-    """The files holding the model's weights -> the tensors to read from each (None: all of them)."""
-    indexes = sorted(folder.glob("*.safetensors.index.json"))
-    if len(indexes) > 1:
-        raise UserError(f"{folder}: several weight indexes ({', '.join(i.name for i in indexes)}); keep one")
-    if indexes:
-        try:
-            weight_map = json.loads(indexes[0].read_text(encoding="utf-8"))["weight_map"]
-        except (ValueError, KeyError, TypeError):  # ValueError: bad JSON or bad UTF-8
-            weight_map = None
-        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-            raise UserError(f"{indexes[0]}: not a valid safetensors index (needs a \"weight_map\" of "
-                            f"tensor name -> file name)")
-        files: dict[Path, list[str] | None] = {}
-        for name, shard in sorted(weight_map.items()):
-            if Path(shard).name != shard or shard in (".", ".."):  # a plain name, never a path out of the folder
-                raise UserError(f"{indexes[0]}: shard name {shard!r} is not a file name in this folder")
-            if not (folder / shard).is_file():
-                raise UserError(f"{indexes[0]} names {shard}, which is missing from {folder}")
-            files.setdefault(folder / shard, []).append(name)
-        return files
-    if (folder / "model.safetensors").is_file():
-        return {folder / "model.safetensors": None}
-    found = sorted(folder.glob("*.safetensors"))
-    if len(found) == 1:
-        return {found[0]: None}
-    if not found:
-        raise UserError(f"{folder}: no .safetensors weights (pytorch_model.bin is not read: it would unpickle)")
-    raise UserError(f"{folder}: {len(found)} .safetensors files but no model.safetensors and no "
-                    f"*.safetensors.index.json saying which hold the weights")
-
-
-def _read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
-    sd: dict[str, torch.Tensor] = {}
-    for path, keys in _weight_files(folder).items():
-        sd.update(read_safetensors(path, keys))
-    return sd
-
-
 def from_hf_state_dict(sd: dict[str, torch.Tensor], cfg: ModelConfig, arch: str) -> dict[str, torch.Tensor]:
     """transformers names -> ours, undoing fused experts and Ernie's interleaved RoPE rows."""
     out: dict[str, torch.Tensor] = {}
@@ -381,7 +342,7 @@ def load_hf_model(folder: str | Path) -> MiniMindLM:
     except (OSError, ValueError) as err:  # ValueError: bad JSON or bad UTF-8
         raise ConfigError(f"{path}: cannot read ({getattr(err, 'strerror', None) or err})") from None
     cfg = hf_to_config(hf, source=str(path))
-    sd = from_hf_state_dict(_read_safetensors(folder), cfg, hf["model_type"])
+    sd = from_hf_state_dict(read_hf_weights(folder), cfg, hf["model_type"])
     check_fits(cfg, sd, source=str(folder))
     model = MiniMindLM(cfg)
     load_weights(model, sd, source=str(folder))
