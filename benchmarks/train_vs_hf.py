@@ -9,7 +9,7 @@ pretraining loader), with the same recipe: fused AdamW (lr 5e-4, betas 0.9/0.95,
 on matrices) and gradient clipping at 1.0.
 
 - ours: `Trainer` set up exactly as `minimind pretrain` does, one optimizer step =
-  `Trainer._train_step` + `Trainer._update` (the loop's own functions);
+  `minimind.train.step.accumulate` + `update` (the loop's own functions);
 - HF: `loss = model(input_ids, labels=labels).loss; loss.backward(); clip; opt.step(); zero_grad`
   (sdpa attention, transformers' default).
 
@@ -39,6 +39,7 @@ from minimind.model import MiniMindLM
 from minimind.train.config import TrainConfig
 from minimind.train.optim import param_groups
 from minimind.train.stages import get_stage
+from minimind.train.step import accumulate, update
 from minimind.train.trainer import Trainer
 
 SHAPE = dict(num_kv_heads=4, qk_norm=True, intermediate_size=1664)  # on top of the `small` preset
@@ -78,8 +79,8 @@ def run(data: Path, out: Path, steps: int, warmup: int, seq_len: int, batch_size
                                    betas=(cfg.beta1, cfg.beta2), eps=1e-8, fused=True)
 
         def ours_step(batch) -> float:
-            loss, _, _ = trainer._train_step(iter([batch]))  # noqa: SLF001
-            trainer._update()  # noqa: SLF001
+            loss, _, _ = accumulate(trainer, iter([batch]))
+            update(trainer)
             return loss
 
         def hf_step(batch) -> float:

@@ -18,6 +18,7 @@ import torch
 from _train_support import SyntheticStage, tiny_config, train_config
 from minimind.config import get_preset
 from minimind.model import MiniMindLM
+from minimind.train.step import accumulate, update
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 CUDA = torch.device("cuda")
@@ -148,16 +149,16 @@ def sync_warnings(model_config, tmp_path, seq_len: int = 16) -> list[str]:
     trainer._setup()
     try:
         it = iter(trainer.batches)
-        trainer._train_step(it)  # warm-up: first-call allocations and lazy inits
-        trainer._update()
+        accumulate(trainer, it)  # warm-up: first-call allocations and lazy inits
+        update(trainer)
         micro = iter([next(it) for _ in range(2)])
         torch.cuda.synchronize()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             torch.cuda.set_sync_debug_mode("warn")
             try:
-                trainer._train_step(micro)
-                trainer._update()
+                accumulate(trainer, micro)
+                update(trainer)
             finally:
                 torch.cuda.set_sync_debug_mode("default")
         return [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)]

@@ -12,6 +12,7 @@ from torch._dynamo.utils import counters
 
 from minimind.config import get_preset
 from minimind.model import MiniMindLM
+from minimind.train.step import accumulate, update
 
 
 def test_compile_has_no_graph_break_over_changing_lengths():
@@ -256,8 +257,8 @@ def test_a_training_step_reads_the_device_once(tmp_path):
         micro = iter([next(trainer.batches) for _ in range(cfg.grad_accum)])  # made on the host, uncounted
         batch_weights = cfg.grad_accum  # Stage.batch_weight reads the *CPU* labels: no device sync
         with HostReads() as reads:
-            loss, metrics, _ = trainer._train_step(micro)
-            trainer._update()
+            loss, metrics, _ = accumulate(trainer, micro)
+            update(trainer)
         assert reads.count == batch_weights + 1, reads.calls
         assert isinstance(metrics["aux_loss"], torch.Tensor)  # read when logged, not per micro-batch
     finally:

@@ -259,12 +259,6 @@ class Trainer:
 
     # -- the loop -------------------------------------------------------------------------------------
 
-    def _train_step(self, it) -> tuple[float, dict[str, Any], int]:
-        return accumulate(self, it)  # step.py
-
-    def _update(self) -> torch.Tensor | None:
-        return update(self)
-
     def _replan(self) -> None:
         """--max-minutes: shrink the budget to what the measured step time allows (budget.WallClock)."""
         if self._wall is None:
@@ -359,14 +353,14 @@ class Trainer:
             while self.step < self.total_steps:
                 lr = lr_at(self.step, cfg, self.total_steps)
                 set_lr(self.optimizer, lr)
-                loss, metrics, tokens = self._train_step(it)
+                loss, metrics, tokens = accumulate(self, it)  # step.py: the micro-batches
                 if not math.isfinite(loss):
                     good = ckpt.latest_checkpoint(self.run_dir) if self.main else None
                     raise TrainingError(
                         f"the loss became {loss} at step {self.step + 1}; the weights were not updated. "
                         f"Last good checkpoint: {good or 'none yet'}. Try a lower --lr, --grad-clip 1.0, "
                         f"or --dtype bf16/fp32 instead of fp16.")
-                grad_norm = self._update()
+                grad_norm = update(self)  # step.py: clip, optimizer step
                 self.step += 1
                 self.ctx.step = self.step
                 self.tokens_seen += tokens
