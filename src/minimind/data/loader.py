@@ -22,6 +22,13 @@ Contract (docs/architecture.md):
     rl        one prompt each -> {"prompt_ids": list[list[int]] (render_prompt, thinking on, not
               truncated), "answers": list[str | None], "messages": list[list[dict]],
               "gt": list[list | None]}
+- Document ids (`document_ids=True`, pretrain and sft only; for `--document-mask`): each batch
+  also has "doc_ids" LongTensor [B, T], the number of the document each token belongs to within
+  its row (0, 1, ...; a document's EOS is part of it; sft padding is -1, a document of its own),
+  and the label of each document's first token (but the row's first) becomes -100: within its
+  own document nothing precedes it, so with document masking there is nothing to predict it
+  from. The model then attends within documents only (`MiniMindLM(..., doc_ids=...)`). Without
+  the option batches are exactly as above.
 - Split: a fixed fraction (`val_fraction`, default 1%, at least one sample) of the documents
   (pairs for dpo) is held out for split="val". The choice depends only on the number of
   documents, never on the seed, so changing the seed cannot leak validation data into training.
@@ -75,12 +82,15 @@ class Loader:
     """Endless, deterministic, resumable, rank-sharded batches of one kind (see module docstring)."""
 
     def __init__(self, kind: str, store: DocStore, seq_len: int, batch_size: int, *, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, split: str = "train", val_fraction: float = 0.01):
+                 rank: int = 0, world_size: int = 1, split: str = "train", val_fraction: float = 0.01,
+                 document_ids: bool = False):
         if seq_len < 1 or batch_size < 1:
             raise UserError(f"seq_len and batch_size must be >= 1 (got {seq_len}, {batch_size})")
         if not 0 <= rank < world_size:
             raise UserError(f"rank {rank} is outside world_size {world_size}")
-        self.kind, self.store = kind, store
+        if document_ids and kind not in ("pretrain", "sft"):
+            raise UserError(f"document masking needs packed rows (pretrain or sft data), not {kind!r}")
+        self.kind, self.store, self.document_ids = kind, store, document_ids
         self.seq_len, self.batch_size = seq_len, batch_size
         self.seed, self.rank, self.world_size, self.split = seed, rank, world_size, split
         n = len(store) // 2 if kind == "dpo" else len(store)
@@ -141,23 +151,29 @@ class Loader:
 
     def window(self, plan: dict, k: int) -> np.ndarray:
         """Pretrain window k of the epoch's stream: tokens [k*T, (k+1)*T)."""
+        return self.window_with_docs(plan, k)[0]
+
+    def window_with_docs(self, plan: dict, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Window k and the document number (0, 1, ... in the window) of each of its tokens."""
         T, ends, order = self.seq_len, plan["ends"], plan["order"]
         start = k * T
         j = int(np.searchsorted(ends, start, side="right"))   # first doc ending after `start`
         pos = start - (int(ends[j - 1]) if j > 0 else 0)       # offset inside doc j's ids+EOS
         out = np.empty(T, dtype=np.int64)
-        filled = 0
+        docs = np.empty(T, dtype=np.int64)
+        filled, doc = 0, 0
         while filled < T:
             ids = self.store.ids(int(order[j]))
             piece = ids[pos:]
             n = min(len(piece), T - filled)
             out[filled:filled + n] = piece[:n]
+            docs[filled:filled + n] = doc
             filled += n
             if filled < T and pos + n == len(ids):   # reached the end of the doc: its EOS
-                out[filled] = self.store.eos_id
+                out[filled], docs[filled] = self.store.eos_id, doc
                 filled += 1
-            pos, j = 0, j + 1
-        return out
+            pos, j, doc = 0, j + 1, doc + 1
+        return out, docs
 
     def row(self, plan: dict, k: int) -> tuple[np.ndarray, np.ndarray]:
         """SFT packed row k: (ids, labels) of the conversations in it, each cut to seq_len."""
@@ -167,6 +183,12 @@ class Loader:
         ids_cat = np.concatenate(ids).astype(np.int64)
         labels = np.where(np.concatenate(masks) > 0, ids_cat, IGNORE)
         return ids_cat, labels
+
+    def row_docs(self, plan: dict, k: int) -> np.ndarray:
+        """The document number (0, 1, ...) of each token of SFT packed row k."""
+        docs = plan["order"][plan["starts"][k]:plan["starts"][k + 1]]
+        lengths = np.minimum(self.store.lengths[docs], self.seq_len)
+        return np.repeat(np.arange(len(docs), dtype=np.int64), lengths)
 
     def _pair_side(self, d: int) -> tuple[np.ndarray, np.ndarray]:
         ids = self.store.ids(d)[:self.seq_len].astype(np.int64)
@@ -192,12 +214,19 @@ class Loader:
     def __next__(self) -> dict:
         units = self._next_units()
         if self.kind == "pretrain":
-            x = torch.from_numpy(np.stack([self.window(p, k) for p, k in units]))
-            return {"input_ids": x, "labels": x.clone()}
+            windows = [self.window_with_docs(p, k) for p, k in units]
+            x = torch.from_numpy(np.stack([w[0] for w in windows]))
+            if not self.document_ids:
+                return {"input_ids": x, "labels": x.clone()}
+            docs = torch.from_numpy(np.stack([w[1] for w in windows]))
+            return {"input_ids": x, "labels": _unlabel_document_starts(x.clone(), docs), "doc_ids": docs}
         if self.kind == "sft":
             rows = [self.row(p, k) for p, k in units]
             ids, labels = _pad([r[0] for r in rows], self.store.pad_id), _pad([r[1] for r in rows], IGNORE)
-            return {"input_ids": ids, "labels": labels}
+            if not self.document_ids:
+                return {"input_ids": ids, "labels": labels}
+            docs = _pad([self.row_docs(p, k) for p, k in units], -1, ids.shape[1])
+            return {"input_ids": ids, "labels": _unlabel_document_starts(labels, docs), "doc_ids": docs}
         if self.kind == "dpo":
             pairs = [int(p["order"][k]) for p, k in units]
             chosen = [self._pair_side(2 * i) for i in pairs]
@@ -230,6 +259,12 @@ class Loader:
         self.epoch, self.index = int(state["epoch"]), int(state["index"])
 
 
+def _unlabel_document_starts(labels: torch.Tensor, docs: torch.Tensor) -> torch.Tensor:
+    """labels with IGNORE at each document's first token after the row's first (in place)."""
+    labels[:, 1:][docs[:, 1:] != docs[:, :-1]] = IGNORE
+    return labels
+
+
 def _pad(rows: list[np.ndarray], value: int, length: int | None = None) -> torch.Tensor:
     """Right-pad 1-D arrays to one length -> LongTensor [B, length]."""
     length = length or max(len(r) for r in rows)
@@ -241,14 +276,14 @@ def _pad(rows: list[np.ndarray], value: int, length: int | None = None) -> torch
 
 def make_loader(kind: str, data, tokenizer, seq_len: int, batch_size: int, *, seed: int = 0,
                 rank: int = 0, world_size: int = 1, split: str = "train", skip_bad: bool = False,
-                val_fraction: float = 0.01) -> Loader:
+                val_fraction: float = 0.01, document_ids: bool = False) -> Loader:
     """A Loader over `data`: a prepared directory, or raw JSONL/.jsonl.gz/Parquet file(s)."""
     check_kind(kind)
     if isinstance(data, (str, Path)) or data is None:
         data = [data] if data is not None else []
     store = open_store(kind, data, tokenizer, skip_bad=skip_bad)
     return Loader(kind, store, seq_len, batch_size, seed=seed, rank=rank, world_size=world_size,
-                  split=split, val_fraction=val_fraction)
+                  split=split, val_fraction=val_fraction, document_ids=document_ids)
 
 
 class Prefetcher:

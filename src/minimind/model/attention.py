@@ -1,8 +1,15 @@
 """Grouped-query self-attention with RoPE, optional QK-norm and a KV cache.
 
 Contract: `Attention(config)(x, cos, sin, mask, layer_idx, cache)` maps [B, T, h] -> [B, T, h].
-`mask` is None for plain causal attention, else a boolean [B, 1, T, S] (True = may attend),
-built once per forward by the model and shared by all layers.
+`mask` is None for plain causal attention, else a boolean [B, 1, T, S] (True = may attend) or a
+flex-attention `BlockMask`, built once per forward by the model and shared by all layers.
+
+Document masking (packed rows of several documents): `document_runs(doc_ids)` numbers the runs of
+equal ids in each row, `document_positions(doc_ids)` restarts positions at 0 in each run, and
+`document_mask(doc_ids, key_valid, flex)` lets a token attend only to earlier tokens of its own run:
+a block-diagonal causal boolean mask for SDPA, or with `flex` (see `use_flex`: CUDA, when this
+PyTorch has `torch.nn.attention.flex_attention`, no attention dropout) a `BlockMask`, whose kernel
+skips the blocks between documents instead of computing and discarding them.
 
 GQA: n_heads query heads share n_kv_heads key/value heads (groups of n_heads/n_kv_heads), which
 cuts the KV cache by that factor at almost no quality cost.
@@ -19,9 +26,16 @@ Both calls compute the same attention (tests/test_gpu_paths.py checks it on the 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+try:  # flex attention arrived in PyTorch 2.5; without it document masking uses SDPA everywhere
+    from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+except ImportError:  # pragma: no cover - depends on the installed PyTorch
+    BlockMask = create_block_mask = flex_attention = None
 
 from ..config import ModelConfig
 from .kv_cache import KVCache
@@ -36,10 +50,66 @@ def native_gqa(device_type: str, dtype: torch.dtype, masked: bool) -> bool:
     return not masked and dtype in (torch.float16, torch.bfloat16)
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool,
+def use_flex(device_type: str, dropout: float) -> bool:
+    """Whether document masks go to flex attention: CUDA only (its compiled kernel is what pays off;
+    elsewhere it would materialise the scores anyway), and it has no attention dropout."""
+    return flex_attention is not None and device_type == "cuda" and dropout == 0.0
+
+
+@functools.cache
+def _compiled_flex():
+    # Uncompiled, flex_attention computes every score in Python-level ops; compiled it is a fused
+    # kernel that skips fully masked blocks. Compiled once per process.
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def _document_starts(doc_ids: torch.Tensor) -> torch.Tensor:
+    """[B, T] True at each document's first token: position 0 and wherever the id changes."""
+    start = torch.ones_like(doc_ids, dtype=torch.bool)
+    start[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    return start
+
+
+def document_runs(doc_ids: torch.Tensor) -> torch.Tensor:
+    """[B, T] ids -> [B, T] run numbers 0, 1, ...: two separate stretches that reuse one id
+    (padding, say) are still different documents."""
+    return _document_starts(doc_ids).long().cumsum(-1) - 1
+
+
+def document_positions(doc_ids: torch.Tensor) -> torch.Tensor:
+    """[B, T] position of each token inside its document (0 at each document's first token)."""
+    idx = torch.arange(doc_ids.shape[1], device=doc_ids.device).expand_as(doc_ids)
+    first = torch.where(_document_starts(doc_ids), idx, 0).cummax(-1).values  # current document's start
+    return idx - first
+
+
+def document_mask(doc_ids: torch.Tensor, key_valid: torch.Tensor | None = None, flex: bool = False):
+    """Block-diagonal causal mask: query i may see key j iff j <= i, both in one document, and
+    key j is real (`key_valid` [B, T], left padding). Boolean [B, 1, T, T], or a `BlockMask`."""
+    runs = document_runs(doc_ids)
+    B, T = runs.shape
+    if flex:
+        def mask_mod(b, h, q, kv):
+            keep = (runs[b, q] == runs[b, kv]) & (kv <= q)
+            return keep & key_valid[b, kv] if key_valid is not None else keep
+
+        return create_block_mask(mask_mod, B=B, H=None, Q_LEN=T, KV_LEN=T, device=doc_ids.device)
+    causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()
+    allowed = causal & (runs[:, :, None] == runs[:, None, :])  # [B, T, T]
+    if key_valid is not None:
+        # Every query keeps itself, so no row is fully masked (a fully masked row is NaN).
+        allowed = (allowed & key_valid[:, None, :]) | torch.eye(T, dtype=torch.bool, device=runs.device)
+    return allowed.unsqueeze(1)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, causal: bool,
            dropout: float, native: bool) -> torch.Tensor:
-    """SDPA over q [B, H, T, D] and k, v [B, Hkv, S, D]; `native` picks how GQA is done (see above)."""
+    """SDPA over q [B, H, T, D] and k, v [B, Hkv, S, D]; `native` picks how GQA is done (see above).
+    A `BlockMask` goes to flex attention (which broadcasts the K/V heads itself)."""
     groups = q.shape[1] // k.shape[1]
+    if BlockMask is not None and isinstance(mask, BlockMask):
+        flex = _compiled_flex() if q.device.type == "cuda" else flex_attention
+        return flex(q, k, v, block_mask=mask, enable_gqa=groups > 1)
     if groups > 1 and not native:
         # Query head h uses K/V head h // groups: exactly what enable_gqa broadcasts.
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
@@ -62,7 +132,7 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(d, config.rms_norm_eps) if config.qk_norm else None
         self.dropout = config.dropout
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask,
                 layer_idx: int = 0, cache: KVCache | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         # [B, T, H*D] -> [B, H, T, D]

@@ -2,7 +2,7 @@
 
 Contract:
 - `MiniMindLM(config)` builds the model; `model(input_ids, labels=None, attention_mask=None,
-  position_ids=None, kv_cache=None, logits_to_keep=0)` returns a `CausalLMOutput` with
+  position_ids=None, kv_cache=None, logits_to_keep=0, doc_ids=None)` returns a `CausalLMOutput` with
   `.logits` [B, T, V] (T = logits_to_keep when given) and `.aux_loss` (the unweighted MoE balance
   loss averaged over MoE layers, 0 for dense models).
 - With `labels` (aligned with input_ids, or with the kept positions, and shifted inside as in
@@ -10,6 +10,13 @@ Contract:
   (0, still differentiable, when there are none), and `.token_logps` [B, T-1] (log p of each next
   label, 0 where it is -100), and `.logits` is None: the loss comes from the hidden states in
   chunks (`lm_loss.token_logprobs`), so the full-vocabulary logits never exist at once.
+- `doc_ids` [B, T] (document masking for packed rows, training and scoring only: no KV cache):
+  a token attends only to earlier tokens of its own document (a run of equal ids), and its RoPE
+  position restarts at 0 with each document unless `position_ids` are given. Each document's
+  logits are then those of running it alone. Restarting positions is what Llama/Qwen long-context
+  packing does; RoPE scores depend only on position differences, so within one document it
+  changes no attention score, only rounding, and every document is seen as it will be at
+  inference (starting at position 0). Without `doc_ids` nothing changes.
 - Parameter names follow Llama/Qwen (`embed_tokens`, `layers.N.self_attn.q_proj`, ...), so
   export to Hugging Face is a prefix plus, for MoE, a few renames.
 
@@ -28,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from .attention import Attention
+from .attention import Attention, document_mask, document_positions, use_flex
 from .kv_cache import KVCache
 from .layers import RMSNorm, SwiGLU
 from .lm_loss import IGNORE_INDEX, token_logprobs
@@ -107,25 +114,16 @@ class MiniMindLM(nn.Module):
         position_ids: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
         logits_to_keep: int = 0,
+        doc_ids: torch.Tensor | None = None,
     ) -> CausalLMOutput:
         B, T = input_ids.shape
         past = kv_cache.length if kv_cache is not None else 0
-        if kv_cache is not None:
-            cache_pos = kv_cache.begin(T, attention_mask)
-            position_ids = cache_pos if position_ids is None else position_ids
-            key_valid = kv_cache.valid[:, : past + T]
-            need_mask = kv_cache.padded or (past > 0 and T > 1)
-        else:
-            key_valid = attention_mask.bool() if attention_mask is not None else None
-            need_mask = attention_mask is not None
-            if position_ids is None:
-                if attention_mask is None:
-                    position_ids = torch.arange(T, device=input_ids.device).expand(B, T)
-                else:  # left padding: count only real tokens
-                    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         if past + T > self.config.max_seq_len:  # positions never exceed slots, so this bounds them
             raise ValueError(f"sequence of {past + T} tokens exceeds max_seq_len {self.config.max_seq_len}")
-        mask = self._mask(key_valid, past, T) if need_mask else None
+        if doc_ids is not None:
+            mask, position_ids = self._document_mask(input_ids, doc_ids, attention_mask, position_ids, kv_cache)
+        else:
+            mask, position_ids = self._mask_and_positions(input_ids, attention_mask, position_ids, kv_cache)
 
         x = self.embed_tokens(input_ids)
         cos, sin = self.rope(position_ids, x.dtype)
@@ -154,6 +152,38 @@ class MiniMindLM(nn.Module):
         token_logps = token_logps.view_as(targets)
         loss = -token_logps.sum() / (targets != IGNORE_INDEX).sum().clamp(min=1)
         return CausalLMOutput(logits=None, loss=loss, aux_loss=aux_loss, token_logps=token_logps)
+
+    def _mask_and_positions(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                            position_ids: torch.Tensor | None, kv_cache: KVCache | None):
+        """The attention mask (None: plain causal) and position ids of a forward without doc_ids.
+
+        With a cache this reserves the new slots (`kv_cache.begin`): call it once per forward."""
+        B, T = input_ids.shape
+        if kv_cache is not None:
+            past = kv_cache.length
+            cache_pos = kv_cache.begin(T, attention_mask)
+            position_ids = cache_pos if position_ids is None else position_ids
+            need_mask = kv_cache.padded or (past > 0 and T > 1)
+            return (self._mask(kv_cache.valid[:, : past + T], past, T) if need_mask else None), position_ids
+        if position_ids is None:
+            if attention_mask is None:
+                position_ids = torch.arange(T, device=input_ids.device).expand(B, T)
+            else:  # left padding: count only real tokens
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        return (self._mask(attention_mask.bool(), 0, T) if attention_mask is not None else None), position_ids
+
+    def _document_mask(self, input_ids: torch.Tensor, doc_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                       position_ids: torch.Tensor | None, kv_cache: KVCache | None):
+        """The block-diagonal mask (SDPA boolean, or flex BlockMask on CUDA) and per-document positions."""
+        if kv_cache is not None:
+            raise ValueError("doc_ids (document masking) is for full forwards; it cannot be used with a KV cache")
+        if doc_ids.shape != input_ids.shape:
+            raise ValueError(f"doc_ids has shape {tuple(doc_ids.shape)}, input_ids {tuple(input_ids.shape)}")
+        key_valid = attention_mask.bool() if attention_mask is not None else None
+        flex = use_flex(input_ids.device.type, self.config.dropout if self.training else 0.0)
+        if position_ids is None:
+            position_ids = document_positions(doc_ids)
+        return document_mask(doc_ids, key_valid, flex), position_ids
 
     @staticmethod
     def _mask(key_valid: torch.Tensor | None, past: int, T: int) -> torch.Tensor:
