@@ -66,6 +66,8 @@ class TrainConfig:
     dtype: str = knob("auto", "auto | fp32 | bf16 | fp16 (auto: bf16 on CUDA if supported, else fp32)")
     compile: bool = knob(False, "torch.compile the model")
     activation_checkpointing: bool = knob(False, "recompute each block in the backward pass to save memory")
+    document_mask: bool = knob(False, "packed rows: attend only within each document (positions restart per "
+                                      "document; the first token of each document is not a target)")
     fsdp: bool = knob(False, "under torchrun: shard parameters with FSDP2 instead of DDP")
     seed: int = knob(0, "seed for model init, data order and dropout")
     # -- checkpoints, evaluation, logging ---------------------------------------------------------
