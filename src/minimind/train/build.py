@@ -4,8 +4,11 @@ Contract:
 - `resolve_dtype(name, device)`: "auto" is bf16 on CUDA where supported, else fp32; fp16 needs CUDA.
 - `load_tokenizer_for(cfg, init_path)`: --tokenizer, else the one beside the --init checkpoint,
   else the shipped one.
-- `build_model(cfg, init_path, tokenizer)`: the --init checkpoint / HF folder, or a fresh model of
-  --preset whose vocabulary and special ids follow the tokenizer.
+- `build_model(cfg, init_path, tokenizer)`: the --init checkpoint / HF folder (whose context,
+  --max-seq-len / --rope-scaling, may be changed), or a fresh model of --preset / --model-config
+  whose vocabulary and special ids follow the tokenizer, with the shape flags applied (shapes.py).
+- `check_context(seq_len, config)`: the one check that training sequences fit the model's context;
+  `build_model` runs it for both kinds of model, before any data is read.
 - `check_vocabulary(model, tokenizer)`: a tokenizer with more ids than the model is a UserError.
 - `enable_activation_checkpointing(model)`: recompute blocks in the backward pass.
 """
@@ -19,9 +22,13 @@ from typing import Any
 import torch
 from torch.utils.checkpoint import checkpoint as recompute
 
-from ..config import get_preset
+from ..checkpoint import load_model
+from ..config import ModelConfig
 from ..errors import UserError
 from ..model import MiniMindLM
+from ..model.rope import RotaryTables
+from ..shapes import base_config
+from ..tokenizer import load_tokenizer
 from .config import TrainConfig
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -56,8 +63,6 @@ def enable_activation_checkpointing(model: MiniMindLM) -> None:
 
 
 def load_tokenizer_for(cfg: TrainConfig, init_path: Path | None) -> Any:
-    from ..tokenizer import load_tokenizer
-
     if cfg.tokenizer:
         return load_tokenizer(cfg.tokenizer)
     if init_path is not None and (init_path / "tokenizer.json").is_file():
@@ -67,18 +72,37 @@ def load_tokenizer_for(cfg: TrainConfig, init_path: Path | None) -> Any:
 
 def build_model(cfg: TrainConfig, init_path: Path | None, tokenizer: Any) -> MiniMindLM:
     if init_path is not None:
-        from ..checkpoint import load_model
-
         model = load_model(init_path)
+        cfg.overrides().check_for_init(str(init_path))  # validate() did too; a caller may skip it
+        set_context(model, cfg.overrides().apply(model.config))
+        check_context(cfg.seq_len, model.config)
         model.train()
         return model
-    config = get_preset(cfg.preset)
+    config = base_config(cfg.preset, cfg.model_config)
     if tokenizer is not None:  # replace() re-validates: the tokenizer's ids must fit its vocabulary
+        if cfg.vocab_size is not None and cfg.vocab_size < tokenizer.vocab_size:
+            raise UserError(f"--vocab-size {cfg.vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size} "
+                            "tokens (a larger model vocabulary is fine: the extra rows are never used)")
         config = dataclasses.replace(config, vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_id,
                                      bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id)
-    if cfg.seq_len > config.max_seq_len:
-        raise UserError(f"--seq-len {cfg.seq_len} exceeds the model's max_seq_len {config.max_seq_len}")
+    config = cfg.overrides().apply(config)
+    check_context(cfg.seq_len, config)
     return MiniMindLM(config)
+
+
+def set_context(model: MiniMindLM, config: ModelConfig) -> None:
+    """Give a built model a new context (max_seq_len, rope_scaling): only the RoPE tables depend on it."""
+    if config is model.config:
+        return
+    model.config = config
+    model.rope = RotaryTables(config.head_dim, config.max_seq_len, config.rope_theta, config.rope_scaling)
+
+
+def check_context(seq_len: int, config: ModelConfig) -> None:
+    """Training windows must fit the model's context (the RoPE tables stop at max_seq_len)."""
+    if seq_len > config.max_seq_len:
+        raise UserError(f"--seq-len {seq_len} exceeds the model's context {config.max_seq_len} "
+                        "(--max-seq-len / the checkpoint's max_seq_len)")
 
 
 def check_vocabulary(model: MiniMindLM, tokenizer: Any) -> None:

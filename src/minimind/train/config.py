@@ -27,6 +27,7 @@ from typing import Any
 
 from ..devices import check_device_name
 from ..errors import UserError
+from ..shapes import ModelOverrides
 
 
 def knob(default: Any, help: str, **kwargs: Any) -> Any:
@@ -37,7 +38,7 @@ def knob(default: Any, help: str, **kwargs: Any) -> Any:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ModelOverrides):  # the model shape flags (--hidden-size, ...): shapes.py
     # -- what to train on / where to write --------------------------------------------------------
     data: list[str] = knob([], "training data: JSONL/.jsonl.gz/Parquet files or a prepared directory")
     out: str = knob("", "run directory (checkpoints, metrics.jsonl, plots, tokenizer)")
@@ -57,6 +58,10 @@ class TrainConfig:
     lr: float = knob(5e-4, "peak learning rate")
     min_lr_ratio: float = knob(0.1, "cosine decays to lr * min_lr_ratio")
     warmup_steps: int = knob(0, "linear warmup steps before the cosine decay")
+    schedule: str = knob("cosine", "LR after the warmup: cosine (decays over the whole run) | wsd (warmup-stable-"
+                                   "decay: the peak LR, then a linear decay over the last --decay-frac of the steps)")
+    decay_frac: float = knob(0.2, "--schedule wsd: the share of the steps that decay to lr * min_lr_ratio "
+                                  "(0: no decay, e.g. a phase that a later one anneals)")
     weight_decay: float = knob(0.1, "AdamW weight decay (never applied to norms, biases, embeddings)")
     beta1: float = knob(0.9, "AdamW beta1")
     beta2: float = knob(0.95, "AdamW beta2")
@@ -134,9 +139,14 @@ class TrainConfig:
             raise UserError(f"--weight-decay and --grad-clip must not be negative, got {self.weight_decay}, {self.grad_clip}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise UserError(f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.schedule not in SCHEDULES:
+            raise UserError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if not 0 <= self.decay_frac <= 1:
+            raise UserError(f"--decay-frac must be in [0, 1], got {self.decay_frac}")
         if self.dtype not in ("auto", "fp32", "bf16", "fp16"):
             raise UserError(f"--dtype must be auto, fp32, bf16 or fp16, got {self.dtype!r}")
         check_device_name(self.device)
+        self.check_shape_flags(self.preset, self.init)
         if self.num_samples > 0 and self.sample_tokens < 1:
             raise UserError(f"--sample-tokens must be at least 1 when --num-samples is {self.num_samples} "
                             f"(or pass --num-samples 0), got {self.sample_tokens}")
@@ -172,6 +182,7 @@ class TrainConfig:
 # Lowest allowed value of counts and periods (0 means "off" where allowed).
 AT_LEAST = {"batch_size": 1, "grad_accum": 1, "log_every": 1, "keep_last": 1, "warmup_steps": 0, "save_every": 0,
             "eval_every": 0, "eval_batches": 0, "num_samples": 0, "seed": 0}
+SCHEDULES = ("cosine", "wsd")  # learning-rate shapes after the warmup (optim.lr_at)
 MAX_SEED = 2**32 - 1  # numpy's seed words are uint32; torch takes up to 2**64 - 1
 
 
