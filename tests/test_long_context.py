@@ -13,6 +13,7 @@ from minimind.data.loader import IGNORE, make_loader
 from minimind.errors import UserError
 from minimind.model.attention import Attention, document_mask, document_positions, document_runs
 from minimind.model.rope import RotaryTables
+from minimind.train.build import enable_activation_checkpointing
 from support import write_jsonl
 
 V = 101
@@ -175,3 +176,30 @@ def test_sft_batches_carry_doc_ids_per_conversation_and_pad_as_minus_one(tmp_pat
     with pytest.raises(UserError, match="packed rows"):
         pairs = [{"chosen": convs[0], "rejected": convs[1]}] * 3
         make_loader("dpo", write_jsonl(tmp_path / "d.jsonl", pairs), tok, 64, 1, val_fraction=0, document_ids=True)
+
+
+# ----------------------------------------------------------------------------- activation checkpointing
+
+@pytest.mark.parametrize("masked", [False, True], ids=["causal", "document-masked"])
+def test_activation_checkpointing_keeps_loss_and_grads_at_1024_tokens(masked):
+    """Recomputing each block in the backward pass changes memory, not the numbers (seq 1024)."""
+    T = 1024
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, V, (1, T), generator=g)
+    docs = (torch.arange(T) // 300).view(1, T) if masked else None  # 4 documents
+    results = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        model = MiniMindLM(tiny(max_seq_len=T, hidden_size=32, num_heads=2, num_kv_heads=1)).train()
+        if ckpt:
+            enable_activation_checkpointing(model)
+        calls = []
+        model.layers[0].mlp.register_forward_pre_hook(lambda *a: calls.append(1))  # (recomputing stops early)
+        loss = model(x, labels=x, doc_ids=docs).loss
+        loss.backward()
+        assert len(calls) == (2 if ckpt else 1)  # checkpointed: the block ran again in the backward pass
+        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    (l0, g0), (l1, g1) = results
+    assert torch.equal(l0, l1)
+    for n in g0:
+        torch.testing.assert_close(g1[n], g0[n], rtol=0, atol=1e-7, msg=n)
