@@ -21,9 +21,7 @@ Contract:
 
 from __future__ import annotations
 
-import time
-import uuid
-from typing import TYPE_CHECKING, AsyncIterator
+from typing import AsyncIterator
 
 from fastapi import Request
 
@@ -31,13 +29,11 @@ from ..chat import render_prompt
 from ..errors import UserError
 from ..infer import Sequence
 from . import responses as R
+from .context import Context
 from .errors import APIError
-from .generation import collect, drain, event_stream, sampling_params, stream_error
+from .generation import collect, drain, event_stream, sampling_params, start, stream_error
 from .schemas import ChatRequest
 from .tool_calls import ReplyReader, chat_deltas
-
-if TYPE_CHECKING:
-    from .app import Context
 
 MAX_AGENT_TURNS = 5
 
@@ -61,7 +57,7 @@ def _start_turn(ctx: Context, req: ChatRequest, messages: list[dict], tools: lis
         prompt = render_prompt(ctx.tokenizer, messages, tools=tools, thinking=req.thinking)
     except UserError as err:
         raise APIError(400, str(err), param="messages") from None
-    return ctx.start(prompt, sampling_params(req, len(prompt), ctx.engine.context_len), req.model)
+    return start(ctx, prompt, sampling_params(req, len(prompt), ctx.engine.context_len), req.model)
 
 
 def _record(ctx: Context, messages: list[dict], items: list, reader: ReplyReader, seq: Sequence) -> list[dict]:
@@ -71,25 +67,18 @@ def _record(ctx: Context, messages: list[dict], items: list, reader: ReplyReader
     messages.append({**msg, "content": msg["content"] or ""})
     if reader.finish(seq.finish_reason) != "tool_calls":
         return []
-    results = []
-    for call in calls:
-        fn = call["function"]
-        results.append({"role": "tool", "tool_call_id": call["id"], "name": fn["name"],
-                        "content": ctx.tools.call(fn["name"], fn["arguments"])})
-    messages.extend({"role": "tool", "content": r["content"]} for r in results)
+    results = [R.tool_message(call["id"], call["function"]["name"],
+                              ctx.tools.call(call["function"]["name"], call["function"]["arguments"]))
+               for call in calls]
+    messages.extend({"role": "tool", "content": r["content"]} for r in results)  # what the renderer reads
     return results
-
-
-def _usage(seqs: list[Sequence]) -> dict:
-    n, m = sum(len(s.prompt_ids) for s in seqs), sum(len(s.output_ids) for s in seqs)
-    return {"prompt_tokens": n, "completion_tokens": m, "total_tokens": n + m}
 
 
 async def agent_chat(request: Request, ctx: Context, req: ChatRequest):
     tools = _offered(ctx, req)
     messages = req.messages_for_renderer()
     seq, events = _start_turn(ctx, req, messages, tools)  # a first prompt that does not fit: a plain 400
-    meta = (f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), seq.adapter or ctx.model_name)
+    meta = R.reply_meta("chatcmpl", seq.adapter or ctx.model_name)
     if req.stream:
         return event_stream(_agent_stream(ctx, req, messages, tools, seq, events, meta))
     seqs, transcript = [], []
@@ -104,13 +93,13 @@ async def agent_chat(request: Request, ctx: Context, req: ChatRequest):
         if not results or turn == MAX_AGENT_TURNS - 1:  # the reply itself is the message, not history
             break
         transcript += [message, *results]
-    out = R.chat_completion(*meta, {**message, "tool_messages": transcript}, seq, None, reader.finish(seq.finish_reason))
-    return {**out, "usage": _usage(seqs)}
+    return R.chat_completion(meta, {**message, "tool_messages": transcript}, reader.finish(seq.finish_reason),
+                             R.usage(*seqs))
 
 
 async def _agent_stream(ctx: Context, req: ChatRequest, messages: list[dict], tools: list[dict], seq: Sequence,
-                        events, meta: tuple[str, int, str]) -> AsyncIterator[str]:
-    yield R.sse(R.chat_chunk(*meta, {"role": "assistant", "content": ""}))
+                        events, meta: R.Meta) -> AsyncIterator[str]:
+    yield R.sse(R.chat_chunk(meta, R.ROLE_DELTA))
     seqs, calls, finish = [], 0, None
     for turn in range(MAX_AGENT_TURNS):
         if turn:
@@ -125,7 +114,7 @@ async def _agent_stream(ctx: Context, req: ChatRequest, messages: list[dict], to
             new = reader.push(ev.text, ev.finished)
             items += new
             for delta in chat_deltas(new, calls):
-                yield R.sse(R.chat_chunk(*meta, delta))
+                yield R.sse(R.chat_chunk(meta, delta))
             calls += sum(kind == "tool_call" for kind, _ in new)
         if seq.finish_reason == "error":
             yield stream_error()
@@ -133,10 +122,10 @@ async def _agent_stream(ctx: Context, req: ChatRequest, messages: list[dict], to
         finish = reader.finish(seq.finish_reason)
         results = _record(ctx, messages, items, reader, seq)
         for result in results:
-            yield R.sse(R.chat_chunk(*meta, {"tool_result": result}))
+            yield R.sse(R.chat_chunk(meta, R.tool_result_delta(result)))
         if not results:
             break
-    yield R.sse(R.chat_chunk(*meta, {}, finish))
+    yield R.sse(R.chat_chunk(meta, {}, finish))
     if req.stream_options and req.stream_options.include_usage:
-        yield R.sse({**R.chat_chunk(*meta, {}), "choices": [], "usage": _usage(seqs)})
+        yield R.sse(R.chat_usage_chunk(meta, R.usage(*seqs)))
     yield R.SSE_DONE

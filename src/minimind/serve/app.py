@@ -9,7 +9,10 @@ Contract:
   GET / (the chat page) and /static/* (its CSS/JS).
 - Layers, outermost first: guard.py (Host, body size, API key, JSON content type, and the
   catch-all that turns an unexpected exception into a logged 500), then schemas.py (every
-  field of the body validated before anything reaches the engine), then the routes.
+  field of the body validated before anything reaches the engine), then the routes -- small
+  handlers over the one application state, `Context` (context.py, `app.state.ctx`), that
+  reach the engine only through generation.py (the engine bridge) and answer only with the
+  shapes of responses.py. `app.state.scheduler` is the same scheduler as `app.state.ctx.scheduler`.
 - Errors use OpenAI's shape {"error": {"message", "type", "param", "code"}}: 400 invalid
   parameters or a prompt over the context length, 401 missing/wrong key when api_key is set,
   403 a Host that is not allowed, 404 unknown model or route, 413 body over max_body_bytes,
@@ -29,28 +32,24 @@ Contract:
 
 from __future__ import annotations
 
-import asyncio
-import time
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import UserError
-from ..infer import Engine, InvalidParams, SamplingParams, Sequence
+from ..infer import Engine
 from ..tools import ToolRegistry
+from . import responses as R
 from .completions import chat_completions, completions
+from .context import Context
 from .errors import APIError
 from .guard import Guard
-from .logprobs import TokenBytes
 from .scheduler import Scheduler
-from .schemas import parse
 
 MiB = 1 << 20
 
@@ -59,67 +58,15 @@ def static_dir() -> Path:
     return Path(str(resources.files("minimind") / "serve" / "static"))
 
 
-@dataclass
-class Context:
-    """What the routes share: the engine, its scheduler and the served names (app.state.ctx)."""
-
-    engine: Engine
-    scheduler: Scheduler
-    model_name: str
-    max_body_bytes: int
-    tools: ToolRegistry | None = None  # the server's own tools, run only for execute_tools requests
-    created: int = field(default_factory=lambda: int(time.time()))
-    tokenizer: Any = field(init=False)
-    token_bytes: TokenBytes = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.tokenizer = self.engine.tokenizer
-        self.token_bytes = TokenBytes(self.tokenizer)
-
-    @property
-    def served(self) -> list[str]:
-        return [self.model_name, *self.engine.adapter_names]
-
-    async def read_body(self, request: Request, schema: type[BaseModel]):
-        """The body, size-limited and validated against `schema`; 404 for a model we do not serve."""
-        raw = b""
-        async for chunk in request.stream():
-            raw += chunk
-            if len(raw) > self.max_body_bytes:  # chunked uploads declare no length
-                raise APIError(413, f"request body exceeds the {self.max_body_bytes}-byte limit",
-                               code="request_too_large")
-        req = parse(raw, schema)
-        if req.model is not None and req.model not in self.served:
-            raise APIError(404, f"the model {req.model!r} does not exist; this server serves "
-                                f"{', '.join(repr(m) for m in self.served)}", param="model", code="model_not_found")
-        return req
-
-    def start(self, prompt_ids: list[int], params: SamplingParams, model: str | None) -> tuple[Sequence, asyncio.Queue]:
-        """Submit one generation; its events arrive on the returned queue (in this event loop)."""
-        adapter = model if model in self.engine.adapter_names else None
-        try:
-            seq = self.engine.new_sequence(prompt_ids, params, adapter)
-        except InvalidParams as err:
-            raise APIError(400, str(err)) from None
-        events: asyncio.Queue = asyncio.Queue()
-        loop = asyncio.get_running_loop()
-        self.scheduler.submit(seq, lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))
-        return seq, events
-
-
 async def health(request: Request):
     ctx: Context = request.app.state.ctx
-    return {"status": "ok", "model": ctx.model_name, "running": ctx.scheduler.running,
-            "queued": ctx.scheduler.queued, "context_length": ctx.engine.context_len,
-            "tools": ctx.tools.specs() if ctx.tools else []}
+    return R.health(ctx.model_name, ctx.scheduler.running, ctx.scheduler.queued, ctx.engine.context_len,
+                    ctx.tools.specs() if ctx.tools else [])
 
 
 async def models(request: Request):
     ctx: Context = request.app.state.ctx
-    return {"object": "list", "data": [
-        {"id": name, "object": "model", "created": ctx.created, "owned_by": "minimind",
-         "context_length": ctx.engine.context_len, **({"parent": ctx.model_name} if name != ctx.model_name else {})}
-        for name in ctx.served]}
+    return R.model_list(ctx.served, ctx.model_name, ctx.created, ctx.engine.context_len)
 
 
 async def index():
@@ -161,7 +108,7 @@ def create_app(engine: Engine, model_name: str = "minimind", api_key: str | None
 def serve(engine: Engine, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           model_name: str = "minimind", max_batch_size: int | None = None,
           allowed_hosts: Iterable[str] = (), tools: ToolRegistry | None = None) -> None:
-    import uvicorn
+    import uvicorn  # only the CLI's `serve` runs a server; create_app (and the tests) need none
 
     app = create_app(engine, model_name, api_key=api_key, max_batch_size=max_batch_size,
                      allowed_hosts=[host, *allowed_hosts], tools=tools)

@@ -1,9 +1,10 @@
 """The two generation routes, POST /v1/chat/completions and POST /v1/completions.
 
 Contract: `chat_completions(request)` and `completions(request)` are FastAPI endpoints; they
-read the app's `Context` (app.py) from `request.app.state.ctx`. Each one: validates the body
-(schemas.py), builds the prompt, submits one `Sequence` to the scheduler and answers with a
-single JSON object or, with `stream: true`, server-sent events ending in `data: [DONE]`.
+read the app's `Context` (context.py) from `request.app.state.ctx`. Each one: validates the body
+(schemas.py), builds the prompt, submits one `Sequence` through the engine bridge
+(generation.py) and answers with a single JSON object or, with `stream: true`, server-sent
+events ending in `data: [DONE]` (shapes from responses.py).
 Chat replies to requests with tools carry OpenAI `tool_calls` (tool_calls.py); a request with
 `execute_tools` goes to the server's own agent loop (agent_route.py).
 A client that disconnects, streaming or not, has its sequence cancelled (its row is freed at
@@ -14,9 +15,7 @@ event when the stream has already started.
 from __future__ import annotations
 
 import asyncio
-import time
-import uuid
-from typing import TYPE_CHECKING, AsyncIterator
+from typing import AsyncIterator
 
 from fastapi import Request
 
@@ -25,21 +24,19 @@ from ..errors import UserError
 from ..infer import Event, Sequence
 from . import responses as R
 from .agent_route import agent_chat
+from .context import Context
 from .errors import APIError
-from .generation import collect, drain, event_stream, sampling_params, stream_error
-from .logprobs import chat_entries, chat_logprobs, completion_logprobs
-from .schemas import ChatRequest, CompletionRequest
+from .generation import collect, drain, event_stream, sampling_params, start, stream_error
+from .logprobs import chat_logprobs, completion_logprobs
+from .schemas import ChatRequest, CompletionRequest, read_request
 from .tool_calls import ReplyReader, chat_deltas, forced_call
-
-if TYPE_CHECKING:  # app.py imports this module for its routes
-    from .app import Context
 
 # -- chat -----------------------------------------------------------------------------------------
 
 
 async def chat_completions(request: Request):
     ctx: Context = request.app.state.ctx
-    req: ChatRequest = await ctx.read_body(request, ChatRequest)
+    req: ChatRequest = await read_request(request, ChatRequest, ctx.max_body_bytes, ctx.served)
     if req.execute_tools:
         return await agent_chat(request, ctx, req)
     forced = forced_call(req)
@@ -49,8 +46,8 @@ async def chat_completions(request: Request):
                                thinking=thinking, prefill=forced[0] if forced else ())
     except UserError as err:
         raise APIError(400, str(err), param="messages") from None
-    seq, events = ctx.start(prompt, sampling_params(req, len(prompt), ctx.engine.context_len), req.model)
-    meta = (f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), seq.adapter or ctx.model_name)
+    seq, events = start(ctx, prompt, sampling_params(req, len(prompt), ctx.engine.context_len), req.model)
+    meta = R.reply_meta("chatcmpl", seq.adapter or ctx.model_name)
     reader = ReplyReader(thinking, req.tool_names(), forced[1] if forced else "")
     if req.stream:
         return event_stream(chat_stream(ctx, req, seq, events, reader, meta))
@@ -58,19 +55,19 @@ async def chat_completions(request: Request):
     items = [item for ev in done for item in reader.push(ev.text, ev.finished)]
     logprobs = chat_logprobs(ctx.token_bytes, done) if req.logprobs else None
     message = R.chat_message(items, null_empty=bool(req.tool_names()))
-    return R.chat_completion(*meta, message, seq, logprobs, reader.finish(seq.finish_reason))
+    return R.chat_completion(meta, message, reader.finish(seq.finish_reason), R.usage(seq), logprobs)
 
 
 async def chat_stream(ctx: Context, req: ChatRequest, seq: Sequence, events: asyncio.Queue, reader: ReplyReader,
-                      meta: tuple[str, int, str]) -> AsyncIterator[str]:
-    yield R.sse(R.chat_chunk(*meta, {"role": "assistant", "content": ""}))
+                      meta: R.Meta) -> AsyncIterator[str]:
+    yield R.sse(R.chat_chunk(meta, R.ROLE_DELTA))
     pending: list[Event] = []  # tokens not yet reported (their text may still be held back)
     calls = 0
 
     def logprobs() -> dict | None:
         if not req.logprobs:
             return None
-        out = {"content": chat_entries(ctx.token_bytes, pending), "refusal": None}
+        out = chat_logprobs(ctx.token_bytes, pending)
         pending.clear()
         return out
 
@@ -78,14 +75,14 @@ async def chat_stream(ctx: Context, req: ChatRequest, seq: Sequence, events: asy
         pending.append(ev)
         items = reader.push(ev.text, ev.finished)
         for delta in chat_deltas(items, calls):
-            yield R.sse(R.chat_chunk(*meta, delta, logprobs=logprobs()))
+            yield R.sse(R.chat_chunk(meta, delta, logprobs=logprobs()))
         calls += sum(kind == "tool_call" for kind, _ in items)
     if seq.finish_reason == "error":
         yield stream_error()
         return
-    yield R.sse(R.chat_chunk(*meta, {}, reader.finish(seq.finish_reason), logprobs=logprobs()))
+    yield R.sse(R.chat_chunk(meta, {}, reader.finish(seq.finish_reason), logprobs=logprobs()))
     if req.stream_options and req.stream_options.include_usage:
-        yield R.sse(R.chat_chunk(*meta, None, usage_of=seq))
+        yield R.sse(R.chat_usage_chunk(meta, R.usage(seq)))
     yield R.SSE_DONE
 
 
@@ -94,22 +91,22 @@ async def chat_stream(ctx: Context, req: ChatRequest, seq: Sequence, events: asy
 
 async def completions(request: Request):
     ctx: Context = request.app.state.ctx
-    req: CompletionRequest = await ctx.read_body(request, CompletionRequest)
+    req: CompletionRequest = await read_request(request, CompletionRequest, ctx.max_body_bytes, ctx.served)
     prompt = req.prompt_text_or_ids()
     ids = ctx.tokenizer.encode(prompt) if isinstance(prompt, str) else prompt
     if not ids:
         raise APIError(400, "the prompt encodes to no tokens", param="prompt")
-    seq, events = ctx.start(ids, sampling_params(req, len(ids), ctx.engine.context_len), req.model)
-    meta = (f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time()), seq.adapter or ctx.model_name)
+    seq, events = start(ctx, ids, sampling_params(req, len(ids), ctx.engine.context_len), req.model)
+    meta = R.reply_meta("cmpl", seq.adapter or ctx.model_name)
     if req.stream:
         return event_stream(completion_stream(ctx, req, seq, events, meta))
     done = await collect(request, seq, events)
     logprobs = completion_logprobs(ctx.token_bytes, done) if req.logprob_count is not None else None
-    return R.completion(*meta, seq.text, seq.finish_reason, seq, logprobs)
+    return R.completion(meta, seq.text, seq.finish_reason, R.usage(seq), logprobs)
 
 
 async def completion_stream(ctx: Context, req: CompletionRequest, seq: Sequence, events: asyncio.Queue,
-                            meta: tuple[str, int, str]) -> AsyncIterator[str]:
+                            meta: R.Meta) -> AsyncIterator[str]:
     pending: list[Event] = []
     offset = 0  # text_offset of the next reported token
     async for ev in drain(seq, events):
@@ -123,7 +120,7 @@ async def completion_stream(ctx: Context, req: CompletionRequest, seq: Sequence,
                 logprobs = completion_logprobs(ctx.token_bytes, pending, offset)
                 offset += sum(len(t) for t in logprobs["tokens"])
             pending.clear()
-            yield R.sse(R.completion(*meta, ev.text, seq.finish_reason if ev.finished else None, logprobs=logprobs))
+            yield R.sse(R.completion(meta, ev.text, seq.finish_reason if ev.finished else None, logprobs=logprobs))
     if req.stream_options and req.stream_options.include_usage:
-        yield R.sse({**R.completion(*meta, "", None, seq), "choices": []})
+        yield R.sse(R.completion_usage_chunk(meta, R.usage(seq)))
     yield R.SSE_DONE

@@ -1,7 +1,11 @@
-"""Running one generation for a route: sampling parameters, event draining, cancellation, SSE.
+"""The engine bridge: running one generation for a route (parameters, submission, events, SSE).
 
+Routes never touch the engine or the scheduler directly; they go through here.
 Contract: `sampling_params(req, prompt_len, context_len)` turns a validated request into
-`SamplingParams` (400 when the prompt leaves no room); `drain` yields a sequence's events until
+`SamplingParams` (400 when the prompt leaves no room); `start(ctx, prompt_ids, params, model)`
+submits one `Sequence` to the scheduler (generated with the LoRA adapter of that name, when
+`model` names one) and returns it with the queue its events arrive on, in the caller's event
+loop (400 for parameters the engine refuses); `drain` yields a sequence's events until
 the last one; `collect` gathers them for a non-streaming reply, cancelling the sequence if the
 client hangs up, and turns a failed generation into a logged 500; `event_stream` wraps SSE
 strings in a response; `stream_error()` is the error event of a stream that already started.
@@ -17,6 +21,7 @@ from fastapi.responses import StreamingResponse
 
 from ..infer import Event, InvalidParams, SamplingParams, Sequence
 from . import responses as R
+from .context import Context
 from .errors import APIError, error_body
 from .schemas import ChatRequest, CompletionRequest
 
@@ -48,6 +53,21 @@ def sampling_params(req: ChatRequest | CompletionRequest, prompt_len: int, conte
         ).validate()
     except InvalidParams as err:
         raise APIError(400, str(err)) from None
+
+
+def start(ctx: Context, prompt_ids: list[int], params: SamplingParams,
+          model: str | None) -> tuple[Sequence, asyncio.Queue]:
+    """Submit one generation; its events arrive on the returned queue (in this event loop)."""
+    adapter = model if model in ctx.engine.adapter_names else None
+    try:
+        seq = ctx.engine.new_sequence(prompt_ids, params, adapter)
+    except InvalidParams as err:
+        raise APIError(400, str(err)) from None
+    events: asyncio.Queue = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+    # The scheduler calls back from its worker thread: hand each event to this loop's thread.
+    ctx.scheduler.submit(seq, lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))
+    return seq, events
 
 
 async def drain(seq: Sequence, events: asyncio.Queue) -> AsyncIterator[Event]:

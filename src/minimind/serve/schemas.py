@@ -3,7 +3,9 @@
 Contract:
 - `parse(raw: bytes, Model)` parses and validates a request body in one pass (pydantic's own
   JSON parser: it also refuses invalid UTF-8 and lone surrogates such as "\\ud800") and raises
-  a 400 `APIError` naming the first bad field.
+  a 400 `APIError` naming the first bad field. `read_request(request, Model, max_bytes, served)`
+  reads the body (413 past `max_bytes`, also for chunked uploads that declare no length), parses
+  it, and answers 404 when its `model` is not one of the `served` names.
 - Types are strict: `"stream": "false"` or `"max_tokens": "5"` are errors, not coerced; floats
   must be finite. Unknown top-level fields are refused (as OpenAI does) so a misspelled
   parameter is not silently ignored. Nested objects may carry extra keys (clients echo back
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import APIError, from_validation
@@ -233,3 +236,17 @@ def parse(raw: bytes, model: type[BaseModel]) -> Any:
         return model.model_validate_json(raw)
     except ValidationError as err:
         raise from_validation(err) from None
+
+
+async def read_request(request: Request, model: type[BaseModel], max_bytes: int, served: list[str]) -> Any:
+    """The body of `request`, size-limited and validated against `model`; 404 for a model not `served`."""
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > max_bytes:  # chunked uploads declare no length: the guard cannot see them
+            raise APIError(413, f"request body exceeds the {max_bytes}-byte limit", code="request_too_large")
+    req = parse(raw, model)
+    if req.model is not None and req.model not in served:
+        raise APIError(404, f"the model {req.model!r} does not exist; this server serves "
+                            f"{', '.join(repr(m) for m in served)}", param="model", code="model_not_found")
+    return req
