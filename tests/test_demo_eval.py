@@ -9,15 +9,18 @@ import re
 from fractions import Fraction
 
 import pytest
+from test_demo_data import calls_of, solve_tool
 
 from minimind.chat import render_conversation
 from minimind.data.demo import write_demo, write_demo_eval
 from minimind.data.demo.conversations import CITIES, TOOLS
+from minimind.data.demo.evalsets import TOOLCALL_KINDS
+from minimind.tools import builtin_tools
 from minimind.data.demo.mcq import GLOSSARY
 from minimind.tokenizer import load_tokenizer
 
 SUBJECTS = ("arithmetic", "units", "vocabulary", "identity")
-TRAIN = ("pretrain", "sft", "dpo", "rl")
+TRAIN = ("pretrain", "sft", "dpo", "rl", "agent_rl")
 HEADER = ["id", "question", "A", "B", "C", "D", "answer", "explanation"]
 # to-value = from-value * factor, as the questions name the units (written out here, not imported)
 FACTORS = {("kilometers", "meters"): 1000, ("meters", "centimeters"): 100, ("kilograms", "grams"): 1000,
@@ -141,7 +144,7 @@ def training_strings(demo):
 def held_out_questions(suites):
     qs = [r["question"] for split in ("dev", "val") for rows in mcq_rows(suites, split).values() for r in rows]
     qs += [r["conversations"][0]["content"] for r in read_jsonl(suites["gen"])]
-    qs += [c["conversations"][1]["content"] for c in read_jsonl(suites["toolcall"])]
+    qs += [m["content"] for c in read_jsonl(suites["toolcall"]) for m in c["conversations"] if m["role"] == "user"]
     return [" ".join(q.lower().split()) for q in qs]
 
 
@@ -194,31 +197,46 @@ def test_gen_is_held_out_rl_eval(suites, demo):
 
 
 def test_toolcall_cases(suites):
+    """Held-out tool cases: the reference calls copy the question's own values, executing them
+    with the built-in tools leads to the `gt` answer, and weather asks about unseen cities."""
     tok = load_tokenizer()
+    registry = builtin_tools()
     cases = read_jsonl(suites["toolcall"])
-    assert len(cases) >= 60
+    assert len(cases) == 120
     trained_cities = {c for pair in CITIES for c in pair}
-    names = set()
+    kinds = set()
     for case in cases:
-        system, user, assistant = case["conversations"]
-        assert [m["role"] for m in case["conversations"]] == ["system", "user", "assistant"]
-        assert isinstance(system["tools"], str) and isinstance(assistant["tool_calls"], str)
+        conv, kind = case["conversations"], case["kind"]
+        system, user, assistant = conv[0], conv[-2], conv[-1]
+        assert (system["role"], user["role"], assistant["role"]) == ("system", "user", "assistant")
+        assert isinstance(system["tools"], str) and isinstance(assistant["tool_calls"], str) and assistant["content"] == ""
         tools = json.loads(system["tools"])
         assert all(t in TOOLS.values() for t in tools)
-        (call,) = json.loads(assistant["tool_calls"])
-        name, args = call["function"]["name"], call["function"]["arguments"]
-        assert name in {t["function"]["name"] for t in tools} and assistant["content"] == ""
-        names.add(name)
-        if name == "get_weather":
-            assert args["city"] in user["content"] and args["city"] not in trained_cities
-        elif name == "calculator":
-            a, b, c = map(int, re.findall(r"\d+", user["content"]))
-            assert args == {"expression": f"({a} + {b}) * {c}"}
+        calls = calls_of(assistant)
+        assert {n for n, _ in calls} <= {t["function"]["name"] for t in tools}
+        assert len(calls) == (2 if kind == "calc2" else 1)
+        kinds.add(kind)
+        if kind == "weather":
+            assert calls[0][1]["city"] in user["content"] and calls[0][1]["city"] not in trained_cities
+            assert "gt" not in case
+        elif kind == "calc2":
+            assert all(a["expression"] in user["content"] for _, a in calls) and "gt" not in case
         else:
-            assert str(args["value"]).rstrip("0").rstrip(".") in user["content"]
-        ids, mask = render_conversation(tok, case["conversations"])  # the chat template accepts the case
+            name, args = calls[0]
+            if kind == "chain":  # "each × count", both read from the question
+                assert all(n in user["content"] for n in re.findall(r"\d+", args["expression"]))
+            else:
+                assert all(str(v) in user["content"] for v in args.values())
+            if kind == "multi_turn":
+                assert sum(m["role"] == "user" for m in conv) == 2 and any(m["role"] == "tool" for m in conv)
+            else:
+                assert case["gt"] == [solve_tool(kind, user["content"])]
+            result = json.loads(registry.call(name, args))["result"]
+            if kind in ("calc", "unit", "add_days", "days_between", "capital"):  # the result is the answer
+                assert str(result) == case["gt"][0] or float(result) == float(case["gt"][0])
+        ids, mask = render_conversation(tok, conv)  # the chat template accepts the case
         assert sum(mask) > 0
-    assert names == {"get_weather", "calculator", "convert_units"}
+    assert kinds == set(TOOLCALL_KINDS)
 
 
 def test_held_out_text_alternates_languages_so_a_limit_takes_both(suites):

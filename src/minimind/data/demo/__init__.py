@@ -10,12 +10,17 @@ Contract: `write_demo(out_dir)` writes these JSONL files and returns {name: path
   dpo.jsonl / dpo_eval.jsonl             {"chosen": [...], "rejected": [...]}
   rl.jsonl / rl_eval.jsonl               {"conversations": [user, assistant], "answer", "kind"}:
                                          verifiable tasks; the assistant turn is the reference reply
+  agent_rl.jsonl                         {"conversations": [system with "tools" (JSON string), user],
+                                         "gt": [answer], "kind"}: agent-RL prompts that need a
+                                         built-in tool (the held-out ones: eval/toolcall.jsonl's "gt")
   eval/                                  the demo eval suites (`write_demo_eval`, evalsets.py):
                                          ppl.jsonl, mcq/ (C-Eval layout), gen.jsonl, toolcall.jsonl
 
 The `*_eval` files and `eval/` are held out: no held-out document, dialogue, question or tool
 request appears in the training files (write_demo removes any training item that asks one), and
-the shipped tokenizer never saw them, so later stages can measure gains. The output is a pure
+the shipped tokenizer never saw them, so later stages can measure gains. Tool-use conversations
+come in both wire shapes, alternating: upstream's (`tools` / `tool_calls` as JSON strings, calls
+as {"name", "arguments"}) and OpenAI's (objects, call ids, arguments as a JSON string). The output is a pure
 function of the shipped sources and fixed seeds: the same bytes every run. Real text comes from
 `sources/` (extracted once by scripts/build_demo_sources.py; provenance and licences in README.md);
 everything else from the seeded generators in tasks.py, conversations.py and mcq.py.
@@ -39,11 +44,12 @@ SEED = 1234
 LANGS = ("zh", "en")
 # Conversations per language (SFT) or in total (RL, DPO). A few thousand: enough for a tiny model
 # to pick up the chat format, its identity and the task formats, small enough to write in seconds.
-SFT_COUNTS = {"identity": 300, "reasoning": 800, "multi_turn": 250, "tool_use": 250, "translation": 250, "mcq": 200}
+SFT_COUNTS = {"identity": 300, "reasoning": 800, "multi_turn": 250, "tool_use": 600, "translation": 250, "mcq": 200}
 READING_COUNT = 300      # poem titles and classical sources (zh), documentation summaries (en), each
 PRACTICE_DOCS = 150      # pretraining documents of answered multiple-choice questions, per subject
 PRACTICE_PER_DOC = 5
 RL_COUNT = 2000
+AGENT_RL_COUNT = 2000
 DPO_COUNT, DPO_EVAL_COUNT = 2000, 100
 POEM_SOURCES = ("chinese-poetry/tangshisanbaishou", "chinese-poetry/quantangshi/tang")
 PROSE_SOURCES = tuple(f"chinese-poetry/{s}" for s in ("lunyu", "mengzi", "daxue", "zhongyong", "guwenguanzhi",
@@ -80,10 +86,28 @@ def _practice(rng: random.Random, n: int, held: set[str]) -> dict[str, list[Q.Mc
     return out
 
 
+def _tool_use(rng: random.Random, lang: str) -> list[dict]:
+    """A tool-use conversation in one of the two wire shapes (upstream's JSON strings or OpenAI's)."""
+    conv = C.tool_use(rng, lang)
+    return C.upstream_shape(conv) if rng.random() < 0.5 else C.openai_shape(conv)
+
+
+def _agent_rl(rng: random.Random, n: int, held: set[str]) -> list[dict]:
+    """`n` agent-RL prompts, languages alternating; no repeated and no held-out question."""
+    out, seen = [], set()
+    while len(out) < n:
+        rec = C.agent_record(rng, LANGS[len(out) % 2])
+        q = normalise(rec["conversations"][-1]["content"])
+        if q not in seen and q not in held:
+            seen.add(q)
+            out.append(rec)
+    return out
+
+
 def _sft(rng: random.Random, docs: list[dict], dialogues: list[dict], scale: float, held: set[str]) -> list[dict]:
     convs: list[list[dict]] = []
     builders = {"identity": C.identity, "reasoning": C.reasoning_task, "multi_turn": C.multi_turn,
-                "tool_use": C.tool_use, "translation": Q.translation_conversation}
+                "tool_use": _tool_use, "translation": Q.translation_conversation}
     for lang in LANGS:
         for name, build in builders.items():
             convs += [build(rng, lang) for _ in range(max(1, int(SFT_COUNTS[name] * scale)))]
@@ -145,6 +169,7 @@ def write_demo(out_dir: str | Path) -> dict[str, Path]:
         "dpo_eval": _dpo(random.Random(SEED + 6), DPO_EVAL_COUNT, eval_docs, dialogues, set()),
         "rl": rl_records(random.Random(SEED + 3), RL_COUNT, lambda q: normalise(q) in held),
         "rl_eval": suites.rl_eval,
+        "agent_rl": _agent_rl(random.Random(SEED + 8), AGENT_RL_COUNT, held),
     }
     paths = {}
     for name, records in files.items():

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import json
 import random
-from fractions import Fraction
 
-from .tasks import Task, make_task
+from ...tools import builtin_tools
+from .tasks import TOOL_KINDS, Task, ToolTask, make_task, make_tool_task
 
 IDENTITY_Q = {
     "zh": ["你是谁？", "你是谁", "你叫什么名字？", "请介绍一下你自己。", "你是什么模型？", "谁开发了你？",
@@ -45,21 +45,13 @@ SYSTEM_PROMPTS = {
 }
 TOOL_SYSTEM = {"zh": "你是 MiniMind，可以调用工具来回答问题。", "en": "You are MiniMind. You can call tools to answer."}
 
-TOOLS = {
-    "get_weather": {"type": "function", "function": {
+# The built-in tools' specs (what `minimind chat/serve --tools` and agent RL execute), plus a client
+# tool the model can call but nothing here runs (the server returns such calls to the client).
+TOOLS = {**{spec["function"]["name"]: spec for spec in builtin_tools().specs()}, "get_weather": {
+    "type": "function", "function": {
         "name": "get_weather", "description": "Get the current weather of a city.",
         "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "city name"}},
-                       "required": ["city"]}}},
-    "calculator": {"type": "function", "function": {
-        "name": "calculator", "description": "Evaluate an arithmetic expression with + - * and parentheses.",
-        "parameters": {"type": "object", "properties": {"expression": {"type": "string"}},
-                       "required": ["expression"]}}},
-    "convert_units": {"type": "function", "function": {
-        "name": "convert_units", "description": "Convert a value between length, mass or time units.",
-        "parameters": {"type": "object", "properties": {
-            "value": {"type": "number"}, "from_unit": {"type": "string"}, "to_unit": {"type": "string"}},
-            "required": ["value", "from_unit", "to_unit"]}}},
-}
+                       "required": ["city"]}}}}
 CITIES = (("北京", "Beijing"), ("上海", "Shanghai"), ("广州", "Guangzhou"), ("成都", "Chengdu"),
           ("London", "London"), ("Paris", "Paris"), ("Tokyo", "Tokyo"), ("New York", "New York"))
 WEATHER = (("晴", "sunny"), ("多云", "cloudy"), ("小雨", "light rain"), ("阴", "overcast"), ("雪", "snow"))
@@ -103,45 +95,118 @@ def multi_turn(rng: random.Random, lang: str) -> list[dict]:
     return conv
 
 
-def tool_use(rng: random.Random, lang: str, cities: tuple = CITIES, kind: str | None = None) -> list[dict]:
-    """A tool-call round trip: the call, the tool's JSON result, the final answer. `cities` and
-    `kind` let the held-out tool-call suite ask about places the training conversations never name."""
+# Tool-use conversation kinds and how often each is drawn (single calls dominate: they are what a
+# small model learns first; "none" offers tools the question does not need).
+TOOL_USE_KINDS = {**{k: 1 for k in TOOL_KINDS}, "calc": 3, "unit": 2, "weather": 1, "none": 1, "multi_turn": 2}
+
+
+def weather_task(rng: random.Random, lang: str, cities: tuple = CITIES) -> ToolTask:
+    """A call to the client tool get_weather, with a made-up observation (nothing executes it)."""
     zh = lang == "zh"
-    kind = kind or rng.choice(("get_weather", "calculator", "convert_units", "none"))
-    tools = [TOOLS[k] for k in sorted(TOOLS) if k == kind or rng.random() < 0.5] or [TOOLS["calculator"]]
-    system = {"role": "system", "content": TOOL_SYSTEM[lang], "tools": tools}
+    city = rng.choice(cities)[0 if zh else 1]
+    temp, (w_zh, w_en) = rng.randint(-5, 35), rng.choice(WEATHER)
+    result = {"city": city, "temperature_c": temp, "condition": w_zh if zh else w_en}
+    q = f"{city}现在天气怎么样？" if zh else f"What's the weather like in {city} right now?"
+    final = f"{city}现在{w_zh}，气温 {temp}°C。" if zh else f"It is {w_en} in {city}, {temp}°C."
+    return ToolTask("weather", lang, q, [[("get_weather", {"city": city}, result)]], final, None)
+
+
+def offered_tools(rng: random.Random, task: ToolTask | None, distractors: int, pool: tuple = ()) -> list[dict]:
+    """The specs of the tools `task` calls plus up to `distractors` others from `pool` (default:
+    every tool in TOOLS), in a seeded order."""
+    needed = sorted({name for calls in (task.rounds if task else []) for name, _, _ in calls})
+    others = [n for n in sorted(pool or TOOLS) if n not in needed]
+    names = needed + rng.sample(others, min(distractors, len(others)))
+    rng.shuffle(names)
+    return [TOOLS[n] for n in names]
+
+
+def tool_exchange(task: ToolTask, think: bool) -> list[dict]:
+    """user, then per round an assistant message with its calls and one tool message per call, then
+    the final reply. Tool messages hold exactly what `ToolRegistry.call` returns for the call."""
+    zh = task.lang == "zh"
+    out = [{"role": "user", "content": task.question}]
+    for calls in task.rounds:
+        msg = {"role": "assistant", "content": "", "tool_calls": [
+            {"type": "function", "function": {"name": name, "arguments": args}} for name, args, _ in calls]}
+        if think:
+            names = ("、" if zh else " and ").join(dict.fromkeys(n for n, _, _ in calls))
+            msg["reasoning_content"] = f"这需要调用 {names}。" if zh else f"This needs {names}."
+        out.append(msg)
+        out += [{"role": "tool", "content": json.dumps({"result": r}, ensure_ascii=False)} for _, _, r in calls]
+    return out + [{"role": "assistant", "content": task.final}]
+
+
+def tool_conversation(rng: random.Random, lang: str, cities: tuple = CITIES,
+                      kind: str | None = None) -> tuple[list[dict], ToolTask | None]:
+    """`tool_use`'s conversation and the task its last user turn asks (None for "none")."""
+    kinds = list(TOOL_USE_KINDS)
+    kind = kind or rng.choices(kinds, weights=[TOOL_USE_KINDS[k] for k in kinds])[0]
+    think = rng.random() < 0.3  # sometimes the model thinks before calling
+
+    def task_of(k: str) -> ToolTask:
+        return weather_task(rng, lang, cities) if k == "weather" else make_tool_task(rng, lang, k)
+
     if kind == "none":  # tools offered but not needed: answer directly
-        return [system] + identity(rng, lang)[-2:]
-    if kind == "get_weather":
-        city = rng.choice(cities)[0 if zh else 1]
-        temp, (w_zh, w_en) = rng.randint(-5, 35), rng.choice(WEATHER)
-        user = f"{city}现在天气怎么样？" if zh else f"What's the weather like in {city} right now?"
-        args = {"city": city}
-        result = {"city": city, "temperature_c": temp, "condition": w_zh if zh else w_en}
-        answer = f"{city}现在{w_zh}，气温 {temp}°C。" if zh else f"It is {w_en} in {city}, {temp}°C."
-    elif kind == "calculator":
-        a, b, c = rng.randint(10, 999), rng.randint(10, 999), rng.randint(2, 30)
-        expr = f"({a} + {b}) * {c}"
-        value = (a + b) * c
-        user = f"帮我算一下 ({a} + {b}) × {c}。" if zh else f"Please compute ({a} + {b}) × {c}."
-        args, result = {"expression": expr}, {"result": value}
-        answer = f"({a} + {b}) × {c} = {value}。" if zh else f"({a} + {b}) × {c} = {value}."
-    else:
-        task = make_task(rng, lang, "unit")
-        value = Fraction(task.params["value"])
-        user = task.question
-        args = {"value": int(value) if value.denominator == 1 else float(value),
-                "from_unit": task.params["from_unit"], "to_unit": task.params["to_unit"]}
-        result = {"result": float(task.answer) if "." in task.answer else int(task.answer)}
-        answer = task.reply()
-    call = {"type": "function", "function": {"name": kind, "arguments": args}}
-    conv = [system, {"role": "user", "content": user},
-            {"role": "assistant", "content": "", "tool_calls": [call]},
-            {"role": "tool", "content": json.dumps(result, ensure_ascii=False)},
-            {"role": "assistant", "content": answer}]
-    if rng.random() < 0.3:  # sometimes the model thinks before calling
-        conv[2]["reasoning_content"] = ("需要调用工具 " if zh else "I should call the tool ") + kind + ("。" if zh else ".")
-    return conv
+        system = {"role": "system", "content": TOOL_SYSTEM[lang], "tools": offered_tools(rng, None, 2)}
+        return [system] + identity(rng, lang)[-2:], None
+    tasks = [task_of(rng.choice(TOOL_KINDS[:7])) for _ in range(2)] if kind == "multi_turn" else [task_of(kind)]
+    merged = ToolTask(kind, lang, "", [c for t in tasks for c in t.rounds], "", None)
+    conv = [{"role": "system", "content": TOOL_SYSTEM[lang], "tools": offered_tools(rng, merged, rng.randint(0, 2))}]
+    for task in tasks:
+        conv += tool_exchange(task, think)
+    return conv, tasks[-1]
+
+
+def tool_use(rng: random.Random, lang: str, cities: tuple = CITIES, kind: str | None = None) -> list[dict]:
+    """A tool-use conversation in the list shape (tools and calls as objects; `upstream_shape` and
+    `openai_shape` write the wire shapes): one call, two calls in one reply, a chain of two
+    rounds, two user turns each with its tool round trip, or tools offered but not needed.
+    `cities` and `kind` let the held-out suite ask about places the training data never names."""
+    return tool_conversation(rng, lang, cities, kind)[0]
+
+
+AGENT_KINDS = ("calc", "unit", "add_days", "days_between", "weekday", "capital", "length", "chain")
+
+
+def agent_record(rng: random.Random, lang: str, kind: str | None = None) -> dict:
+    """An agent-RL prompt: system (the needed tools and one other, as a JSON string) + user, the
+    final assistant turn left out, and the checkable answer in upstream's `gt` list."""
+    task = make_tool_task(rng, lang, kind or rng.choice(AGENT_KINDS))
+    tools = json.dumps(offered_tools(rng, task, 1, tuple(builtin_tools().names)), ensure_ascii=False)
+    return {"conversations": [{"role": "system", "content": TOOL_SYSTEM[lang], "tools": tools},
+                              {"role": "user", "content": task.question}], "gt": [task.answer], "kind": task.kind}
+
+
+def upstream_shape(conv: list[dict]) -> list[dict]:
+    """The same conversation as upstream MiniMind writes it: `tools` and `tool_calls` as JSON
+    strings, each call a flat {"name", "arguments"}."""
+    out = []
+    for m in conv:
+        m = dict(m)
+        if "tools" in m:
+            m["tools"] = json.dumps(m["tools"], ensure_ascii=False)
+        if "tool_calls" in m:
+            m["tool_calls"] = json.dumps([c["function"] for c in m["tool_calls"]], ensure_ascii=False)
+        out.append(m)
+    return out
+
+
+def openai_shape(conv: list[dict]) -> list[dict]:
+    """The same conversation in OpenAI's wire shape: call ids, arguments as a JSON string, and
+    each tool message naming its call (`tool_call_id`)."""
+    out, ids = [], []
+    for m in conv:
+        m = dict(m)
+        if "tool_calls" in m:
+            ids = [f"call_{len(out)}_{k}" for k in range(len(m["tool_calls"]))]
+            m["tool_calls"] = [{"id": i, "type": "function", "function": {
+                "name": c["function"]["name"], "arguments": json.dumps(c["function"]["arguments"], ensure_ascii=False)}}
+                for i, c in zip(ids, m["tool_calls"])]
+        elif m["role"] == "tool" and ids:
+            m["tool_call_id"] = ids.pop(0)
+        out.append(m)
+    return out
 
 
 def poem_title_task(rng: random.Random, poem: str) -> list[dict]:

@@ -9,8 +9,13 @@ Contract: `write_demo_eval(out_dir)` writes, deterministically and in about a se
                   header id,question,A,B,C,D,answer,explanation; subjects in `mcq.SUBJECTS`
   gen.jsonl       {"conversations": [user], "answer", "kind"}: verifiable tasks (the first
                   GEN_COUNT records of rl_eval)
-  toolcall.jsonl  {"conversations": [system (tools: JSON string), user, assistant (tool_calls: JSON
-                  string)]}: the last turn's call is the reference; cities the training data never names
+  toolcall.jsonl  {"conversations": [system (tools: JSON string), user, (..., user,) assistant
+                  (tool_calls: JSON string of {"name", "arguments"})], "kind", "gt"?}: the last turn's
+                  calls are the reference (the first tool-using reply to the last user turn); "gt"
+                  (when the built-in tools can answer it) is the final answer the agent loop must
+                  reach; multi-digit arithmetic, units, dates, capitals, text length, two calls at
+                  once, chains, a second user turn after a finished round trip, and weather in
+                  cities the training data never names
 
 `build_suites()` makes the held-out items and `held_out_prompts()` their normalised question texts,
 which `write_demo` removes from every training file. `ngrams()` is the 13-gram rule the held-out
@@ -38,7 +43,7 @@ NGRAM = 13
 TOKEN_RE = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]|[A-Za-z0-9_]+")
 DEV_SHOTS = 5
 MCQ_COUNTS = {"arithmetic": 100, "units": 80, "vocabulary": 100, "identity": 40}  # val questions
-RL_EVAL_COUNT, GEN_COUNT, TOOLCALL_COUNT = 300, 100, 90
+RL_EVAL_COUNT, GEN_COUNT, TOOLCALL_COUNT = 300, 100, 120
 EVAL_CITIES = (("杭州", "Hangzhou"), ("西安", "Xi'an"), ("武汉", "Wuhan"), ("南京", "Nanjing"),
                ("Berlin", "Berlin"), ("Sydney", "Sydney"), ("Madrid", "Madrid"), ("Toronto", "Toronto"))
 CSV_HEADER = ("id", "question", "A", "B", "C", "D", "answer", "explanation")
@@ -76,21 +81,27 @@ def _mcq_suite(rng: random.Random) -> dict[str, dict[str, list[Mcq]]]:
     return out
 
 
+# Each kind of tool case in turn (calc twice: the core skill); languages alternate within a kind.
+TOOLCALL_KINDS = ("calc", "unit", "add_days", "days_between", "weekday", "capital", "length", "calc2", "chain",
+                  "multi_turn", "weather", "calc")
+
+
 def _toolcall_case(rng: random.Random, lang: str, kind: str) -> dict:
-    conv = C.tool_use(rng, lang, cities=EVAL_CITIES, kind=kind)
-    system, user, call = conv[0], conv[1], conv[2]
-    return {"conversations": [
-        {"role": "system", "content": system["content"], "tools": json.dumps(system["tools"], ensure_ascii=False)},
-        {"role": "user", "content": user["content"]},
-        {"role": "assistant", "content": "", "tool_calls": json.dumps(call["tool_calls"], ensure_ascii=False)}]}
+    """A conversation cut after the first tool-using reply to its last user turn (the reference)."""
+    conv, task = C.tool_conversation(rng, lang, cities=EVAL_CITIES, kind=kind)
+    last_user = max(i for i, m in enumerate(conv) if m["role"] == "user")
+    call = {"role": "assistant", "content": "", "tool_calls": conv[last_user + 1]["tool_calls"]}
+    case = {"conversations": C.upstream_shape(conv[:last_user + 1] + [call]), "kind": kind}
+    if task is not None and task.answer is not None:
+        case["gt"] = [task.answer]
+    return case
 
 
 def _toolcall_suite(rng: random.Random) -> list[dict]:
     cases, seen = [], set()
-    kinds = ("get_weather", "calculator", "convert_units")
     while len(cases) < TOOLCALL_COUNT:
-        case = _toolcall_case(rng, ("zh", "en")[len(cases) % 2], kinds[len(cases) // 2 % 3])
-        key = (case["conversations"][0]["tools"], normalise(case["conversations"][1]["content"]))
+        case = _toolcall_case(rng, ("zh", "en")[len(cases) % 2], TOOLCALL_KINDS[len(cases) // 2 % len(TOOLCALL_KINDS)])
+        key = json.dumps(case["conversations"][:-1], ensure_ascii=False)
         if key not in seen:
             seen.add(key)
             cases.append(case)
@@ -109,7 +120,7 @@ def held_out_prompts(suites: Suites) -> set[str]:
     and tool-call requests."""
     held = {normalise(m.question) for split in suites.mcq.values() for items in split.values() for m in items}
     held |= {normalise(r["conversations"][0]["content"]) for r in suites.rl_eval}
-    held |= {normalise(c["conversations"][1]["content"]) for c in suites.toolcall}
+    held |= {normalise(m["content"]) for c in suites.toolcall for m in c["conversations"] if m["role"] == "user"}
     return held
 
 

@@ -8,6 +8,15 @@ answer as a canonical string (integers without separators, decimals without trai
 alone, so tests (and GRPO reward code) can trust every answer. Everything depends only on the
 `random.Random` passed in: same seed, same tasks. `rl_records(rng, n, exclude)` turns tasks into
 RL records {"conversations": [user, assistant], "answer", "kind"} with no repeated question.
+
+Tool tasks: `make_tool_task(rng, lang, kind=None)` returns a `ToolTask` that needs a built-in tool
+(`minimind.tools`) to answer: multi-digit arithmetic (calculator), unit conversion, date
+arithmetic, a capital lookup, text length; two calculations at once (one reply with two calls),
+or a chain (a calculation whose result is then converted: two tool rounds). Its `rounds` are the
+calls each tool-using reply makes, with the results the built-in tools return for them (computed
+by those very functions, so a transcript's tool messages equal what the agent loop appends), its
+`final` the closing reply, and `answer` the bare checkable answer (None for two calculations).
+Arguments copy the question's own text (the expression as written, the unit names as asked).
 """
 
 from __future__ import annotations
@@ -16,6 +25,9 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
+from typing import Any
+
+from ... import tools as T
 
 KINDS = ("add", "sub", "mul", "compare", "count_letter", "count_items", "unit", "sequence", "word_problem")
 
@@ -206,3 +218,127 @@ def rl_records(rng: random.Random, n: int, skip: Callable[[str], bool] = lambda 
             seen.add(task.question)
             out.append(rl_record(task))
     return out
+
+
+# -- tool tasks ------------------------------------------------------------------------------------
+
+TOOL_KINDS = ("calc", "unit", "add_days", "days_between", "weekday", "capital", "length", "calc2", "chain")
+# Conversions with short exact answers: (en from, en to, zh from, zh to, "up" = the value grows).
+TOOL_UNITS = (("kilometers", "meters", "千米", "米", True), ("meters", "kilometers", "米", "千米", False),
+              ("meters", "centimeters", "米", "厘米", True), ("kilograms", "grams", "千克", "克", True),
+              ("grams", "kilograms", "克", "千克", False), ("hours", "minutes", "小时", "分钟", True),
+              ("minutes", "seconds", "分钟", "秒", True), ("liters", "milliliters", "升", "毫升", True),
+              ("days", "hours", "天", "小时", True), ("weeks", "days", "周", "天", True))
+COUNTRIES = (("China", "中国"), ("France", "法国"), ("Japan", "日本"), ("Germany", "德国"), ("Italy", "意大利"),
+             ("Canada", "加拿大"), ("Australia", "澳大利亚"), ("United Kingdom", "英国"), ("United States", "美国"))
+WEEKDAYS_ZH = {"Monday": "星期一", "Tuesday": "星期二", "Wednesday": "星期三", "Thursday": "星期四",
+               "Friday": "星期五", "Saturday": "星期六", "Sunday": "星期日"}
+Call = tuple[str, dict, Any]  # (tool name, arguments, the tool's result)
+
+
+@dataclass
+class ToolTask:
+    kind: str
+    lang: str
+    question: str
+    rounds: list[list[Call]]  # the calls of each tool-using reply, in order
+    final: str                # the closing reply, written from the results
+    answer: str | None        # the bare checkable answer (None: the reply states several)
+
+
+def _call(name: str, **args: Any) -> Call:
+    fn = {"calculator": T.calculate, "convert_units": T.convert_units, "add_days": T.add_days,
+          "days_between": T.days_between, "weekday": T.weekday, "lookup_capital": T.lookup_capital,
+          "text_length": T.text_length}[name]
+    return name, args, fn(**args)
+
+
+def _num(x: int | float) -> str:
+    """Canonical text of a tool's number (floats through their shortest repr: 2.35, not 2.3500000001)."""
+    return fmt(Fraction(str(x)))
+
+
+def _expression(rng: random.Random) -> str:
+    """Multi-digit arithmetic as a user writes it (the calculator reads × too)."""
+    a, b = rng.randint(12, 999), rng.randint(12, 99)
+    return rng.choice((f"{a} × {b}", f"{a} + {rng.randint(100, 9999)}", f"{a + 1000} - {rng.randint(10, 999)}",
+                       f"({a} + {b}) × {rng.randint(2, 30)}", f"{a} * {b}"))
+
+
+def _date(rng: random.Random) -> str:
+    return f"{rng.randint(2020, 2030)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
+
+
+def _unit_call(rng: random.Random, zh: bool) -> tuple[Call, str, str, Any]:
+    ef, et, zf, zt, up = rng.choice(TOOL_UNITS)
+    value = rng.randint(12, 950) if up else rng.randint(12, 950) * 10
+    f, t = (zf, zt) if zh else (ef, et)
+    return _call("convert_units", value=value, from_unit=f, to_unit=t), f, t, value
+
+
+def make_tool_task(rng: random.Random, lang: str, kind: str | None = None) -> ToolTask:
+    kind = kind or rng.choice(TOOL_KINDS)
+    zh = lang == "zh"
+    end = "。" if zh else "."
+    if kind == "calc":
+        expr = _expression(rng)
+        call = _call("calculator", expression=expr)
+        q = rng.choice((f"帮我算一下 {expr}。", f"{expr} 等于多少？") if zh else
+                       (f"What is {expr}?", f"Please compute {expr}.", f"Use the calculator: {expr} = ?"))
+        return ToolTask(kind, lang, q, [[call]], f"{expr} = {call[2]}{end}", _num(call[2]))
+    if kind == "unit":
+        call, f, t, value = _unit_call(rng, zh)
+        q = rng.choice((f"{value} {f}等于多少{t}？", f"把 {value} {f}换算成{t}。") if zh else
+                       (f"How many {t} are in {value} {f}?", f"Convert {value} {f} to {t}."))
+        return ToolTask(kind, lang, q, [[call]], f"{value} {f} = {call[2]} {t}{end}", _num(call[2]))
+    if kind == "add_days":
+        date, days = _date(rng), rng.randint(10, 400)
+        call = _call("add_days", date=date, days=days)
+        q = f"{date} 之后 {days} 天是哪一天？" if zh else f"What date is {days} days after {date}?"
+        final = f"{date} 之后 {days} 天是 {call[2]}。" if zh else f"{days} days after {date} is {call[2]}."
+        return ToolTask(kind, lang, q, [[call]], final, call[2])
+    if kind == "days_between":
+        start = _date(rng)
+        end_date = T.add_days(start, rng.randint(20, 700))
+        call = _call("days_between", start=start, end=end_date)
+        q = f"从 {start} 到 {end_date} 有多少天？" if zh else f"How many days are there from {start} to {end_date}?"
+        final = f"从 {start} 到 {end_date} 共 {call[2]} 天。" if zh else f"From {start} to {end_date} is {call[2]} days."
+        return ToolTask(kind, lang, q, [[call]], final, _num(call[2]))
+    if kind == "weekday":
+        date = _date(rng)
+        call = _call("weekday", date=date)
+        day = WEEKDAYS_ZH[call[2]] if zh else call[2]
+        q = f"{date} 是星期几？" if zh else f"What day of the week is {date}?"
+        return ToolTask(kind, lang, q, [[call]], f"{date} 是{day}。" if zh else f"{date} is a {day}.", day)
+    if kind == "capital":
+        en, zh_name = rng.choice(COUNTRIES)
+        call = _call("lookup_capital", country=zh_name if zh else en)
+        q = (rng.choice((f"{zh_name}的首都是哪里？", f"请查一下{zh_name}的首都。")) if zh else
+             rng.choice((f"What is the capital of {en}?", f"Look up the capital city of {en}.")))
+        final = f"{zh_name}的首都是{call[2]}。" if zh else f"The capital of {en} is {call[2]}."
+        return ToolTask(kind, lang, q, [[call]], final, call[2])
+    if kind == "length":
+        text = ("".join(rng.choice(LETTERS_ZH) for _ in range(rng.randint(4, 12))) if zh
+                else " ".join(rng.sample(WORDS_EN, rng.randint(1, 3))))
+        call = _call("text_length", text=text)
+        n = call[2]["characters"]
+        q = f"“{text}”有多少个字符？" if zh else f"How many characters are in the text '{text}'?"
+        return ToolTask(kind, lang, q, [[call]], f"“{text}”有 {n} 个字符。" if zh else f"'{text}' has {n} characters.",
+                        _num(n))
+    if kind == "calc2":  # one reply, two calls
+        e1, e2 = _expression(rng), _expression(rng)
+        c1, c2 = _call("calculator", expression=e1), _call("calculator", expression=e2)
+        q = f"请分别计算 {e1} 和 {e2}。" if zh else f"Compute both {e1} and {e2}."
+        final = f"{e1} = {c1[2]}，{e2} = {c2[2]}。" if zh else f"{e1} = {c1[2]} and {e2} = {c2[2]}."
+        return ToolTask(kind, lang, q, [[c1, c2]], final, None)
+    if kind == "chain":  # two rounds: the second call uses the first result
+        ef, et, zf, zt, _ = rng.choice([u for u in TOOL_UNITS if u[4]])
+        f, t = (zf, zt) if zh else (ef, et)
+        each, count = rng.randint(12, 99), rng.randint(3, 40)
+        c1 = _call("calculator", expression=f"{each} × {count}")
+        c2 = _call("convert_units", value=c1[2], from_unit=f, to_unit=t)
+        q = (f"每份是 {each} {f}，{count} 份一共是多少{t}？" if zh else
+             f"Each part is {each} {ef}. How many {et} are {count} parts in total?")
+        final = f"{count} 份共 {c1[2]} {f}，即 {c2[2]} {t}。" if zh else f"{count} parts are {c1[2]} {f}, that is {c2[2]} {t}."
+        return ToolTask(kind, lang, q, [[c1], [c2]], final, _num(c2[2]))
+    raise ValueError(f"unknown tool task kind {kind!r}")
