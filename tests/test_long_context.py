@@ -3,16 +3,22 @@ long sequence lengths, and the passkey-retrieval eval."""
 
 import re
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 from minimind import MiniMindLM, ModelConfig
+from minimind.checkpoint import load_model, save_model
 from minimind.data.loader import IGNORE, make_loader
 from minimind.errors import UserError
+from minimind.eval.passkey import DEPTHS, FILLER, INTRO, NEEDLE, QUESTION, correct, evaluate_passkey, make_cases
+from minimind.eval.report import format_results, make_report
+from minimind.eval.run import Settings, evaluate
 from minimind.model.attention import Attention, document_mask, document_positions, document_runs
 from minimind.model.rope import RotaryTables
+from minimind.tokenizer import default_tokenizer_dir
 from minimind.train.build import enable_activation_checkpointing
 from support import write_jsonl
 
@@ -203,3 +209,105 @@ def test_activation_checkpointing_keeps_loss_and_grads_at_1024_tokens(masked):
     assert torch.equal(l0, l1)
     for n in g0:
         torch.testing.assert_close(g1[n], g0[n], rtol=0, atol=1e-7, msg=n)
+
+
+# ----------------------------------------------------------------------------- passkey retrieval
+
+class ScriptedEngine:
+    """Stands in for the inference engine: reads the key from the prompt and answers it right only
+    when the needle starts in the first 40% of the prompt, in one of several phrasings."""
+
+    def __init__(self, tok, context_len=4096):
+        self.tokenizer, self.context_len, self.prompts = tok, context_len, []
+
+    def new_sequence(self, prompt_ids, params):
+        assert params.temperature == 0.0  # greedy
+        return SimpleNamespace(prompt_ids=prompt_ids, max_new_tokens=params.max_new_tokens, text="")
+
+    def run(self, seqs):
+        for s in seqs:
+            self.prompts.append(s.prompt_ids)
+            text = self.tokenizer.decode(s.prompt_ids)
+            key = re.search(r"The pass key is (\d+)\. Remember it", text).group(1)
+            where = len(self.tokenizer.encode(text[:text.index(" The pass key is")])) / len(s.prompt_ids)
+            s.text = f" {key}." if where < 0.4 else f" {key[:-1]}"  # a wrong answer: one digit short
+            yield SimpleNamespace(finished=True)
+
+
+def test_passkey_prompts_have_the_asked_length_and_the_key_at_its_depth(tok):
+    cases = make_cases(tok, lengths=(256, 1024), depths=(0.0, 0.5, 1.0), trials=2, seed=3)
+    assert len(cases) == 12
+    intro, unit = len(tok.encode(INTRO)), len(tok.encode(FILLER))
+    for c in cases:
+        assert len(c.prompt_ids) == c.length  # exact, not only within a few tokens
+        assert re.fullmatch(r"\d{5}", c.key)
+        text = tok.decode(c.prompt_ids)
+        assert text.count(c.key) == 2 and text.endswith(QUESTION) and text.startswith(INTRO)
+        needle = len(tok.encode(NEEDLE.format(key=c.key)))
+        filler = c.length - intro - needle - len(tok.encode(QUESTION))
+        # the needle starts after round(depth * whole filler groups) groups, i.e. within half a
+        # group of depth * filler
+        assert abs((c.needle_at - intro) - c.depth * filler) <= unit / 2 + c.depth * unit
+        assert c.prompt_ids[c.needle_at:c.needle_at + needle] == tok.encode(NEEDLE.format(key=c.key))
+    assert cases[0].needle_at == intro  # depth 0: right after the introduction
+    again = make_cases(tok, lengths=(256, 1024), depths=(0.0, 0.5, 1.0), trials=2, seed=3)
+    assert [c.prompt_ids for c in again] == [c.prompt_ids for c in cases]  # deterministic by seed
+    other = make_cases(tok, lengths=(256, 1024), depths=(0.0, 0.5, 1.0), trials=2, seed=4)
+    assert [c.key for c in other] != [c.key for c in cases]
+    with pytest.raises(UserError, match="too short"):
+        make_cases(tok, lengths=(40,), depths=(0.5,), trials=1)
+
+
+def test_passkey_scoring_by_hand():
+    assert correct(" 71432.", "71432") and correct("The pass key is 71432", "71432")
+    assert not correct(" 7143", "71432") and not correct(" 714321", "71432")
+    assert not correct("", "71432") and not correct(" seventy", "71432")
+    assert not correct(" 12 71432", "71432")  # the first number counts
+
+
+def test_passkey_accuracy_by_length_and_depth(tok):
+    engine = ScriptedEngine(tok, context_len=1030)  # 1024 + 8 new tokens does not fit: skipped
+    cases = make_cases(tok, lengths=(256, 512, 1024), depths=DEPTHS, trials=2)
+    res = evaluate_passkey(engine, cases, max_new_tokens=8)
+    # needle position / length: depth 0 and 25% are < 0.4 at both lengths, 50% and beyond are not
+    assert res["n"] == 20 and res["skipped_lengths"] == [1024]
+    assert res["accuracy"] == 8 / 20
+    assert res["accuracy_len_256"] == res["accuracy_len_512"] == 2 / 5
+    assert [res[f"accuracy_depth_{p}"] for p in ("0", "25", "50", "75", "100")] == [1, 1, 0, 0, 0]
+    assert res["grid"]["512"] == {"0": 1, "25": 1, "50": 0, "75": 0, "100": 0}
+    assert sum(p["correct"] for p in res["predictions"]) == 8
+    assert sorted(len(p) for p in engine.prompts) == [256] * 10 + [512] * 10
+    text = format_results(make_report("scripted", [res]))
+    assert "accuracy_len_256" in text and text.index("accuracy_len_256") < text.index("accuracy_len_512")
+    grid = text[text.index("passkey accuracy by length"):].splitlines()
+    assert grid[1].split() == ["length", "all", "0%", "25%", "50%", "75%", "100%"]
+    assert grid[4].split() == ["512", "40%", "100%", "100%", "0%", "0%", "0%"]
+    assert grid[5] == "skipped (longer than the context): 1024"
+    with pytest.raises(UserError, match="no passkey length fits"):
+        evaluate_passkey(ScriptedEngine(tok, context_len=200), cases)
+
+
+def test_passkey_suite_on_a_checkpoint_is_greedy_generation(tmp_path, tok):
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=tok.vocab_size, hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1,
+                      max_seq_len=300)
+    ckpt = save_model(MiniMindLM(cfg).eval(), tmp_path / "m", tokenizer_dir=default_tokenizer_dir())
+    s = Settings(passkey_lengths=(128, 256, 512), passkey_depths=(0.0, 1.0), passkey_trials=1, seed=1)
+    report = evaluate(ckpt, "passkey", None, s)
+    assert report["task"] == "passkey" and report["skipped_lengths"] == [512] and report["n"] == 4
+    preds = report["predictions"]
+    assert report["accuracy"] == sum(p["correct"] for p in preds) / 4
+    # the first case by hand: greedy decoding with full forwards, 8 new tokens
+    model = load_model(ckpt).eval()
+    case = make_cases(tok, (128,), (0.0,), 1, seed=1)[0]
+    ids = list(case.prompt_ids)
+    with torch.no_grad():
+        for _ in range(8):
+            nxt = int(model(torch.tensor([ids])).logits[0, -1].argmax())
+            if nxt in (tok.eos_id, tok.pad_id):
+                break
+            ids.append(nxt)
+    assert preds[0]["key"] == case.key and preds[0]["output"] == tok.decode(ids[len(case.prompt_ids):])
+    assert report["settings"]["passkey_lengths"] == (128, 256, 512)
+    with pytest.raises(UserError, match="no --data"):
+        evaluate(ckpt, "passkey", "x.jsonl", s)

@@ -9,12 +9,14 @@ nothing here imports training or HTTP code.
     mcq.py       lm-eval's exact prompts, accuracy (micro, macro, length-normalised, per subject)
     gen.py       greedy accuracy and pass@k on verifiable prompts, thinking on and off
     toolcall.py  well-formed call, right function, right arguments
+    passkey.py   passkey retrieval (a key hidden in filler), generated on the fly: accuracy by length and depth
     answers.py   matching a generated answer against the reference
     report.py    tables, --json reports, side-by-side comparison, a run's eval.jsonl
     run.py       loading a checkpoint and running a task or the embedded demo suites
 
     from minimind.eval import Settings, evaluate
     report = evaluate("runs/quickstart/sft", "ceval", "ceval-exam/", Settings(shots=5))
+    report = evaluate("runs/ctx/pretrain", "passkey", None, Settings(passkey_lengths=(256, 1024)))
 
 See docs/evaluation.md.
 
@@ -28,7 +30,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {"Scorer": ".scorer", "Settings": ".run", "TASKS": ".run", "evaluate": ".run", "run_demo": ".run",
-            "run_task": ".run"}
+            "run_passkey": ".run", "run_task": ".run"}
 __all__ = sorted(_EXPORTS)
 
 

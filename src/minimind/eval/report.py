@@ -5,11 +5,14 @@ Contract:
   "bits_per_byte", ...}`), plus "files" [{path, sha256}] and "settings". A *report* is
   {"checkpoint", "created", "results": [result, ...]}; with one result its keys are also copied to
   the top level, so `report["accuracy"]` works for a single-task run.
-- `metrics(result)` lists the figures worth printing (numbers only, primary figure first).
+- `metrics(result)` lists the figures worth printing (numbers only, primary figure first; the rest
+  sorted by name, or, for tasks in KEEP_ORDER such as passkey's per-length figures, as the result
+  lists them).
 - `format_results(report)` is the readable table; `format_compare(labels, reports)` puts several
   checkpoints' figures side by side (rows task/metric, one column each); `format_summary(labels,
   reports)` is the compact one (one row per checkpoint, one column per task: its headline figure,
-  bits per byte for ppl, accuracy otherwise), as quickstart prints it after each stage.
+  bits per byte for ppl, accuracy otherwise), as quickstart prints it after each stage. A passkey
+  result also gets its accuracy table by length (rows) and needle depth (columns).
 - `flat_metrics(report)` names every figure `eval/{task}_{metric}` (metrics.jsonl, TensorBoard).
 - `append_run_log(ckpt, report)` appends one line per result to `<run dir>/eval.jsonl` when the
   checkpoint lives in a run directory (`<run>/checkpoints/<name>`), so runs compare later.
@@ -29,7 +32,8 @@ from ..errors import UserError
 PRIMARY = {"ppl": ("loss", "ppl", "bits_per_byte")}
 HEADLINE = {"ppl": "bits_per_byte"}  # the one figure per task of the compact summary (else accuracy)
 SKIP_KEYS = {"n", "shots", "pass_k", "max_new_tokens", "context", "stride", "tokens", "bytes", "truncated",
-             "skipped", "seconds"}
+             "skipped", "seconds", "trials"}
+KEEP_ORDER = {"passkey"}  # accuracy_len_256, _512, _1024 read best in the result's (numeric) order
 
 
 def _sha256_file(path: Path) -> str:
@@ -61,8 +65,10 @@ def make_report(checkpoint: str, results: list[dict]) -> dict:
 
 def metrics(result: dict) -> list[tuple[str, float]]:
     first = PRIMARY.get(result["task"], ("accuracy",))
-    rest = sorted(k for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-                  and k not in SKIP_KEYS and k not in first)
+    rest = [k for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+            and k not in SKIP_KEYS and k not in first]
+    if result["task"] not in KEEP_ORDER:
+        rest.sort()
     return [(k, float(result[k])) for k in (*first, *rest) if k in result]
 
 
@@ -92,10 +98,23 @@ def format_results(report: dict, per_subject: bool = True) -> str:
     if timing:
         text += "\ntime: " + ", ".join(timing)
     for res in report["results"]:
+        if res["task"] == "passkey" and res.get("grid"):
+            text += "\n\n" + _passkey_grid(res)
         subjects = res.get("per_subject") or {}
         if per_subject and len(subjects) > 1:
             sub_rows = [[s, "accuracy", format_value("accuracy", a)] for s, a in subjects.items()]
             text += f"\n\n{res['task']} per subject\n" + _table(["subject", "metric", "value"], sub_rows)
+    return text
+
+
+def _passkey_grid(res: dict) -> str:
+    """Accuracy by prompt length (rows) and needle depth (columns), with each row's mean."""
+    depths = list(next(iter(res["grid"].values())))
+    rows = [[length, f"{res['accuracy_len_' + length]:.0%}"] + [f"{cells[d]:.0%}" for d in depths]
+            for length, cells in res["grid"].items()]
+    text = "passkey accuracy by length (tokens) and depth\n" + _table(["length", "all"] + [f"{d}%" for d in depths], rows)
+    if res.get("skipped_lengths"):
+        text += f"\nskipped (longer than the context): {', '.join(map(str, res['skipped_lengths']))}"
     return text
 
 

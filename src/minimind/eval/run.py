@@ -9,6 +9,8 @@ Contract:
 - `run_demo(engine, settings, suites=None)` runs ppl, mcq (C-Eval layout), gen and toolcall on the
   demo eval files: `suites` as `minimind.data.demo.write_demo_eval` returned them, or written now
   to a temporary folder; each result has "suite": "demo" and its task name as the demo names it.
+- `run_passkey(engine, settings)` runs the generated passkey-retrieval suite (`passkey.py`; no
+  data file): accuracy by prompt length and needle depth. `evaluate(ckpt, "passkey", None, s)`.
 - `evaluate(ckpt, task, data, settings)` = load + run + `report.make_report`.
 A progress bar (tqdm, on stderr, only on a terminal) shows each task's scored requests.
 """
@@ -21,16 +23,22 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import torch
+
+from ..data import demo
 from ..errors import UserError
+from ..infer import load_engine
 from .gen import evaluate_gen, read_prompts
 from .mcq import evaluate_mcq, limited
 from .mcq_data import read_suite
+from . import passkey
 from .ppl import evaluate_ppl, read_documents
 from .report import file_info, make_report
 from .scorer import Scorer
 from .toolcall import evaluate_toolcall, read_cases
 
 TASKS = ("ppl", "ceval", "cmmlu", "mcq", "gen", "toolcall")
+GENERATED_SUITES = ("passkey",)  # made on the fly: no --data
 DEMO_TASKS = {"ppl": "ppl", "mcq": "ceval", "gen": "gen", "toolcall": "toolcall"}  # demo name -> reader
 MAX_NEW_TOKENS = 256
 # The demo answers are one line and the demo calls one block (< 60 tokens); a model that never
@@ -52,16 +60,15 @@ class Settings:
     max_new_tokens: int | None = None  # gen/toolcall: None = 256 (DEMO_MAX_NEW_TOKENS in the demo suites)
     temperature: float = 0.7
     top_p: float = 0.9
-    seed: int = 0
+    seed: int = 0  # gen pass@k base seed; passkey: which keys are drawn
+    passkey_lengths: tuple[int, ...] = passkey.LENGTHS  # prompt tokens
+    passkey_depths: tuple[float, ...] = passkey.DEPTHS  # share of the filler before the key
+    passkey_trials: int = passkey.TRIALS  # prompts per (length, depth)
     device: str = "cpu"
     dtype: str | None = None
 
 
 def load(ckpt: str | Path, s: Settings):
-    import torch
-
-    from ..infer import load_engine
-
     dtype = getattr(torch, s.dtype) if s.dtype else None
     return load_engine(ckpt, max_batch_size=s.batch_size, max_len=s.max_len, device=s.device, dtype=dtype)
 
@@ -75,7 +82,8 @@ def _bar(desc: str, total: int | None):
 def _settings_for(task: str, s: Settings) -> dict:
     keys = {"ppl": ("limit", "stride", "max_len"), "gen": ("limit", "think", "pass_k", "max_new_tokens",
                                                             "temperature", "top_p", "seed"),
-            "toolcall": ("limit", "max_new_tokens")}.get(task, ("limit", "shots", "style", "max_len"))
+            "toolcall": ("limit", "max_new_tokens"),
+            "passkey": ("passkey_lengths", "passkey_depths", "passkey_trials", "seed", "max_new_tokens")}.get(task, ("limit", "shots", "style", "max_len"))
     return {k: v for k, v in asdict(s).items() if k in keys + ("batch_size", "skip_bad", "device", "dtype")}
 
 
@@ -125,10 +133,21 @@ def run_task(engine, task: str, data: str | Path, s: Settings) -> dict:
     return res
 
 
+def run_passkey(engine, s: Settings) -> dict:
+    """The passkey suite, generated for `s.seed`: accuracy by length and depth (see passkey.py)."""
+    s = replace(s, max_new_tokens=s.max_new_tokens or passkey.MAX_NEW_TOKENS)
+    start = time.perf_counter()
+    cases = passkey.make_cases(engine.tokenizer, s.passkey_lengths, s.passkey_depths, s.passkey_trials, s.seed)
+    with _bar("passkey", len(cases)) as bar:
+        res = passkey.evaluate_passkey(engine, cases, s.max_new_tokens, bar.update)
+    res["seconds"] = round(time.perf_counter() - start, 3)
+    res["files"] = []
+    res["settings"] = _settings_for("passkey", s)
+    return res
+
+
 def write_demo_files(out_dir: Path) -> dict[str, Path]:
     """The demo eval files from `minimind.data.demo.write_demo_eval`, or a UserError if it is missing."""
-    from ..data import demo
-
     writer = getattr(demo, "write_demo_eval", None)
     if writer is None:
         raise UserError("this version has no embedded demo eval suites (minimind.data.demo.write_demo_eval); "
@@ -162,7 +181,13 @@ def _run_demo_files(engine, s: Settings, paths: dict[str, Path]) -> list[dict]:
 
 
 def evaluate(ckpt: str | Path, task: str | None, data: str | Path | None, s: Settings, engine=None) -> dict:
-    """Load `ckpt` (unless `engine` is given) and run `task` on `data`, or the demo suites."""
+    """Load `ckpt` (unless `engine` is given) and run `task` on `data`, the demo suites, or a
+    generated suite (passkey)."""
+    if task in GENERATED_SUITES:
+        if data is not None:
+            raise UserError(f"the {task} suite is generated on the fly; it takes no --data")
+        engine = engine or load(ckpt, s)
+        return make_report(str(ckpt), [run_passkey(engine, s)])
     if task not in (None, "demo") and data is None:
         what = "a folder with val/ (or test/) and dev/ CSV files" if task in ("ceval", "cmmlu") else "a file"
         raise UserError(f"--task {task} needs --data ({what})")
