@@ -5,13 +5,15 @@ Contract:
   `model.safetensors`, plus the tokenizer files it was trained with when known
   (`tokenizer.json`, `tokenizer_config.json`). Everything else (optimizer, RNG, data position)
   belongs to the trainer and lives beside these files.
-- A *run directory* holds `checkpoints/<name>/` folders and `checkpoints/latest`, a text file
-  naming the newest; wherever a checkpoint is asked for, a run directory means its latest.
+- Where each file sits (checkpoint folders, run directories and their `latest`, Hugging Face and
+  adapter folders, the tokenizer beside the weights) is decided in `minimind.locator`; this
+  module reads and writes what the locator points at.
 - `save_model` writes each file to a temporary name and renames it into place, so a crash
   never leaves a half-written file under the real name. Loading never unpickles (safetensors).
-- `load_model` accepts our checkpoints, run directories, Hugging Face folders of the
-  architectures `minimind.interop` understands and upstream MiniMind folders (`model_type`
-  "minimind", read by `minimind.upstream`). Whatever is wrong with one of them -- a config
+- `load_model` accepts our checkpoints, run directories and the Hugging Face folders whose
+  model_type has a registered importer (`locator.register_importer`: `minimind.interop` reads
+  Llama/Qwen/Ernie folders, `minimind.upstream` upstream MiniMind ones; `minimind.load_model`
+  imports both, this module imports neither). Whatever is wrong with one of them -- a config
   value of the wrong type or out of range, a truncated or corrupt weights file, weights of another
   shape -- is a `UserError` (a `ConfigError` or `CheckpointError`) naming the file, raised before
   the model is allocated.
@@ -36,16 +38,9 @@ from tokenizers import Tokenizer
 
 from .config import ModelConfig, count_params
 from .errors import UserError
+from .locator import (CONFIG_NAME, TOKENIZER_JSON, WEIGHTS_NAME, CheckpointError, importer_for, is_hf_folder,
+                      resolve_checkpoint, tokenizer_files)
 from .model import MiniMindLM
-from .tokenizer import TOKENIZER_FILES
-
-CONFIG_NAME = "model_config.json"
-WEIGHTS_NAME = "model.safetensors"
-
-
-class CheckpointError(UserError):
-    """A path is not a loadable checkpoint; the message says what was expected there."""
-
 
 def atomic_write(path: Path, write) -> None:
     """Call write(tmp_path) then rename tmp over `path`: readers see the old file or the new.
@@ -116,13 +111,11 @@ def read_safetensors(path: str | Path, keys: list[str] | None = None) -> dict[st
 
 def check_tokenizer_files(folder: str | Path) -> None:
     """Raise CheckpointError if a tokenizer file in `folder` would not load (before it is copied)."""
-    folder = Path(folder)
-    for name in TOKENIZER_FILES:
-        path = folder / name
-        if not path.is_file() or not name.endswith(".json"):
+    for path in tokenizer_files(folder):
+        if path.suffix != ".json":
             continue
         try:
-            if name == "tokenizer.json":
+            if path.name == TOKENIZER_JSON:
                 Tokenizer.from_file(str(path))
             else:
                 json.loads(path.read_text(encoding="utf-8"))
@@ -132,51 +125,19 @@ def check_tokenizer_files(folder: str | Path) -> None:
 
 
 def copy_tokenizer(src: str | Path, dst: str | Path) -> None:
+    """Copy the tokenizer files of `src` into `dst` (each atomically); nothing when they are the same."""
     src, dst = Path(src), Path(dst)
     if src.resolve() == dst.resolve():
         return
-    for name in TOKENIZER_FILES:
-        if (src / name).is_file():
-            atomic_write(dst / name, lambda p, f=src / name: shutil.copyfile(f, p))
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """Map a run directory to its latest checkpoint folder; return checkpoint folders unchanged."""
-    p = Path(path)
-    if not p.exists():
-        raise CheckpointError(f"{p}: no such file or directory")
-    if (p / CONFIG_NAME).is_file():
-        return p
-    latest = p / "checkpoints" / "latest"
-    if latest.is_file():
-        target = p / "checkpoints" / latest.read_text().strip()
-        if (target / CONFIG_NAME).is_file():
-            return target
-        raise CheckpointError(f"{latest} names {target.name}, which is not a complete checkpoint")
-    raise CheckpointError(
-        f"{p}: not a MiniMind checkpoint (no {CONFIG_NAME}) nor a run directory (no checkpoints/latest)"
-    )
-
-
-def is_hf_folder(path: Path) -> bool:
-    config = path / "config.json"
-    if not config.is_file():
-        return False
-    try:
-        data = json.loads(config.read_text(encoding="utf-8"))
-    except (ValueError, OSError):  # ValueError: bad JSON or bad UTF-8
-        return False
-    return isinstance(data, dict) and "model_type" in data
+    for file in tokenizer_files(src):
+        atomic_write(dst / file.name, lambda p, f=file: shutil.copyfile(f, p))
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> MiniMindLM:
     """Build and load a model from a checkpoint folder, a run directory or a Hugging Face folder."""
     p = Path(path)
-    if p.is_dir() and not (p / CONFIG_NAME).is_file() and is_hf_folder(p):
-        from .interop import load_hf_model
-        from .upstream import is_upstream_folder, load_upstream_model
-
-        model = load_upstream_model(p) if is_upstream_folder(p) else load_hf_model(p)
+    if is_hf_folder(p):
+        model = importer_for(p)(p)
     else:
         ckpt = resolve_checkpoint(p)
         config = ModelConfig.load(ckpt / CONFIG_NAME)
@@ -235,8 +196,8 @@ def hf_weight_files(folder: Path) -> dict[Path, list[str] | None]:
                 raise UserError(f"{indexes[0]} names {shard}, which is missing from {folder}")
             files.setdefault(folder / shard, []).append(name)
         return files
-    if (folder / "model.safetensors").is_file():
-        return {folder / "model.safetensors": None}
+    if (folder / WEIGHTS_NAME).is_file():
+        return {folder / WEIGHTS_NAME: None}
     found = sorted(folder.glob("*.safetensors"))
     if len(found) == 1:
         return {found[0]: None}

@@ -10,6 +10,12 @@ Contract:
 - `inference_dtype(device, name)`: the compute dtype for generate/chat/serve/eval. "auto" is bf16
   on a CUDA GPU that supports it (else fp16) and the stored dtype elsewhere (fp32 on the CPU,
   where bf16 matmuls are 4-6x slower than fp32 on the machines we measured).
+- `training_dtype(device, name)`: the compute dtype for training. "auto" is bf16 on a CUDA GPU
+  that supports it, else fp32; fp16 needs CUDA (it relies on a gradient scaler).
+- `torch_dtype(name)`: the torch dtype a `--dtype` name means. Two spellings are user-facing:
+  training flags say fp32/bf16/fp16 (`TRAINING_DTYPES`, the mixed-precision words), inference
+  and export flags say float32/bfloat16/float16 (`INFERENCE_DTYPES`, torch's and Hugging Face's
+  words); `DTYPE_NAMES` maps both, and is the only such table.
 - `prepare_device(device)`: per-process settings for fast math on that device (TF32 on CUDA).
 
 torch is imported inside the functions that need it, not at the top: `check_device_name` runs when
@@ -28,6 +34,10 @@ if TYPE_CHECKING:
 
 DEVICE_NAME = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 INFERENCE_DTYPES = ("float32", "bfloat16", "float16")
+TRAINING_DTYPES = ("fp32", "bf16", "fp16")
+# Every --dtype name -> the torch attribute it means (a string: torch is not imported at the top).
+DTYPE_NAMES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16",
+               "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 def check_device_name(name: str) -> None:
@@ -66,7 +76,31 @@ def inference_dtype(device: torch.device, name: str | None) -> torch.dtype | Non
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if name not in INFERENCE_DTYPES:
         raise UserError(f"--dtype must be auto, {', '.join(INFERENCE_DTYPES)}; got {name!r}")
-    return getattr(torch, name)
+    return torch_dtype(name)
+
+
+def training_dtype(device: torch.device, name: str) -> torch.dtype:
+    """The dtype to train in: "auto" is bf16 on CUDA where supported, else fp32 (see the contract)."""
+    import torch
+
+    if name == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if name not in TRAINING_DTYPES:
+        raise UserError(f"--dtype must be auto, {', '.join(TRAINING_DTYPES)}; got {name!r}")
+    if name == "fp16" and device.type != "cuda":
+        raise UserError("--dtype fp16 needs CUDA (it relies on a gradient scaler); use bf16 or fp32")
+    return torch_dtype(name)
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a --dtype name in either spelling ("bf16" or "bfloat16"); a UserError otherwise."""
+    import torch
+
+    if name not in DTYPE_NAMES:
+        raise UserError(f"--dtype must be one of {', '.join(DTYPE_NAMES)}; got {name!r}")
+    return getattr(torch, DTYPE_NAMES[name])
 
 
 def prepare_device(device: torch.device) -> None:

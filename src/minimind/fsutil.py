@@ -26,16 +26,18 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .errors import UserError
+from .locator import ADAPTER_CONFIG, CHECKPOINTS, CONFIG_NAME, LATEST, METRICS, STATE_JSON, TRAIN_CONFIG
 
-# A file or folder that only MiniMind writes -> what its presence makes the folder.
+# A file or folder that only MiniMind writes (the layout `minimind.locator` draws) -> what its
+# presence makes the folder.
 OWN_MARKERS = {
-    "model_config.json": "a MiniMind checkpoint",
-    "adapter_config.json": "a MiniMind LoRA adapter checkpoint",
-    "trainer_state.json": "a MiniMind trainer checkpoint",
-    "train_config.json": "a MiniMind run directory",
-    "metrics.jsonl": "a MiniMind run directory",
-    "checkpoints": "a MiniMind run directory",
-    "latest": "the checkpoints folder of a MiniMind run",
+    CONFIG_NAME: "a MiniMind checkpoint",
+    ADAPTER_CONFIG: "a MiniMind LoRA adapter checkpoint",
+    STATE_JSON: "a MiniMind trainer checkpoint",
+    TRAIN_CONFIG: "a MiniMind run directory",
+    METRICS: "a MiniMind run directory",
+    CHECKPOINTS: "a MiniMind run directory",
+    LATEST: "the checkpoints folder of a MiniMind run",
 }
 
 

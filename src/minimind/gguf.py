@@ -32,10 +32,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import atomic_write, load_model, model_state_dict, resolve_checkpoint
+from .checkpoint import atomic_write, load_model, model_state_dict
 from .config import ModelConfig
 from .errors import UserError
 from .interop import hf_architecture, interleave_perm, permute_heads
+from .locator import TOKENIZER_JSON, has_tokenizer, resolve_checkpoint
 from .model import MiniMindLM
 from .tokenizer import SPLIT_PATTERN, default_tokenizer_dir
 
@@ -43,7 +44,8 @@ GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "qwen3_moe": 
              "ernie4_5_moe": "ernie4_5-moe"}
 # llama.cpp rotates adjacent pairs (ROPE_TYPE_NORM) for these: our rotate-half q/k rows are reordered.
 INTERLEAVED_ROPE = ("llama", "ernie4_5-moe")
-DTYPES = ("f32", "f16", "bf16", "q8_0")
+# GGUF storage types of `export gguf --dtype` (llama.cpp's names; q8_0 is a quantisation, not a torch dtype).
+FILE_TYPES = ("f32", "f16", "bf16", "q8_0")
 # Split regex of a tokenizer.json -> llama.cpp's `tokenizer.ggml.pre` name with the same regex
 # (src/llama-vocab.cpp, LLAMA_VOCAB_PRE_TYPE_QWEN2). Proven id for id by tests/test_gguf.py.
 # A lone ByteLevel(use_regex=true) splits with GPT-2's regex, llama.cpp's "gpt-2" (its regex verbatim).
@@ -150,7 +152,7 @@ def tokenizer_fields(folder: Path, vocab_size: int) -> dict:
     """Everything the GGUF tokenizer keys need, read from a tokenizer folder."""
     import gguf
 
-    path = folder / "tokenizer.json"
+    path = folder / TOKENIZER_JSON
     data = json.loads(path.read_text(encoding="utf-8"))
     model = data.get("model", {})
     if model.get("type") != "BPE" or data.get("normalizer") is not None:
@@ -263,8 +265,8 @@ def export_gguf(ckpt: str | Path | MiniMindLM, out: str | Path, dtype: str = "f3
     import gguf
 
     out = Path(out)
-    if dtype not in DTYPES:
-        raise UserError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
+    if dtype not in FILE_TYPES:
+        raise UserError(f"--dtype {dtype}: choose one of {', '.join(FILE_TYPES)}")
     _check_out(out, force)
     source = None if isinstance(ckpt, MiniMindLM) else resolve_checkpoint(ckpt)
     model = ckpt if source is None else load_model(source)
@@ -274,8 +276,7 @@ def export_gguf(ckpt: str | Path | MiniMindLM, out: str | Path, dtype: str = "f3
     except UserError as err:
         raise UserError(f"{source or 'this model'}: {err}") from None
     if tokenizer_dir is None:
-        has_tok = source is not None and (source / "tokenizer.json").is_file()
-        tokenizer_dir = source if has_tok else default_tokenizer_dir()
+        tokenizer_dir = source if source is not None and has_tokenizer(source) else default_tokenizer_dir()
     tok = tokenizer_fields(Path(tokenizer_dir), cfg.vocab_size)
     tensors = {k: _convert(k, v, dtype) for k, v in gguf_tensors(model).items()}
     name = source.name if source is not None else out.stem

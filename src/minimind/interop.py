@@ -32,15 +32,14 @@ from typing import Any
 
 import torch
 
-from .checkpoint import (TOKENIZER_FILES, check_fits, check_tokenizer_files, copy_tokenizer, load_model,
-                         load_weights, model_state_dict, read_hf_weights, resolve_checkpoint, save_model,
-                         write_safetensors)
+from .checkpoint import (check_fits, check_tokenizer_files, copy_tokenizer, load_model, load_weights,
+                         model_state_dict, read_hf_weights, save_model, write_safetensors)
 from .config import ConfigError, ModelConfig
+from .devices import torch_dtype
 from .errors import UserError
 from .fsutil import check_output_dir, replace_dir
+from .locator import HF_CONFIG, WEIGHTS_NAME, register_importer, resolve_checkpoint, tokenizer_files
 from .model import MiniMindLM
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 # -- choosing the architecture ---------------------------------------------------------------
@@ -184,7 +183,9 @@ def export_hf(ckpt: str | Path | MiniMindLM, out_dir: str | Path, dtype: str | N
               tokenizer_dir: str | Path | None = None, force: bool = False) -> Path:
     """Write a transformers folder for a checkpoint (folder, run dir) or an in-memory model.
 
-    `out_dir` must be new or empty (or, with `force`, a folder of files to replace)."""
+    `out_dir` must be new or empty (or, with `force`, a folder of files to replace); `dtype` is a
+    --dtype name in either spelling (`devices.DTYPE_NAMES`), None keeps float32."""
+    stored = torch.float32 if dtype is None else torch_dtype(dtype)
     source = None if isinstance(ckpt, MiniMindLM) else resolve_checkpoint(ckpt)
     inputs = [p for p in (source, tokenizer_dir) if p is not None]
     check_output_dir(out_dir, force, sources=inputs)  # before the (slow) load
@@ -192,17 +193,17 @@ def export_hf(ckpt: str | Path | MiniMindLM, out_dir: str | Path, dtype: str | N
     cfg = model.config
     sd = to_hf_state_dict(model)
     if dtype is not None:
-        sd = {k: (v if k.endswith("mlp.gate.weight") else v.to(DTYPES[dtype])) for k, v in sd.items()}
+        sd = {k: (v if k.endswith("mlp.gate.weight") else v.to(stored)) for k, v in sd.items()}
     config = hf_config(cfg)
-    config["torch_dtype"] = dtype or "float32"
+    config["torch_dtype"] = str(stored).removeprefix("torch.")  # transformers' spelling: "bfloat16"
     sd = {k: v.contiguous() for k, v in sd.items()}
     tok_src = tokenizer_dir or source
-    has_tok = tok_src is not None and any((Path(tok_src) / f).is_file() for f in TOKENIZER_FILES)
+    has_tok = tok_src is not None and bool(tokenizer_files(tok_src))
     if has_tok:
         check_tokenizer_files(tok_src)
     with replace_dir(out_dir, force, sources=inputs) as tmp:
-        write_safetensors(sd, tmp / "model.safetensors")
-        for name, data in (("config.json", config), ("generation_config.json", generation_config(cfg))):
+        write_safetensors(sd, tmp / WEIGHTS_NAME)
+        for name, data in ((HF_CONFIG, config), ("generation_config.json", generation_config(cfg))):
             (tmp / name).write_text(json.dumps(data, indent=2) + "\n")
         if has_tok:
             copy_tokenizer(tok_src, tmp)
@@ -244,7 +245,7 @@ def _rope_from_hf(hf: dict[str, Any], source: str) -> tuple[Any, dict[str, Any] 
     return theta, {"type": "yarn", **scaling}
 
 
-def hf_to_config(hf: dict[str, Any], source: str = "config.json") -> ModelConfig:
+def hf_to_config(hf: dict[str, Any], source: str = HF_CONFIG) -> ModelConfig:
     """A transformers config.json dict -> ModelConfig, or a ConfigError naming the file and the key."""
     if not isinstance(hf, dict):
         raise ConfigError(f"{source}: a model config must be a JSON object, got {type(hf).__name__}")
@@ -336,7 +337,7 @@ def from_hf_state_dict(sd: dict[str, torch.Tensor], cfg: ModelConfig, arch: str)
 def load_hf_model(folder: str | Path) -> MiniMindLM:
     """Build a MiniMindLM from a transformers folder (config.json + its safetensors weights)."""
     folder = Path(folder)
-    path = folder / "config.json"
+    path = folder / HF_CONFIG
     try:
         hf = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:  # ValueError: bad JSON or bad UTF-8
@@ -355,9 +356,14 @@ def import_hf(folder: str | Path, out_dir: str | Path, force: bool = False) -> P
     `out_dir` must be new or empty (or, with `force`, a folder of files to replace)."""
     check_output_dir(out_dir, force, sources=[folder])  # before the (slow) load
     model = load_hf_model(folder)
-    tok = folder if any((Path(folder) / f).is_file() for f in TOKENIZER_FILES) else None
+    tok = folder if tokenizer_files(folder) else None
     if tok is not None:
         check_tokenizer_files(tok)
     with replace_dir(out_dir, force, sources=[folder]) as tmp:
         save_model(model, tmp, tokenizer_dir=tok)
     return Path(out_dir)
+
+
+# `minimind.load_model` reads every Hugging Face folder through this module (upstream MiniMind's
+# model_type "minimind" excepted, which `minimind.upstream` registers for itself).
+register_importer(load_hf_model)

@@ -36,11 +36,12 @@ from typing import Any
 
 import torch
 
-from .checkpoint import (CheckpointError, check_fits, check_tokenizer_files, load_weights, read_safetensors,
-                         save_model)
+from .checkpoint import check_fits, check_tokenizer_files, load_weights, read_safetensors, save_model
 from .config import ConfigError, ModelConfig
 from .errors import UserError
 from .fsutil import check_output_dir, replace_dir
+from .locator import (HF_CONFIG, WEIGHTS_NAME, CheckpointError, has_tokenizer, hf_config, register_importer,
+                      require_tokenizer)
 from .model import MiniMindLM
 
 MODEL_TYPE = "minimind"
@@ -64,12 +65,9 @@ class UpstreamFlags:
 
 
 def is_upstream_folder(path: Path) -> bool:
-    """True for a folder whose config.json says model_type "minimind" (upstream's custom code)."""
-    try:
-        data = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and data.get("model_type") == MODEL_TYPE
+    """True for a Hugging Face folder whose config.json says model_type "minimind" (upstream's code)."""
+    config = hf_config(path)
+    return config is not None and config["model_type"] == MODEL_TYPE
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -115,8 +113,8 @@ def _load_error(err: Exception) -> str:
 
 
 def _folder_weights(folder: Path) -> dict[str, torch.Tensor]:
-    if (folder / "model.safetensors").is_file():
-        return read_safetensors(folder / "model.safetensors")
+    if (folder / WEIGHTS_NAME).is_file():
+        return read_safetensors(folder / WEIGHTS_NAME)
     if (folder / "pytorch_model.bin").is_file():
         return read_pth(folder / "pytorch_model.bin")
     raise CheckpointError(f"{folder}: no model.safetensors or pytorch_model.bin beside config.json")
@@ -266,7 +264,7 @@ def load_upstream_model(path: str | Path, flags: UpstreamFlags | None = None) ->
         if not is_upstream_folder(path):
             raise CheckpointError(f"{path}: not an upstream MiniMind folder (config.json with model_type "
                                   f"\"minimind\")")
-        json_config = json_config or _read_config(path / "config.json")
+        json_config = json_config or _read_config(path / HF_CONFIG)
         sd = _folder_weights(path)
     else:
         sd = read_pth(path)
@@ -285,13 +283,15 @@ def import_upstream(path: str | Path, out_dir: str | Path, tokenizer_dir: str | 
     path = Path(path)
     sources = [p for p in (path, tokenizer_dir) if p is not None]
     check_output_dir(out_dir, force, sources=sources)  # before the (slow) load
-    if tokenizer_dir is None and path.is_dir() and (path / "tokenizer.json").is_file():
+    if tokenizer_dir is None and path.is_dir() and has_tokenizer(path):
         tokenizer_dir = path  # upstream folders carry their tokenizer
     if tokenizer_dir is not None:
-        if not (Path(tokenizer_dir) / "tokenizer.json").is_file():
-            raise UserError(f"{tokenizer_dir}: no tokenizer.json there (--tokenizer names a tokenizer folder)")
-        check_tokenizer_files(tokenizer_dir)
+        check_tokenizer_files(require_tokenizer(tokenizer_dir, "--tokenizer names a tokenizer folder"))
     model = load_upstream_model(path, flags)
     with replace_dir(out_dir, force, sources=sources) as tmp:
         save_model(model, tmp, tokenizer_dir=tokenizer_dir)
     return Path(out_dir)
+
+
+# `minimind.load_model` reads upstream Transformers folders (model_type "minimind") through this module.
+register_importer(load_upstream_model, [MODEL_TYPE])

@@ -4,7 +4,7 @@ Contract:
 - `AdapterBank(model)`; `bank.load(name, folder)` reads an adapter folder written by LoRA
   training (`adapter_config.json` with rank / alpha / targets, and `adapter.safetensors` with
   `<linear>.lora.A` [r, in] and `<linear>.lora.B` [out, r]; a run directory means its latest
-  checkpoint). Several adapters can be loaded over one base model; the base stays untouched.
+  checkpoint: `locator.adapter_folder`). Several adapters can be loaded over one base model; the base stays untouched.
 - `with bank.rows(names):` (names[i] = adapter of batch row i, None for the base model) makes
   every adapted Linear add scale * B_a A_a x to the rows using adapter a, for the forwards
   run inside the block. Outside such a block the model is exactly the base model.
@@ -17,7 +17,6 @@ for the base) share every forward of a continuous batch.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 from pathlib import Path
 
@@ -26,27 +25,14 @@ from torch import nn
 
 from ..checkpoint import read_safetensors
 from ..errors import UserError
-
-ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter.safetensors"
-
-
-def adapter_folder(path: str | Path) -> Path:
-    p = Path(path)
-    latest = p / "checkpoints" / "latest"
-    if not (p / ADAPTER_CONFIG).is_file() and latest.is_file():
-        p = p / "checkpoints" / latest.read_text().strip()
-    if not (p / ADAPTER_CONFIG).is_file() or not (p / ADAPTER_WEIGHTS).is_file():
-        raise UserError(f"{path}: not a LoRA adapter folder (needs {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS})")
-    return p
+from ..locator import ADAPTER_CONFIG, ADAPTER_WEIGHTS, adapter_folder, read_adapter_config
 
 
-def adapter_scale(path: Path) -> float:
-    """alpha / rank from an adapter_config.json, or a UserError naming the file and the key."""
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:  # ValueError: bad JSON or bad UTF-8
-        raise UserError(f"{path}: cannot read ({getattr(err, 'strerror', None) or err})") from None
-    rank, alpha = (cfg.get("rank"), cfg.get("alpha")) if isinstance(cfg, dict) else (None, None)
+def adapter_scale(folder: Path) -> float:
+    """alpha / rank from an adapter folder's config, or a UserError naming the file and the key."""
+    path = folder / ADAPTER_CONFIG
+    cfg = read_adapter_config(folder)
+    rank, alpha = cfg.get("rank"), cfg.get("alpha")
     if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
         raise UserError(f"{path}: rank must be a positive integer, got {rank!r:.40}")
     if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not math.isfinite(alpha):
@@ -67,7 +53,7 @@ class AdapterBank:
         if not name or name in self.names:
             raise UserError(f"adapter name {name!r} is empty or already loaded")
         folder = adapter_folder(folder)
-        scale = adapter_scale(folder / ADAPTER_CONFIG)
+        scale = adapter_scale(folder)
         tensors = read_safetensors(folder / ADAPTER_WEIGHTS)
         modules = dict(self.model.named_modules())
         w = self.model.embed_tokens.weight

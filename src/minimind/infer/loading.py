@@ -2,7 +2,7 @@
 
 Contract: `load_engine(ckpt, ...)` accepts what `minimind.load_model` accepts (a checkpoint
 folder, a run directory, a Hugging Face folder) and loads the tokenizer saved beside the
-weights, falling back to the shipped default tokenizer when there is none. It raises a
+weights (`locator.tokenizer_beside`), falling back to the shipped default tokenizer when there is none. It raises a
 `UserError` if the tokenizer and the model disagree on the vocabulary, and -- before anything is
 loaded -- if `device` is not a device name or names one this machine does not have. Device and
 dtype default to "auto" (`minimind.devices`: a CUDA GPU in bf16 when there is one, else the CPU
@@ -15,32 +15,23 @@ from pathlib import Path
 
 import torch
 
+from .. import load_model
 from ..devices import inference_dtype, pick_device, prepare_device
 from ..errors import UserError
+from ..locator import tokenizer_beside
+from ..tokenizer import load_tokenizer
 from .engine import Engine
-
-
-def tokenizer_folder(ckpt: str | Path) -> Path | None:
-    """The folder holding the checkpoint's tokenizer.json, or None."""
-    from ..checkpoint import is_hf_folder, resolve_checkpoint
-
-    p = Path(ckpt)
-    folder = p if (p.is_dir() and is_hf_folder(p) and not (p / "model_config.json").is_file()) else resolve_checkpoint(p)
-    return folder if (folder / "tokenizer.json").is_file() else None
 
 
 def load_engine(ckpt: str | Path, max_batch_size: int = 16, max_len: int | None = None,
                 device: str = "auto", dtype: torch.dtype | str | None = "auto", compile: bool = False) -> Engine:
     """`dtype`: a torch dtype, a name ("auto", "float32", "bfloat16", "float16") or None (as stored)."""
-    from .. import load_model
-    from ..tokenizer import load_tokenizer
-
     device = pick_device(str(device))
     if dtype is not None and not isinstance(dtype, torch.dtype):
         dtype = inference_dtype(device, dtype)
     prepare_device(device)
     model = load_model(ckpt, device=device, dtype=dtype)
-    tok = load_tokenizer(tokenizer_folder(ckpt))
+    tok = load_tokenizer(tokenizer_beside(ckpt))
     if tok.vocab_size > model.config.vocab_size:
         raise UserError(f"{ckpt}: the tokenizer has {tok.vocab_size} tokens but the model only "
                         f"{model.config.vocab_size}; pass the checkpoint the tokenizer was trained with")

@@ -1,13 +1,7 @@
 """Trainer checkpoints inside a run directory: atomic writes, `latest`, keep-last-N and best.
 
-Layout (see also `minimind.checkpoint`):
-
-    RUN_DIR/checkpoints/step-0000100/
-        model.safetensors, model_config.json, tokenizer files   (or adapter files, for LoRA)
-        trainer_state.pt     tensors only: optimizer state, grad-scaler state, RNG states
-        trainer_state.json   step, tokens seen, data-loader positions, val loss, train config
-    RUN_DIR/checkpoints/latest   text file naming the newest complete checkpoint
-    RUN_DIR/checkpoints/best     text file naming the checkpoint with the lowest val loss
+The layout of a run directory (`checkpoints/step-N/`, `latest`, `best`, trainer_state.pt/.json)
+is drawn and owned by `minimind.locator`, which also reads `latest` back (`latest_checkpoint`).
 
 Contract:
 - `save_checkpoint` writes everything into a hidden temporary folder, renames it into place, and
@@ -39,38 +33,20 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import CheckpointError, atomic_write
+from ..checkpoint import atomic_write
 from ..errors import UserError
+from ..locator import (BEST, CHECKPOINTS, LATEST, METRICS, STATE_JSON, STATE_PT, TRAIN_CONFIG, CheckpointError,
+                       checkpoint_name, checkpoints_dir, read_pointer)
+from ..locator import latest_checkpoint  # noqa: F401 - still read as ckpt.latest_checkpoint by trainer.py
 
-STATE_PT = "trainer_state.pt"
-STATE_JSON = "trainer_state.json"
 # Leftovers of a killed run, relative to the run directory: hidden temporary folders of saves and
 # prunes, and the temporary files of `atomic_write` (".NAME.tmp-PID") and `truncate_metrics`.
-PARTIAL = ("checkpoints/.tmp-*", "checkpoints/.latest.tmp-*", "checkpoints/.best.tmp-*",
-           f"checkpoints/step-*/.{STATE_JSON}.tmp-*", ".train_config.json.tmp-*", "metrics.jsonl.tmp")
+PARTIAL = (f"{CHECKPOINTS}/.tmp-*", f"{CHECKPOINTS}/.{LATEST}.tmp-*", f"{CHECKPOINTS}/.{BEST}.tmp-*",
+           f"{CHECKPOINTS}/step-*/.{STATE_JSON}.tmp-*", f".{TRAIN_CONFIG}.tmp-*", f"{METRICS}.tmp")
 
 
 class CheckpointWriteError(UserError):
     """A checkpoint could not be written (full disk, quota, permissions); the previous one is intact."""
-
-
-def checkpoint_name(step: int) -> str:
-    return f"step-{step:07d}"
-
-
-def checkpoints_dir(run_dir: Path) -> Path:
-    return Path(run_dir) / "checkpoints"
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The folder `checkpoints/latest` names, or None if the run has no checkpoint yet."""
-    latest = checkpoints_dir(run_dir) / "latest"
-    if not latest.is_file():
-        return None
-    target = checkpoints_dir(run_dir) / latest.read_text().strip()
-    if not (target / STATE_JSON).is_file():
-        raise CheckpointError(f"{latest} names {target.name}, which is not a complete trainer checkpoint")
-    return target
 
 
 def clean_partial(run_dir: Path) -> list[Path]:
@@ -129,7 +105,7 @@ def save_checkpoint(run_dir: Path, step: int, write: Callable[[Path], None], sta
         os.replace(final, trash)
         shutil.rmtree(trash, ignore_errors=True)
     os.replace(tmp, final)
-    atomic_write(ckdir / "latest", lambda p: p.write_text(name + "\n"))
+    atomic_write(ckdir / LATEST, lambda p: p.write_text(name + "\n"))
     _update_best(ckdir, name, state_json.get("val_loss"))
     _prune(ckdir, keep_last)
     return final
@@ -162,20 +138,26 @@ def _read_val_loss(folder: Path) -> float | None:
 def _update_best(ckdir: Path, name: str, val_loss: float | None) -> None:
     if val_loss is None or not math.isfinite(val_loss):
         return
-    best_file = ckdir / "best"
-    if best_file.is_file():
-        current = _read_val_loss(ckdir / best_file.read_text().strip())
+    best = _pointer(ckdir, BEST)
+    if best is not None:
+        current = _read_val_loss(best)
         if current is not None and current <= val_loss:
             return
-    atomic_write(best_file, lambda p: p.write_text(name + "\n"))
+    atomic_write(ckdir / BEST, lambda p: p.write_text(name + "\n"))
+
+
+def _pointer(ckdir: Path, pointer: str) -> Path | None:
+    """The folder `latest`/`best` names; None if absent or unreadable (a save never fails on it)."""
+    try:
+        return read_pointer(ckdir.parent, pointer)
+    except CheckpointError:
+        return None
 
 
 def _prune(ckdir: Path, keep_last: int) -> None:
     steps = sorted(p for p in ckdir.glob("step-*") if p.is_dir())
     keep = {p.name for p in steps[-keep_last:]}
-    for pointer in ("latest", "best"):
-        if (ckdir / pointer).is_file():
-            keep.add((ckdir / pointer).read_text().strip())
+    keep |= {target.name for pointer in (LATEST, BEST) if (target := _pointer(ckdir, pointer)) is not None}
     for p in steps:
         if p.name not in keep:  # rename first: a kill mid-delete leaves a `.tmp-` folder, not a broken step
             trash = ckdir / f".tmp-del-{p.name}-{os.getpid()}"

@@ -14,7 +14,8 @@ Contract:
   unchanged, so a base checkpoint still loads; adapter names contain `.lora.`.
 - `freeze_base(model)` leaves only adapter parameters trainable.
 - `adapter_state_dict(sd)` filters a state dict to adapter tensors. `save_adapter` /
-  `load_adapter` write and read `adapter.safetensors` + `adapter_config.json`.
+  `load_adapter` write and read `adapter.safetensors` + `adapter_config.json` (the adapter
+  folder's layout, and how a run directory leads to it, is `minimind.locator`'s).
 - `merge_lora(model)` folds B A * scale into W (then the adapter is skipped);
   `unmerge_lora(model)` subtracts it again. A merged model's output equals base + adapter.
 """
@@ -31,10 +32,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from ..checkpoint import CheckpointError, atomic_write, read_safetensors
-
-ADAPTER_WEIGHTS = "adapter.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
+from .. import load_model
+from ..checkpoint import atomic_write, read_safetensors
+from ..locator import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, CheckpointError, adapter_base, adapter_folder,
+                       read_adapter_config)
 
 
 class LoRAAdapter(nn.Module):
@@ -128,13 +129,6 @@ def save_adapter(sd: dict[str, torch.Tensor], out_dir: Path, config: dict[str, A
     atomic_write(out / ADAPTER_CONFIG, lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
 
 
-def read_adapter_config(folder: Path) -> dict[str, Any]:
-    path = Path(folder) / ADAPTER_CONFIG
-    if not path.is_file():
-        raise CheckpointError(f"{folder}: not a LoRA adapter folder (no {ADAPTER_CONFIG})")
-    return json.loads(path.read_text())
-
-
 def load_adapter(model: nn.Module, folder: Path) -> None:
     """Load adapter tensors into a model that already has matching adapters attached."""
     path = Path(folder) / ADAPTER_WEIGHTS
@@ -153,14 +147,12 @@ def load_adapter(model: nn.Module, folder: Path) -> None:
 
 def load_lora_model(adapter_dir: str | Path, base: str | Path | None = None, merge: bool = True,
                     device: str | torch.device = "cpu") -> nn.Module:
-    """Base checkpoint (from the adapter config unless given) + adapters, merged by default."""
-    from ..checkpoint import load_model
+    """Base model (from the adapter config unless given) + adapters, merged by default.
 
-    folder = Path(adapter_dir)
-    if (folder / "checkpoints" / "latest").is_file():
-        folder = folder / "checkpoints" / (folder / "checkpoints" / "latest").read_text().strip()
+    `adapter_dir` is an adapter folder or a LoRA run directory (its latest checkpoint)."""
+    folder = adapter_folder(adapter_dir)
     cfg = read_adapter_config(folder)
-    model = load_model(base or cfg["base"], device=device)
+    model = load_model(base or adapter_base(folder), device=device)
     add_lora(model, cfg["targets"], cfg["rank"], cfg["alpha"], 0.0)
     load_adapter(model, folder)
     if merge:

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..checkpoint import atomic_write, copy_tokenizer
 from ..errors import UserError
+from ..locator import METRICS, RUN_TOKENIZER, TRAIN_CONFIG
 from .config import TrainConfig
 from .metrics import truncate_metrics
 
@@ -26,7 +27,7 @@ def _config_record(stage_name: str, cfg: TrainConfig) -> dict[str, Any]:
 
 
 def check_saved_config(run_dir: Path, stage_name: str, cfg: TrainConfig) -> None:
-    saved = run_dir / "train_config.json"
+    saved = run_dir / TRAIN_CONFIG
     if not (cfg.resume and saved.is_file()):
         return
     old = json.loads(saved.read_text())
@@ -40,8 +41,8 @@ def check_saved_config(run_dir: Path, stage_name: str, cfg: TrainConfig) -> None
 
 def write_run_files(run_dir: Path, stage_name: str, cfg: TrainConfig, tokenizer: Any, step: int) -> None:
     text = json.dumps(_config_record(stage_name, cfg), indent=2) + "\n"
-    atomic_write(run_dir / "train_config.json", lambda p: p.write_text(text))
+    atomic_write(run_dir / TRAIN_CONFIG, lambda p: p.write_text(text))
     if tokenizer is not None:
-        (run_dir / "tokenizer").mkdir(exist_ok=True)
-        copy_tokenizer(tokenizer.path, run_dir / "tokenizer")
-    truncate_metrics(run_dir / "metrics.jsonl", step)
+        (run_dir / RUN_TOKENIZER).mkdir(exist_ok=True)
+        copy_tokenizer(tokenizer.path, run_dir / RUN_TOKENIZER)
+    truncate_metrics(run_dir / METRICS, step)

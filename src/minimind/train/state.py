@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoint import CheckpointError
+from ..locator import CheckpointError
 from .distributed import Dist
 
 
