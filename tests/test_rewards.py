@@ -165,7 +165,7 @@ def test_one_answer_matcher_shared_with_evaluation_and_torch_free():
     import minimind.eval.answers as answers
     import minimind.train.rewards as rewards
 
-    for name in ("split_think", "parse_number", "normalize_text", "extract_final_answer", "answers_match"):
+    for name in ("parse_number", "normalize_text", "extract_final_answer", "answers_match"):
         assert getattr(rewards, name) is getattr(answers, name)
     code = ("import sys, minimind.eval.answers; "
             "print('torch' in sys.modules, 'minimind.eval.run' in sys.modules, 'minimind.train' in sys.modules)")

@@ -58,7 +58,7 @@ from .errors import UserError
 from .tokenizer import (BOS_TOKEN, EOS_TOKEN, THINK_END, THINK_START, TOOL_CALL_END, TOOL_CALL_START,
                         TOOL_RESPONSE_END, TOOL_RESPONSE_START, Tokenizer)
 
-ROLES = ("system", "user", "assistant", "tool")
+ROLES = ("system", "user", "assistant", "tool")  # also what data/formats.py accepts in records
 EMPTY_THINK = f"{THINK_START}\n\n{THINK_END}\n\n"
 
 TOOLS_INTRO = (
@@ -128,10 +128,19 @@ CHAT_TEMPLATE = (
 
 
 def split_reasoning(text: str) -> tuple[str | None, str]:
-    """Split generated text into (reasoning, answer): "<think>r</think>a" -> ("r", "a").
+    """Split generated text into (reasoning, answer): "<think>r</think>a" -> ("r", "a"), both stripped.
 
-    The opening <think> may be missing (the generation prompt already holds it). Without a
-    closing </think> there is no reasoning: (None, text stripped).
+    The one reasoning splitter (the server, the agent loop, distillation and the RL rewards use
+    it). The opening <think> may be missing (the generation prompt already holds it). Without a
+    closing </think> there is no reasoning: (None, text stripped), also for an open tag alone (a
+    reply cut off while thinking; the template renders such content unchanged).
+
+    It splits at the FIRST </think>. A reply has one think block, at its start (the template
+    writes it there), so the first closing tag ends the reasoning and everything after it is the
+    answer, even an answer that writes "</think>" itself (a model explaining the tag): splitting
+    at the last one would hide part of that answer as reasoning. The streaming splitter
+    (infer/streaming.py) has to decide at the first tag, since it cannot see the rest of the
+    reply, and CHAT_TEMPLATE splits inline reasoning there too, so all three agree.
     """
     if THINK_END not in text:
         return None, text.strip()

@@ -32,12 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..chat import ROLES
 from ..errors import UserError
 from . import reading
 from .reading import Oversized, check_files, iter_raw
 
 KINDS = ("pretrain", "sft", "dpo", "rl")
-ROLES = ("system", "user", "assistant", "tool")
 # A JSON \u escape of a UTF-16 surrogate; json.loads pairs valid ones, a lone one stays in the str.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 

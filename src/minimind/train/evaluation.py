@@ -37,7 +37,7 @@ from ..eval.run import DEMO_MAX_NEW_TOKENS, DEMO_TASKS, Settings, read_task, run
 from ..eval.scorer import Scorer
 from . import checkpointing as ckpt
 from . import distributed as D
-from .stages.base import Stage, TrainContext
+from .stages.base import Stage, TrainContext, step_seed
 
 SAMPLING = dict(temperature=0.7, top_k=40)
 
@@ -160,7 +160,7 @@ class Evaluator:
         # The inference engine (batched, KV-cached) on the unwrapped model; seeded by the step so
         # samples are reproducible and the training RNG streams are never touched.
         engine = Engine(model, tok, max_batch_size=len(prompts))
-        params = SamplingParams(max_new_tokens=self.cfg.sample_tokens, seed=self.cfg.seed * 1_000_003 + step, **SAMPLING)
+        params = SamplingParams(max_new_tokens=self.cfg.sample_tokens, seed=step_seed(self.cfg.seed, step), **SAMPLING)
         with self.ctx.autocast():
             seqs = engine.generate(prompts, params)
         model.train()

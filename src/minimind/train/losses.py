@@ -4,8 +4,9 @@ Contract:
 - Pure tensor math: no model, no data, no I/O. Every function takes tensors and returns a
   scalar loss plus a dict of *detached* 0-dim tensors for logging (the trainer turns them into
   floats when it logs, so no device sync happens inside the loss).
-- Labels follow the model's convention: `labels` is aligned with `input_ids`, -100 marks
-  positions without loss, and logits at position t predict the label at t+1.
+- Labels follow the model's convention: `labels` is aligned with `input_ids`, IGNORE_INDEX
+  (-100, owned by `model.lm_loss`) marks positions without loss, and logits at position t
+  predict the label at t+1.
 - Log-probabilities are always computed in float32, whatever the logits' dtype.
 - Token losses never hold float32 copies of the whole [N, V] logits: the stages get per-token
   log-probs from the model's chunked head (`model.lm_loss`, via `model(ids, labels=...)`), and
@@ -31,16 +32,14 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import UserError
-from ..model.lm_loss import chunk_rows
-
-IGNORE_INDEX = -100
+from ..model.lm_loss import IGNORE_INDEX, chunk_rows
 
 
 class TokenLogprobs(NamedTuple):
     """Result of `sequence_logprobs`; all tensors are float32 except `mask` (bool)."""
 
     token_logps: torch.Tensor  # [B, T-1]: log p(labels[:, t+1] | prefix), 0 where masked
-    mask: torch.Tensor  # [B, T-1]: True where labels[:, t+1] != -100
+    mask: torch.Tensor  # [B, T-1]: True where labels[:, t+1] != IGNORE_INDEX
     seq_logps: torch.Tensor  # [B]: sum of token_logps over the mask
 
 
@@ -129,7 +128,7 @@ def distill_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """White-box distillation: match the teacher's softened token distribution, plus CE.
 
-    Only positions whose next label is not -100 count (assistant tokens in SFT data). The KL
+    Only positions whose next label is not IGNORE_INDEX count (assistant tokens in SFT data). The KL
     term is scaled by T^2 because softening by T shrinks its gradients by 1/T^2 (Hinton et
     al.); the scaling keeps the balance with the CE term independent of T. The teacher gets no
     gradient: its logits are detached here, so callers may pass them straight from a forward.

@@ -16,7 +16,9 @@ Contract:
 
 Pure Python (no torch): rewards are computed on decoded text, outside the autograd graph. The
 answer matcher (`answers_match`, `extract_final_answer`, ...) is `minimind.eval.answers`, shared
-with evaluation so that a model is rewarded by the rule it is scored by.
+with evaluation so that a model is rewarded by the rule it is scored by. The think tags are the
+tokenizer's, and a completion is split into reasoning and answer by `chat.split_reasoning`, the
+one splitter (at the first `</think>`; its docstring says why).
 """
 
 from __future__ import annotations
@@ -26,15 +28,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
+from ..chat import split_reasoning
 from ..errors import UserError
 # The answer matcher is shared with evaluation (one rule for reward and score); these names stay
 # importable from here for existing callers.
-from ..eval.answers import (THINK_CLOSE, THINK_OPEN, answers_match, extract_final_answer, normalize_text,
-                            parse_number, split_think)
+from ..eval.answers import answers_match, extract_final_answer, normalize_text, parse_number
+from ..tokenizer import THINK_END, THINK_START
+from ..tools import ToolError, ToolRegistry, validate_arguments
 
-__all__ = ["THINK_CLOSE", "THINK_OPEN", "RewardFn", "WeightedRewards", "answers_match", "build_rewards",
-           "correctness_reward", "extract_final_answer", "format_reward", "length_penalty", "normalize_text",
-           "parse_number", "repetition_penalty", "reward_model", "split_think"]
+__all__ = ["RewardFn", "WeightedRewards", "answers_match", "build_rewards", "correctness_reward",
+           "extract_final_answer", "format_reward", "length_penalty", "normalize_text", "parse_number",
+           "repetition_penalty", "reward_model"]
 
 RewardFn = Callable[[str, "str | None", list], float]
 
@@ -49,10 +53,10 @@ def format_reward(completion: str, answer: str | None = None, messages: list | N
     tag. An empty think block (the "thinking off" form) passes unless `require_reasoning`.
     """
     text = completion.strip()
-    if not text.startswith(THINK_OPEN) or text.count(THINK_OPEN) != 1 or text.count(THINK_CLOSE) != 1:
+    if not text.startswith(THINK_START) or text.count(THINK_START) != 1 or text.count(THINK_END) != 1:
         return 0.0
-    reasoning, ans = split_think(text)
-    if not ans.strip() or (require_reasoning and not reasoning):
+    reasoning, ans = split_reasoning(text)
+    if not ans or (require_reasoning and not reasoning):
         return 0.0
     return 1.0
 
@@ -90,7 +94,7 @@ def repetition_penalty(completion: str, answer: str | None = None, messages: lis
     "a b c a b c" has 4 trigrams, 3 distinct: penalty -(1 - 3/4) = -0.25. Texts with fewer than
     n tokens get 0. Small models under RL love to loop; this term makes looping cost reward.
     """
-    text = completion.replace(THINK_OPEN, " ").replace(THINK_CLOSE, " ")  # tags are not repetition
+    text = completion.replace(THINK_START, " ").replace(THINK_END, " ")  # tags are not repetition
     toks = _TOKEN_RE.findall(text)
     grams = [tuple(toks[i : i + n]) for i in range(len(toks) - n + 1)]
     if not grams:
@@ -180,7 +184,7 @@ AGENT_REWARD_NAMES = ("correct", "wellformed", "valid", "unfinished", "repetitio
 
 
 def agent_reward_terms(messages: list[dict], finish: str | None, generated: Sequence[str],
-                       references: Sequence[str], registry, *, n: int = 3) -> dict[str, float]:
+                       references: Sequence[str], registry: ToolRegistry, *, n: int = 3) -> dict[str, float]:
     """The unweighted reward terms of one agent rollout.
 
     correct     1 when it ended with an answer whose final answer matches any reference
@@ -191,8 +195,6 @@ def agent_reward_terms(messages: list[dict], finish: str | None, generated: Sequ
     unfinished  -1 when it hit the turn limit or the context, else 0;
     repetition  `repetition_penalty` of all its generated text joined (0 down to -1).
     """
-    from ..tools import ToolError, validate_arguments  # pure Python, no torch
-
     correct = 0.0
     if finish == "answer" and messages and messages[-1].get("role") == "assistant":
         final = extract_final_answer(str(messages[-1].get("content") or ""))

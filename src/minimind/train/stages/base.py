@@ -6,7 +6,7 @@ A stage answers five questions, and the loop asks nothing else:
                                     `trainable_parameters`
 (b) how a batch is made             `batches(ctx, split)`: an endless iterator of batch dicts with
                                     `state_dict()` / `load_state_dict()` (a data loader, or a
-                                    generator that samples from the current model, as GRPO will)
+                                    generator that samples from the current model, as GRPO does)
 (c) the loss                        `loss(model, batch, ctx) -> (scalar, {name: metric})`, metrics
                                     as 0-dim tensors (or floats): the trainer reads them only when
                                     it logs, so a step costs no host sync per micro-batch
@@ -20,16 +20,31 @@ default its number of loss tokens, which makes k micro-batches exactly equal one
 `batch_tokens` (throughput), `sample_prompts` (generations logged at evaluation) and
 `on_train_end`.
 
-A stage is registered in `minimind.train.stages.STAGES` with its own `config_class` (a
-`TrainConfig` subclass); `minimind <stage>` then exists with a flag per config field.
+A stage module defines `STAGE = ThatStage` with its own `config_class` (a `TrainConfig` subclass);
+`stages.stage_registry()` finds it and `minimind <stage>` then exists with a flag per config field.
+
+The stage toolkit: conventions every stage shares, each decided once, here.
+- `forward_with_aux(model, input_ids, ctx, **kw)`: the forward pass plus the weighted MoE
+  load-balancing loss; every stage's loss is its own objective + `.aux` (0.0 for dense models).
+- `step_seed(seed, counter, ...)`: the one formula that turns the run seed and a step / batch /
+  sample / turn counter into a sampler seed (resume-exact: it depends on the counters only).
+- `with_defaults(**values)`: a stage config changes an inherited field's default without
+  redeclaring the field (its help text stays the parent's; `--help` shows the new default).
+- The ignore label is `model.lm_loss.IGNORE_INDEX` and the think/tool tags are the tokenizer's
+  (`tokenizer.THINK_START`, ...); the reasoning splitter is `chat.split_reasoning`.
+
+Stage modules import torch (and our modules built on it) inside the functions that run a stage:
+the CLI imports every stage module to build `minimind --help`, which must not wait for torch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import dataclasses
+import typing
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol
 
 from ...errors import UserError
 from ..config import TrainConfig
@@ -131,8 +146,10 @@ class Stage:
                            skip_bad=cfg.skip_bad)
 
     def batch_weight(self, batch: dict[str, Any]) -> float:
-        """Loss tokens in this micro-batch: labels[:, 1:] != -100 (the model shifts labels)."""
-        return float((batch["labels"][:, 1:] != -100).sum())
+        """Loss tokens in this micro-batch: labels[:, 1:] != IGNORE_INDEX (the model shifts labels)."""
+        from ...model.lm_loss import IGNORE_INDEX
+
+        return float((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
 
     def batch_tokens(self, batch: dict[str, Any]) -> int:
         return int(batch["input_ids"].numel())
@@ -144,15 +161,8 @@ class Stage:
 
         A micro-batch without any loss token (an SFT row cut before its answer) gets the model's
         zero loss, which still touches the graph (DDP needs that); its weight is 0 anyway."""
-        input_ids = batch["input_ids"].to(ctx.device, non_blocking=True)
-        labels = batch["labels"].to(ctx.device, non_blocking=True)
-        out = model(input_ids, labels=labels)
-        loss = out.loss
-        metrics: dict[str, Any] = {}
-        if ctx.model is not None and ctx.model.config.is_moe:
-            loss = loss + ctx.model.config.aux_loss_coef * out.aux_loss
-            metrics["aux_loss"] = out.aux_loss.detach()
-        return loss, metrics
+        f = forward_with_aux(model, batch["input_ids"], ctx, labels=batch["labels"].to(ctx.device, non_blocking=True))
+        return f.out.loss + f.aux, f.metrics
 
     # (d) extra models ------------------------------------------------------------------------
 
@@ -196,3 +206,79 @@ class Stage:
 
     def on_train_end(self, model: nn.Module, ctx: TrainContext) -> None:
         """Called on rank 0 after the final checkpoint (e.g. LoRA writes a merged model)."""
+
+
+# ----------------------------------------------------------------------------- the stage toolkit
+
+
+class Forward(NamedTuple):
+    """What `forward_with_aux` returns."""
+
+    out: Any  # the model's output: .loss and .token_logps (with labels=) or .logits, and .aux_loss
+    aux: Any  # aux_loss_coef * the MoE balance loss (a 0-dim tensor); 0.0 for a dense model
+    metrics: dict[str, Any]  # {"aux_loss": the unweighted balance loss, detached} for MoE, else {}
+
+
+def forward_with_aux(model: "nn.Module", input_ids: "torch.Tensor", ctx: TrainContext, **kwargs: Any) -> Forward:
+    """`model(input_ids, **kwargs)` on `ctx.device`, and the MoE auxiliary loss its stage must add.
+
+    Every stage's loss is `its objective + .aux`: without the Switch-style balance term the router
+    of a MoE model sends most tokens to a few experts and the others stop learning. A frozen
+    reference or teacher is called directly: its balance loss trains nothing. `ctx.model` (the
+    unwrapped model) decides whether this is a MoE, since `model` may be a DDP/compiled wrapper."""
+    out = model(input_ids.to(ctx.device, non_blocking=True), **kwargs)
+    config = getattr(ctx.model, "config", None)
+    if config is None or not config.is_moe:
+        return Forward(out, 0.0, {})
+    return Forward(out, config.aux_loss_coef * out.aux_loss, {"aux_loss": out.aux_loss.detach()})
+
+
+# step_seed's digits: the run seed is scaled past any step or batch count (a prime, so seeds of
+# neighbouring runs do not line up), then room for 4096 samples per batch and 64 turns per sample.
+SEED_RADICES = (1_000_003, 4096, 64)
+
+
+def step_seed(seed: int, *counters: int) -> int:
+    """One sampler seed from the run seed and up to three counters (step or batch, sample, turn).
+
+    A mixed-radix number: step_seed(s, n) = s * 1_000_003 + n, step_seed(s, n, i) =
+    (s * 1_000_003 + n) * 4096 + i and step_seed(s, n, i, t) = step_seed(s, n, i) * 64 + t. It
+    depends on the counters only (never on time, rank or how many batches were drawn before a
+    resume), so a resumed run samples exactly what the uninterrupted one would have."""
+    if not 1 <= len(counters) <= len(SEED_RADICES):
+        raise ValueError(f"step_seed takes 1 to {len(SEED_RADICES)} counters, got {len(counters)}")
+    value = seed
+    for radix, counter in zip(SEED_RADICES, counters):
+        value = value * radix + counter
+    return value
+
+
+def with_defaults(**values: Any) -> Callable[[type], type]:
+    """Class decorator, placed under `@dataclass`: inherited config fields get new defaults.
+
+        @dataclass
+        @with_defaults(lr=5e-5)
+        class SFTConfig(TrainConfig): ...
+
+    The field keeps its place, type and help text (the CLI's flag order and `--help` text), only
+    its default changes, so `minimind sft --help` prints SFT's default, JSON configs round-trip
+    as before, and a value passed explicitly (even the parent's default) is kept. A name that is
+    not an inherited field, or one the class body declares itself, is a programming error."""
+
+    def apply(cls: type) -> type:
+        parent = next(b for b in cls.__mro__[1:] if dataclasses.is_dataclass(b))
+        inherited = {f.name: f for f in dataclasses.fields(parent)}
+        own = cls.__dict__.get("__annotations__", {})
+        hints = typing.get_type_hints(parent)
+        for name, value in values.items():
+            if name not in inherited or name in own:
+                raise TypeError(f"with_defaults: {cls.__name__}.{name} is not an inherited field it may re-default")
+            meta = inherited[name].metadata
+            new = (field(default_factory=lambda v=value: list(v), metadata=meta) if isinstance(value, list)
+                   else field(default=value, metadata=meta))
+            setattr(cls, name, new)
+            own[name] = hints[name]  # a type object: resolving it needs no module of ours
+        cls.__annotations__ = own
+        return cls
+
+    return apply

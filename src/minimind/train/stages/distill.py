@@ -10,7 +10,8 @@ the student's.
 What this stage supplies to the one loop:
 (a) parameters: the whole student. `--init` is a checkpoint OR a preset name (`--init tiny`):
     a preset starts the student from scratch, with the teacher's tokenizer;
-(c) loss: student forward (trained) + teacher forward (no_grad) on the same batch;
+(c) loss: student forward (trained, plus its MoE balance loss) + teacher forward (no_grad) on
+    the same batch;
 (d) extra models: the frozen teacher from `--teacher`.
 
 Black-box distillation (SFT on teacher-written answers) needs no stage of its own:
@@ -20,13 +21,19 @@ engine, and `minimind sft` trains on that file.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ...chat import render_prompt, split_reasoning
+from ...config import PRESETS
+from ...data.formats import iter_examples
+from ...devices import pick_device
 from ...errors import UserError
+from ...tokenizer import THINK_START
 from ..config import knob
-from .base import TrainContext
+from .base import TrainContext, forward_with_aux, step_seed, with_defaults
 from .dpo import load_frozen
 from .sft import SFTConfig, SFTStage
 
@@ -36,11 +43,11 @@ if TYPE_CHECKING:
 
 
 @dataclass
+@with_defaults(lr=1e-4)
 class DistillConfig(SFTConfig):
     teacher: str | None = knob(None, "teacher checkpoint folder, run directory or HF folder (required)")
     temperature: float = knob(1.5, "softening temperature T of both distributions")
     alpha: float = knob(0.5, "weight of the KL-to-teacher term; 1 - alpha goes to the label cross-entropy")
-    lr: float = knob(1e-4, "peak learning rate")
     generate: str | None = knob(None, "black-box distillation: write the teacher's answers to the prompts "
                                       "of --data to this JSONL file instead of training (then `minimind sft` on it)")
     max_new_tokens: int = knob(256, "with --generate: token budget of each teacher answer")
@@ -48,8 +55,6 @@ class DistillConfig(SFTConfig):
 
     def __post_init__(self) -> None:
         # `--init tiny`: a preset name that is not a path means "a fresh student of that preset".
-        from ...config import PRESETS
-
         if self.init and self.init in PRESETS and not Path(self.init).exists():
             self.preset, self.init = self.init, None
             if self.tokenizer is None and self.teacher:
@@ -63,8 +68,6 @@ class DistillConfig(SFTConfig):
                 raise UserError("`minimind distill --generate` needs --data with the prompts to answer")
             return
         super().validate()
-        if not self.teacher:
-            raise UserError("`minimind distill` needs --teacher CKPT (the model to learn from)")
         if self.temperature <= 0:
             raise UserError(f"--temperature must be positive, got {self.temperature}")
         if not 0 <= self.alpha <= 1:
@@ -90,8 +93,6 @@ class DistillStage(SFTStage):
     requires_init = False
 
     def run_instead_of_training(self) -> bool:
-        from ...devices import pick_device
-
         cfg = self.config
         if not cfg.generate:
             return False
@@ -119,13 +120,11 @@ class DistillStage(SFTStage):
 
         ids = batch["input_ids"].to(ctx.device, non_blocking=True)
         labels = batch["labels"].to(ctx.device, non_blocking=True)
-        out = model(ids)
+        f = forward_with_aux(model, ids, ctx)
         with torch.no_grad():
             teacher_logits = ctx.extra["teacher"](ids).logits
-        loss, metrics = distill_loss(out.logits, teacher_logits, labels, self.config.temperature, self.config.alpha)
-        if ctx.model is not None and ctx.model.config.is_moe:
-            loss = loss + ctx.model.config.aux_loss_coef * out.aux_loss
-        return loss, metrics
+        loss, metrics = distill_loss(f.out.logits, teacher_logits, labels, self.config.temperature, self.config.alpha)
+        return loss + f.aux, {**metrics, **f.metrics}
 
 
 STAGE = DistillStage
@@ -140,23 +139,19 @@ def generate_teacher_answers(teacher: str, data: list[str], out: str | Path, *, 
     by the teacher's). Generation uses the inference engine (batched, KV-cached); the reply's think
     block, if any, becomes `reasoning_content`. Returns the number of conversations written.
     """
-    import json
-
-    from ...chat import render_prompt, split_reasoning
     from ...checkpoint import atomic_write
-    from ...data.formats import iter_examples
     from ...infer import SamplingParams
     from ...infer.loading import load_engine
 
     engine = load_engine(teacher, max_batch_size=batch_size, device=device)
     examples = list(iter_examples("rl", list(data)))
     prompts = [render_prompt(engine.tokenizer, ex["messages"], tools=ex["tools"], thinking=thinking) for ex in examples]
-    params = [SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed * 1_000_003 + i)
+    params = [SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=step_seed(seed, i))
               for i in range(len(prompts))]
     seqs = engine.generate(prompts, params)
     lines = []
     for ex, seq in zip(examples, seqs):
-        reasoning, answer = split_reasoning(("<think>\n" if thinking else "") + seq.text)
+        reasoning, answer = split_reasoning((f"{THINK_START}\n" if thinking else "") + seq.text)
         reply = {"role": "assistant", "content": answer}
         if thinking and reasoning is not None:
             reply["reasoning_content"] = reasoning

@@ -1,10 +1,11 @@
 """Direct Preference Optimisation (`minimind dpo`): learn from chosen/rejected answer pairs.
 
 What this stage supplies to the one loop:
-(b) batches: the `dpo` loader, {chosen,rejected}_{input_ids,labels} [B, T] with labels -100
-    outside the assistant answer, so log-probs cover only what the assistant said;
+(b) batches: the `dpo` loader, {chosen,rejected}_{input_ids,labels} [B, T] with labels
+    IGNORE_INDEX outside the assistant answer, so log-probs cover only what the assistant said;
 (c) loss: one forward over [chosen; rejected] stacked to [2B, T] (one pass instead of two),
-    summed answer log-probs per sequence, then `losses.dpo_loss` against the frozen reference;
+    summed answer log-probs per sequence, then `losses.dpo_loss` against the frozen reference
+    (plus the MoE balance loss of the policy's forward, `base.forward_with_aux`);
 (d) extra models: the reference is a frozen copy of the `--init` checkpoint (reloaded from disk,
     so a resumed run still compares against the starting point, not against resumed weights).
 
@@ -18,11 +19,12 @@ the IPO authors do, so beta means the same thing whatever the answer lengths.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...errors import UserError
 from ..config import knob
-from .base import TrainContext
+from .base import TrainContext, forward_with_aux, with_defaults
 from .sft import SFTConfig, SFTStage
 
 if TYPE_CHECKING:
@@ -31,8 +33,8 @@ if TYPE_CHECKING:
 
 
 @dataclass
+@with_defaults(lr=1e-6)  # DPO moves far with tiny steps
 class DPOConfig(SFTConfig):
-    lr: float = knob(1e-6, "peak learning rate (DPO moves far with tiny steps)")
     batch_size: int = knob(8, "preference pairs per micro-batch")
     beta: float = knob(0.1, "DPO temperature: how far the policy may drift from the reference")
     label_smoothing: float = knob(0.0, "assumed fraction of flipped preference labels (conservative DPO)")
@@ -48,7 +50,7 @@ class DPOConfig(SFTConfig):
             raise UserError(f"--dpo-loss must be sigmoid or ipo, got {self.dpo_loss!r}")
 
 
-def load_frozen(path) -> "nn.Module":
+def load_frozen(path: str | Path) -> "nn.Module":
     """A model from a checkpoint / run dir / HF folder, for use as a frozen reference or teacher."""
     from ...checkpoint import load_model
 
@@ -75,30 +77,27 @@ class DPOStage(SFTStage):
     def loss(self, model: "nn.Module", batch: dict[str, Any], ctx: TrainContext) -> tuple["torch.Tensor", dict[str, Any]]:
         import torch
 
+        from ...model.lm_loss import IGNORE_INDEX
         from ..losses import dpo_loss
 
         cfg = self.config
         labels_cpu = torch.cat([batch["chosen_labels"], batch["rejected_labels"]])
         ids = torch.cat([batch["chosen_input_ids"], batch["rejected_input_ids"]]).to(ctx.device, non_blocking=True)
         labels = labels_cpu.to(ctx.device, non_blocking=True)
-        answer_len = (labels_cpu[:, 1:] != -100).sum(-1).clamp(min=1).to(ctx.device, non_blocking=True)
+        answer_len = (labels_cpu[:, 1:] != IGNORE_INDEX).sum(-1).clamp(min=1).to(ctx.device, non_blocking=True)
         n_pairs = batch["chosen_input_ids"].shape[0]
 
-        def logps(m: "nn.Module") -> tuple["torch.Tensor", "torch.Tensor"]:
-            out = m(ids, labels=labels)  # per-token log-probs from chunked logits (model/lm_loss.py)
-            seq = out.token_logps.sum(-1)
-            if cfg.dpo_loss == "ipo":  # mean over answer tokens instead of the sum
-                seq = seq / answer_len
-            return seq, out.aux_loss
+        def seq_logps(token_logps: "torch.Tensor") -> "torch.Tensor":
+            seq = token_logps.sum(-1)  # per-token log-probs from chunked logits (model/lm_loss.py)
+            return seq / answer_len if cfg.dpo_loss == "ipo" else seq  # IPO: mean over answer tokens
 
-        policy, aux = logps(model)
+        f = forward_with_aux(model, ids, ctx, labels=labels)
+        policy = seq_logps(f.out.token_logps)
         with torch.no_grad():
-            ref, _ = logps(ctx.extra["ref"])
+            ref = seq_logps(ctx.extra["ref"](ids, labels=labels).token_logps)
         loss, metrics = dpo_loss(policy[:n_pairs], policy[n_pairs:], ref[:n_pairs], ref[n_pairs:],
                                  cfg.beta, cfg.label_smoothing, cfg.dpo_loss)
-        if ctx.model is not None and ctx.model.config.is_moe:
-            loss = loss + ctx.model.config.aux_loss_coef * aux
-        return loss, metrics
+        return loss + f.aux, {**metrics, **f.metrics}
 
 
 STAGE = DPOStage

@@ -8,7 +8,8 @@ One optimizer step:
    the scores into group-relative advantages: (r - mean of its group) / std of its group
    (--no-scale-advantages: r - mean only, Dr. GRPO);
 3. loss = clipped policy-gradient term + beta * k3 KL to the frozen `--init` model, averaged over
-   every completion token of the batch (`losses.grpo_loss`).
+   every completion token of the batch (`losses.grpo_loss`), plus the MoE balance loss of the
+   policy's forward (`base.forward_with_aux`; 0 for dense models).
 
 What this stage supplies to the one loop:
 (b) batches: `RolloutBatches` wraps the loader and *generates* each batch in `__next__`; all
@@ -19,7 +20,7 @@ What this stage supplies to the one loop:
 
 We do one update per batch of rollouts, so the "old" policy that sampled is the current one:
 logps_old = logps_new.detach(), the ratio is 1 and clipping only matters if that changes (e.g.
-several updates per rollout, or PPO later, which would reuse this stage with a value head).
+several updates per rollout). PPO (ppo.py) reuses this stage's rollouts with a value head.
 Evaluation reports the same loss on held-out prompts, which is little use for RL; it is off
 by default (--eval-batches 0) and held-out accuracy is measured by benchmarks/posttrain.py.
 
@@ -32,12 +33,14 @@ turns noise into full-size steps. benchmarks/grpo_arith.py needs ~128 prompts pe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+from ...chat import EMPTY_THINK
 from ...errors import UserError
-from ..rewards import THINK_OPEN
+from ...tokenizer import BOS_TOKEN, THINK_START
 from ..config import knob
-from .base import DerivedBatches, TrainContext
+from ..rewards import WeightedRewards, build_rewards
+from .base import DerivedBatches, TrainContext, forward_with_aux, step_seed, with_defaults
 from .dpo import load_frozen
 from .sft import SFTConfig, SFTStage
 
@@ -47,8 +50,8 @@ if TYPE_CHECKING:
 
 
 @dataclass
+@with_defaults(lr=5e-6, eval_batches=0)  # held-out rollouts' RL loss is a poor metric: off by default
 class GRPOConfig(SFTConfig):
-    lr: float = knob(5e-6, "peak learning rate")
     batch_size: int = knob(4, "prompts per micro-batch (each sampled --group-size times)")
     group_size: int = knob(4, "completions sampled per prompt (G)")
     max_new_tokens: int = knob(96, "token budget of each sampled completion")
@@ -61,17 +64,14 @@ class GRPOConfig(SFTConfig):
     beta_kl: float = knob(0.04, "weight of the k3 KL penalty to the --init model (0: no reference model)")
     rewards: str = knob("correct:1,format:0.5,repetition:0.5",
                         "reward terms name[:weight][@param]: correct, format, length, repetition")
-    eval_batches: int = knob(0, "held-out rollout batches per evaluation (the RL loss is a poor metric)")
     freeze_embeddings: bool = knob(False, "train all but the token embeddings (tied to the output head): with "
                                           "Adam, RL's tiny, noisy gradients on every vocabulary row become "
                                           "full-size steps that raise never-sampled tokens")
     thinking: bool = knob(True, "rollout and sample prompts open a <think> block (off: an empty block, "
                                 "the thinking-off mode; short answers need no reasoning)")
 
-    def build_reward_fn(self):
+    def build_reward_fn(self) -> WeightedRewards:
         """The reward function `--rewards` names (agent-rl overrides this with its own terms)."""
-        from ..rewards import build_rewards
-
         return build_rewards(self.rewards)
 
     def validate(self) -> None:
@@ -126,8 +126,6 @@ class GRPOStage(SFTStage):
     @staticmethod
     def _assistant_prefix(tok, prompt_ids: list[int]) -> str:
         """Text the prompt already wrote into the assistant turn ("<think>\\n" with thinking on)."""
-        from ...tokenizer import BOS_TOKEN
-
         return tok.decode(prompt_ids[-16:]).rpartition(f"{BOS_TOKEN}assistant\n")[2]
 
     def _mode_prompt(self, tok, prompt_ids: list[int]) -> list[int]:
@@ -140,11 +138,9 @@ class GRPOStage(SFTStage):
         """
         if self.config.thinking:
             return prompt_ids
-        from ...chat import EMPTY_THINK
-
-        think = tok.token_to_id(THINK_OPEN)
+        think = tok.token_to_id(THINK_START)
         if think is None or think not in prompt_ids:
-            raise UserError(f"--no-thinking needs prompts ending with an open {THINK_OPEN} (the tokenizer's chat format)")
+            raise UserError(f"--no-thinking needs prompts ending with an open {THINK_START} (the tokenizer's chat format)")
         cut = len(prompt_ids) - 1 - prompt_ids[::-1].index(think)
         return prompt_ids[:cut] + tok.encode(EMPTY_THINK, allow_special=True)  # EMPTY_THINK = "<think>\\n\\n</think>\\n\\n"
 
@@ -153,13 +149,14 @@ class GRPOStage(SFTStage):
         import torch
 
         from ...infer import Engine, SamplingParams
+        from ...model.lm_loss import IGNORE_INDEX
         from ..losses import group_advantages
 
         cfg, tok, model, G = self.config, ctx.tokenizer, ctx.model, self.config.group_size
         prompts = [self._mode_prompt(tok, p) for p in raw["prompt_ids"] for _ in range(G)]
         # Seeds depend on the run seed and the rollout counter only: a resumed run resamples exactly.
         params = [SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                                 seed=(cfg.seed * 1_000_003 + count) * 4096 + i) for i in range(len(prompts))]
+                                 seed=step_seed(cfg.seed, count, i)) for i in range(len(prompts))]
         was_training = model.training
         with torch.no_grad(), ctx.autocast():
             seqs = Engine(model, tok, max_batch_size=len(prompts)).generate(prompts, params)  # Engine sets eval()
@@ -175,11 +172,11 @@ class GRPOStage(SFTStage):
         advantages = group_advantages(rewards, G, scale=cfg.scale_advantages)
 
         # prompt + completion (with its stop token, so the policy learns to stop), right-padded;
-        # labels are -100 on the prompt and the padding: only sampled tokens are scored.
+        # labels are IGNORE_INDEX on the prompt and the padding: only sampled tokens are scored.
         rows = [p + s.output_ids for p, s in zip(prompts, seqs)]
         T = max(len(r) for r in rows)
         ids = torch.full((len(rows), T), tok.pad_id, dtype=torch.long)
-        labels = torch.full((len(rows), T), -100, dtype=torch.long)
+        labels = torch.full((len(rows), T), IGNORE_INDEX, dtype=torch.long)
         for i, (p, s) in enumerate(zip(prompts, seqs)):
             ids[i, : len(p) + len(s.output_ids)] = torch.tensor(p + s.output_ids)
             labels[i, len(p) : len(p) + len(s.output_ids)] = torch.tensor(s.output_ids, dtype=torch.long)
@@ -189,39 +186,56 @@ class GRPOStage(SFTStage):
         return {"input_ids": ids, "labels": labels, "advantages": advantages, "rewards": rewards, "metrics": metrics,
                 "texts": texts}
 
-    def batch_weight(self, batch: dict[str, Any]) -> float:
-        return float((batch["labels"][:, 1:] != -100).sum())  # token-level normalisation across micro-batches
+    # batch_weight is the Stage default: completion tokens (token-level normalisation across micro-batches).
 
-    def completion_logps(self, model: "nn.Module", batch: dict[str, Any], ctx: TrainContext) -> tuple:
-        """(ids, labels, mask, keep, token log-probs) over the completion columns only.
+    def completion_forward(self, model: "nn.Module", batch: dict[str, Any], ctx: TrainContext) -> "Completions":
+        """The policy's forward over the completion columns only (see `Completions`).
 
         Only completion tokens are scored, so the LM head runs on the columns from the last
         prompt token of the shortest prompt onwards (decided on the CPU copy of the labels: no
         device sync). The head then works on [B, keep] positions, often several times fewer.
-        labels/mask/log-probs are [B, keep] / [B, keep - 1] / [B, keep - 1].
         """
-        scored = (batch["labels"] != -100).any(0).numpy().nonzero()[0]
+        from ...model.lm_loss import IGNORE_INDEX
+
+        scored = (batch["labels"] != IGNORE_INDEX).any(0).numpy().nonzero()[0]
         keep = batch["labels"].shape[1] - int(scored[0]) + 1 if len(scored) else batch["labels"].shape[1]
         ids = batch["input_ids"].to(ctx.device, non_blocking=True)
         labels = batch["labels"][:, -keep:].to(ctx.device, non_blocking=True)
-        mask = labels[:, 1:] != -100
-        return ids, labels, mask, keep, model(ids, labels=labels, logits_to_keep=keep).token_logps
+        f = forward_with_aux(model, ids, ctx, labels=labels, logits_to_keep=keep)
+        return Completions(ids, labels, labels[:, 1:] != IGNORE_INDEX, keep, f.out.token_logps, f.aux, f.metrics)
+
+    def completion_logps(self, model: "nn.Module", batch: dict[str, Any], ctx: TrainContext) -> tuple:
+        """(ids, labels, mask, keep, logps): `completion_forward` without the balance loss, for
+        ppo.py until its loss adds `.aux` too (then this goes)."""
+        return tuple(self.completion_forward(model, batch, ctx)[:5])
 
     def loss(self, model: "nn.Module", batch: dict[str, Any], ctx: TrainContext) -> tuple["torch.Tensor", dict[str, Any]]:
         import torch
 
-        cfg = self.config
         from ..losses import grpo_loss
 
-        ids, labels, mask, keep, new = self.completion_logps(model, batch, ctx)
+        cfg = self.config
+        c = self.completion_forward(model, batch, ctx)
         ref = None
         if "ref" in ctx.extra:
             with torch.no_grad():
-                ref = ctx.extra["ref"](ids, labels=labels, logits_to_keep=keep).token_logps
+                ref = ctx.extra["ref"](c.ids, labels=c.labels, logits_to_keep=c.keep).token_logps
         clip = (cfg.clip_eps, cfg.clip_eps_high if cfg.clip_eps_high is not None else cfg.clip_eps)
-        loss, metrics = grpo_loss(new, new.detach(), ref, batch["advantages"].to(ctx.device, non_blocking=True),
-                                  mask, clip, cfg.beta_kl)
-        return loss, {**batch["metrics"], **metrics}
+        loss, metrics = grpo_loss(c.logps, c.logps.detach(), ref, batch["advantages"].to(ctx.device, non_blocking=True),
+                                  c.mask, clip, cfg.beta_kl)
+        return loss + c.aux, {**batch["metrics"], **metrics, **c.metrics}
+
+
+class Completions(NamedTuple):
+    """`GRPOStage.completion_forward`: the policy's forward over the last `keep` columns."""
+
+    ids: "torch.Tensor"  # [B, T] prompt + completion, on the device
+    labels: "torch.Tensor"  # [B, keep] the completion's labels (IGNORE_INDEX on prompt and padding)
+    mask: "torch.Tensor"  # [B, keep - 1] True where labels[:, 1:] is a sampled token
+    keep: int  # columns the LM head ran on
+    logps: "torch.Tensor"  # [B, keep - 1] log-probs of the sampled tokens (0 where masked)
+    aux: Any  # the weighted MoE balance loss (`forward_with_aux`), 0.0 for dense models
+    metrics: dict[str, Any]  # {"aux_loss": ...} for MoE models
 
 
 STAGE = GRPOStage

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..config import knob
-from .base import TrainContext
+from .base import TrainContext, with_defaults
 from .sft import SFTConfig, SFTStage
 
 if TYPE_CHECKING:
@@ -24,9 +24,8 @@ if TYPE_CHECKING:
 
 
 @dataclass
+@with_defaults(lr=1e-4, weight_decay=0.0)  # no weight decay on the adapters
 class LoRAConfig(SFTConfig):
-    lr: float = knob(1e-4, "peak learning rate")
-    weight_decay: float = knob(0.0, "AdamW weight decay on the adapters")
     lora_rank: int = knob(8, "adapter rank r")
     lora_alpha: float = knob(16.0, "adapter scale alpha (the update is multiplied by alpha / r)")
     lora_dropout: float = knob(0.0, "dropout on the adapter input")

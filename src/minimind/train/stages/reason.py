@@ -10,7 +10,7 @@ SFT on conversations whose assistant turns carry `reasoning_content` (rendered a
    This is done on token ids: `<think>` and `</think>` are added tokens, so the text between them
    is tokenised on its own, and replacing those tokens with the ids of "\\n\\n" gives exactly
    what the renderer writes for an empty block. It therefore works on prepared shards too.
-   The choice is seeded by (seed, batch counter), which the resume state carries.
+   The choice is seeded by `step_seed(seed, batch counter)`; the resume state carries the counter.
 2. Optional extra weight (`--tag-weight`) on the label tokens `<think>` and `</think>`: the few
    tokens that decide the format get more say in the loss. The loss stays normalised by the
    number of label tokens, so grad accumulation is unchanged.
@@ -22,22 +22,21 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ...errors import UserError
+from ...tokenizer import THINK_END, THINK_START
 from ..config import knob
-from .base import DerivedBatches, TrainContext
+from .base import DerivedBatches, TrainContext, forward_with_aux, step_seed, with_defaults
 from .sft import SFTConfig, SFTStage
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-IGNORE = -100
-
 
 @dataclass
+@with_defaults(thinking=True)
 class ReasonConfig(SFTConfig):
     no_think_ratio: float = knob(0.3, "fraction of rows trained in thinking-off mode (think blocks emptied)")
     tag_weight: float = knob(1.0, "loss weight of the <think> / </think> label tokens (1 = plain SFT)")
-    thinking: bool = knob(True, "sample prompts open a <think> block")
 
     def validate(self) -> None:
         super().validate()
@@ -53,15 +52,17 @@ def empty_think_blocks(ids: list[int], labels: list[int], start: int, end: int, 
     Labels of the replacement copy the label state of the span (trained or not). A block cut off
     by truncation (no closing tag) is left as it is.
     """
+    from ...model.lm_loss import IGNORE_INDEX
+
     out_ids, out_labels, i = [], [], 0
     while i < len(ids):
         out_ids.append(ids[i])
         out_labels.append(labels[i])
         if ids[i] == start and end in ids[i + 1 :]:
             j = ids.index(end, i + 1)
-            trained = labels[i + 1] != IGNORE if i + 1 < j else labels[i] != IGNORE
+            trained = labels[i + 1] != IGNORE_INDEX if i + 1 < j else labels[i] != IGNORE_INDEX
             out_ids.extend(empty)
-            out_labels.extend(empty if trained else [IGNORE] * len(empty))
+            out_labels.extend(empty if trained else [IGNORE_INDEX] * len(empty))
             i = j
             continue
         i += 1
@@ -74,15 +75,18 @@ class MixedThinking(DerivedBatches):
     def __init__(self, loader, tokenizer, ratio: float, seed: int) -> None:
         super().__init__(loader)
         self.ratio, self.seed = ratio, seed
-        self.start, self.end = tokenizer.token_to_id("<think>"), tokenizer.token_to_id("</think>")
+        self.start, self.end = tokenizer.token_to_id(THINK_START), tokenizer.token_to_id(THINK_END)
         self.empty, self.pad = tokenizer.encode("\n\n"), tokenizer.pad_id
         if self.start is None or self.end is None:
-            raise UserError(f"{tokenizer.path}: the tokenizer has no <think>/</think> tokens; reasoning training needs them")
+            raise UserError(f"{tokenizer.path}: the tokenizer has no {THINK_START}/{THINK_END} tokens; "
+                            "reasoning training needs them")
 
     def make(self, batch: dict[str, Any]) -> dict[str, Any]:
         import torch
 
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.count)
+        from ...model.lm_loss import IGNORE_INDEX
+
+        gen = torch.Generator().manual_seed(step_seed(self.seed, self.count))
         off = (torch.rand(batch["input_ids"].shape[0], generator=gen) < self.ratio).tolist()
         if not any(off):
             return batch
@@ -92,7 +96,7 @@ class MixedThinking(DerivedBatches):
         # Rows only get shorter, so the old width still fits them all; pad the tails again.
         T = batch["input_ids"].shape[1]
         ids = torch.full((len(rows), T), self.pad, dtype=torch.long)
-        labels = torch.full((len(rows), T), IGNORE, dtype=torch.long)
+        labels = torch.full((len(rows), T), IGNORE_INDEX, dtype=torch.long)
         for k, (i, lab) in enumerate(rows):
             ids[k, : len(i)], labels[k, : len(lab)] = torch.tensor(i), torch.tensor(lab)
         return {"input_ids": ids, "labels": labels}
@@ -113,20 +117,18 @@ class ReasonStage(SFTStage):
             return super().loss(model, batch, ctx)
         import torch
 
+        from ...model.lm_loss import IGNORE_INDEX
+
         # Token weights are built on the CPU copy of the labels and sent along: no device sync.
         labels = batch["labels"][:, 1:]
         tok = ctx.tokenizer
-        tags = torch.tensor([tok.token_to_id("<think>"), tok.token_to_id("</think>")])
-        real = labels != IGNORE
+        tags = torch.tensor([tok.token_to_id(THINK_START), tok.token_to_id(THINK_END)])
+        real = labels != IGNORE_INDEX
         weight = (torch.where(torch.isin(labels, tags), self.config.tag_weight, 1.0) * real).to(ctx.device, non_blocking=True)
         n = real.sum().clamp(min=1).to(ctx.device, non_blocking=True)
-        out = model(batch["input_ids"].to(ctx.device, non_blocking=True),
-                    labels=batch["labels"].to(ctx.device, non_blocking=True))
-        ce = -out.token_logps  # 0 where the label is -100
-        loss = (ce * weight).sum() / n
-        if ctx.model is not None and ctx.model.config.is_moe:
-            loss = loss + ctx.model.config.aux_loss_coef * out.aux_loss
-        return loss, {"ce": ce.detach().sum() / n}
+        f = forward_with_aux(model, batch["input_ids"], ctx, labels=batch["labels"].to(ctx.device, non_blocking=True))
+        ce = -f.out.token_logps  # 0 where the label is IGNORE_INDEX
+        return (ce * weight).sum() / n + f.aux, {"ce": ce.detach().sum() / n, **f.metrics}
 
 
 STAGE = ReasonStage

@@ -1,7 +1,7 @@
 """Supervised fine-tuning on conversations (`minimind sft`).
 
-The `sft` loader renders each conversation with the ChatML template and sets labels to -100
-everywhere except assistant content and its closing <|im_end|>, so the default loss (mean
+The `sft` loader renders each conversation with the ChatML template and sets labels to
+IGNORE_INDEX (-100) everywhere except assistant content and its closing <|im_end|>, so the default loss (mean
 cross-entropy over label tokens) trains only on what the assistant says. This module adds the
 SFT defaults (lower LR, fine-tuning needs --init) and chat-formatted sample prompts.
 """
@@ -10,16 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ...chat import render_prompt
 from ..config import TrainConfig, knob
-from .base import Stage, TrainContext
+from .base import Stage, TrainContext, with_defaults
 
 QUESTIONS = ("你好，你是谁？", "Who are you?", "What is 2 + 3?", "请介绍一下你自己。")
 
 
 @dataclass
+@with_defaults(lr=5e-5)
 class SFTConfig(TrainConfig):
-    lr: float = knob(5e-5, "peak learning rate")
-    warmup_steps: int = knob(0, "linear warmup steps before the cosine decay")
     thinking: bool = knob(False, "sample prompts open a <think> block (reasoning models)")
 
 
@@ -32,8 +32,6 @@ class SFTStage(Stage):
     requires_init = True
 
     def sample_prompts(self, ctx: TrainContext) -> list[list[int]]:
-        from ...chat import render_prompt
-
         thinking = getattr(self.config, "thinking", False)
         return [render_prompt(ctx.tokenizer, [{"role": "user", "content": q}], thinking=thinking) for q in QUESTIONS]
 
