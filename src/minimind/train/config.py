@@ -2,9 +2,10 @@
 
 Contract:
 - `TrainConfig` is the single source of truth for the loop (optimizer, schedule, budget, precision,
-  checkpointing, logging). A stage that needs more knobs subclasses it (`SFTConfig`, `LoRAConfig`,
-  later `DPOConfig`, ...); the CLI turns every field into a `--flag` automatically, using the
-  `help` in the field's metadata, so a new stage never writes argument-parsing code.
+  checkpointing, logging). A stage that needs more knobs subclasses it (`SFTConfig`, `DPOConfig`,
+  ...; `stages.base.with_defaults` gives an inherited knob a new default); the CLI turns every
+  field into a `--flag` automatically, using the `help` in the field's metadata, so a new stage
+  never writes argument-parsing code.
 - `load_config(cls, json_file, overrides)` builds a config from defaults < JSON file < flags, and
   raises `UserError` naming the bad key or value.
 - `validate()` checks every value a run could only trip over later (types, ranges, NaN, the device
