@@ -31,6 +31,7 @@ from ...config import PRESETS
 from ...data.formats import iter_examples
 from ...devices import pick_device
 from ...errors import UserError
+from ...locator import tokenizer_beside
 from ...tokenizer import THINK_START
 from ..config import knob
 from .base import TrainContext, forward_with_aux, step_seed, with_defaults
@@ -76,13 +77,10 @@ class DistillConfig(SFTConfig):
 
 def _teacher_tokenizer(teacher: str) -> str | None:
     """The teacher's tokenizer folder, so a from-scratch student shares its vocabulary."""
-    from ...checkpoint import is_hf_folder, resolve_checkpoint
-
-    p = Path(teacher)
-    if not p.exists():
+    if not Path(teacher).exists():
         return None  # validate/extra_models report the missing teacher with a clear message
-    folder = p if is_hf_folder(p) else resolve_checkpoint(p)
-    return str(folder) if (folder / "tokenizer.json").is_file() else None
+    folder = tokenizer_beside(teacher)
+    return str(folder) if folder is not None else None
 
 
 class DistillStage(SFTStage):

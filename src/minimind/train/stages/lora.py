@@ -68,12 +68,11 @@ class LoRAStage(SFTStage):
 
     def on_train_end(self, model: "nn.Module", ctx: TrainContext) -> None:
         from ...checkpoint import model_state_dict, save_model
-        from ..checkpointing import latest_checkpoint
         from ..lora import base_state_dict, load_lora_model
 
         if ctx.init_path is None or ctx.run_dir is None:
             return
-        merged = load_lora_model(latest_checkpoint(ctx.run_dir), base=ctx.init_path, merge=True)
+        merged = load_lora_model(ctx.run_dir, base=ctx.init_path, merge=True)  # the run's latest adapter
         tok_dir = getattr(ctx.tokenizer, "path", None)
         save_model(merged, ctx.run_dir / "merged", tokenizer_dir=tok_dir,
                    state_dict=base_state_dict(model_state_dict(merged)))
