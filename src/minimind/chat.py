@@ -128,19 +128,14 @@ CHAT_TEMPLATE = (
 
 
 def split_reasoning(text: str) -> tuple[str | None, str]:
-    """Split generated text into (reasoning, answer): "<think>r</think>a" -> ("r", "a"), both stripped.
+    """The one reasoning splitter: "<think>r</think>a" -> ("r", "a"), both stripped.
 
-    The one reasoning splitter (the server, the agent loop, distillation and the RL rewards use
-    it). The opening <think> may be missing (the generation prompt already holds it). Without a
-    closing </think> there is no reasoning: (None, text stripped), also for an open tag alone (a
-    reply cut off while thinking; the template renders such content unchanged).
-
-    It splits at the FIRST </think>. A reply has one think block, at its start (the template
-    writes it there), so the first closing tag ends the reasoning and everything after it is the
-    answer, even an answer that writes "</think>" itself (a model explaining the tag): splitting
-    at the last one would hide part of that answer as reasoning. The streaming splitter
-    (infer/streaming.py) has to decide at the first tag, since it cannot see the rest of the
-    reply, and CHAT_TEMPLATE splits inline reasoning there too, so all three agree.
+    The opening <think> may be missing (the prompt holds it). Without a closing </think>, even
+    after an open tag (a reply cut off while thinking), there is no reasoning: (None, text).
+    It splits at the FIRST </think>: the template writes one think block, at the start of the
+    reply, so everything after its close is answer, even an answer that writes "</think>" itself
+    (the last one would hide part of it as reasoning). The streaming splitter must decide at the
+    first tag (it cannot see the rest), and CHAT_TEMPLATE splits there too: all three agree.
     """
     if THINK_END not in text:
         return None, text.strip()

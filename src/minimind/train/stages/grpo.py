@@ -140,7 +140,8 @@ class GRPOStage(SFTStage):
             return prompt_ids
         think = tok.token_to_id(THINK_START)
         if think is None or think not in prompt_ids:
-            raise UserError(f"--no-thinking needs prompts ending with an open {THINK_START} (the tokenizer's chat format)")
+            raise UserError(f"--no-thinking needs prompts ending with an open {THINK_START} "
+                            "(the tokenizer's chat format)")
         cut = len(prompt_ids) - 1 - prompt_ids[::-1].index(think)
         return prompt_ids[:cut] + tok.encode(EMPTY_THINK, allow_special=True)  # EMPTY_THINK = "<think>\\n\\n</think>\\n\\n"
 
