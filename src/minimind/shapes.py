@@ -69,14 +69,14 @@ class ModelOverrides:
         """The given flags as the user typed them: `--num-layers 12 --qk-norm`."""
         return " ".join(_flag_text(name, value) for name, value in self.given().items())
 
-    def check_for_init(self, init: str | None) -> None:
+    def check_for_init(self, init: str | None, source: str = "--init") -> None:
         """Refuse shape flags that a checkpoint's weights fix; the context fields may change."""
         if not init:
             return
         fixed = [n for n in self.given() if n not in CONTEXT_FIELDS] + (["model_config"] if self.model_config else [])
         if fixed:
             flags = ", ".join(f"--{n.replace('_', '-')}" for n in fixed)
-            raise UserError(f"{flags} cannot be combined with --init: the checkpoint's weights fix its shape "
+            raise UserError(f"{flags} cannot be combined with {source}: the checkpoint's weights fix its shape "
                             "(only --max-seq-len and --rope-scaling, the context, may change)")
 
     def check_shape_flags(self, preset: str, init: str | None) -> None:

@@ -1,10 +1,26 @@
-"""`minimind model list`, `minimind export hf|gguf` and `minimind import hf|minimind`."""
+"""`minimind model list|show`, `minimind export hf|gguf` and `minimind import hf|minimind`.
+
+`model show` takes the same shape flags as training (generated from `shapes.ModelOverrides`), so
+`minimind model show --preset small --num-layers 12` prints what `minimind pretrain --preset small
+--num-layers 12` would build, before anything trains.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+from pathlib import Path
 
-from ..config import PRESETS, count_params, flops_per_token, get_preset, human
+from ..checkpoint import CONFIG_NAME, is_hf_folder, resolve_checkpoint
+from ..config import PRESETS, ModelConfig, count_params, flops_per_token, get_preset, human
+from ..errors import UserError
+from ..gguf import export_gguf, write_modelfile
+from ..interop import export_hf, hf_to_config, import_hf
+from ..shapes import ModelOverrides, base_config
+from ..train.config import coerce, field_type, flag
+from ..upstream import UpstreamFlags, import_upstream
+from .train_cmds import add_config_flags
 
 FORCE_HELP = ("replace a non-empty --out folder of files (never a MiniMind checkpoint or run directory, "
               "never a folder with sub-folders); the new folder replaces it in one rename")
@@ -17,6 +33,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     lst = model_sub.add_parser("list", help="print every preset with its size and training FLOPs per token")
     lst.add_argument("--seq-len", type=int, default=512, help="sequence length for the attention FLOPs (default 512)")
     lst.set_defaults(func=cmd_list)
+    show = model_sub.add_parser("show", help="print the shape, parameters and FLOPs/token of a preset with shape "
+                                              "flags, a --model-config file or a checkpoint")
+    show.add_argument("--preset", default="tiny", help="base preset (default: tiny; see `minimind model list`)")
+    show.add_argument("--ckpt", default=None, help="checkpoint folder, run directory or Hugging Face folder")
+    show.add_argument("--seq-len", type=int, default=None, help="tokens per sequence for the attention FLOPs "
+                                                                 "(default: 4096, or max-seq-len if shorter)")
+    add_config_flags(show, ModelOverrides)
+    show.set_defaults(func=cmd_show)
 
     export = sub.add_parser("export", help="export a checkpoint to another format")
     export_sub = export.add_subparsers(dest="export_format", metavar="FORMAT")
@@ -83,25 +107,71 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_export_hf(args: argparse.Namespace) -> int:
-    from ..interop import export_hf
+def _show_config(args: argparse.Namespace) -> ModelConfig:
+    """The config `model show` describes: --ckpt's, else --model-config / --preset, with the shape flags."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(ModelOverrides) if hasattr(args, f.name)}
+    flags = ModelOverrides(**{k: coerce(v, field_type(ModelOverrides, k), f"--{flag(k)}") for k, v in given.items()})
+    if args.ckpt is None:
+        flags.check_shape_flags(args.preset, None)
+        return flags.apply(base_config(args.preset, flags.model_config))
+    flags.check_for_init(args.ckpt, source="--ckpt")
+    if is_hf_folder(Path(args.ckpt)):
+        path = Path(args.ckpt) / "config.json"
+        return flags.apply(hf_to_config(json.loads(path.read_text(encoding="utf-8")), source=str(path)))
+    return flags.apply(ModelConfig.load(resolve_checkpoint(args.ckpt) / CONFIG_NAME))
 
+
+def cmd_show(args: argparse.Namespace) -> int:
+    if args.seq_len is not None and args.seq_len < 1:
+        raise UserError(f"--seq-len must be at least 1, got {args.seq_len}")
+    cfg = _show_config(args)
+    for line in describe(cfg, args.seq_len or min(4096, cfg.max_seq_len)):
+        print(line)
+    return 0
+
+
+def describe(cfg: ModelConfig, seq_len: int) -> list[str]:
+    """The lines of `model show`: shape, context, MoE, parameters, FLOPs and the fixed training memory."""
+    total, active = count_params(cfg)
+    embed = cfg.vocab_size * cfg.hidden_size
+    flops = flops_per_token(cfg, seq_len)
+    attention = 12 * cfg.num_layers * seq_len * cfg.num_heads * cfg.head_dim
+    origin = cfg.extra.get("preset", "custom")
+    if cfg.extra.get("overrides"):
+        origin += f" with {cfg.extra['overrides']}"
+    moe = (f"{cfg.num_experts} routed + {cfg.num_shared_experts} shared experts, top-{cfg.num_experts_per_tok}, "
+           f"expert width {cfg.moe_intermediate_size}") if cfg.is_moe else "none (dense SwiGLU MLP)"
+    scaling = json.dumps(cfg.rope_scaling) if cfg.rope_scaling else "none"
+    return [
+        f"model:        {origin}",
+        f"shape:        hidden {cfg.hidden_size}, layers {cfg.num_layers}, heads {cfg.num_heads} "
+        f"(kv {cfg.num_kv_heads}, head_dim {cfg.head_dim}), intermediate {cfg.intermediate_size}, "
+        f"vocab {cfg.vocab_size}, qk_norm {'yes' if cfg.qk_norm else 'no'}, "
+        f"tied embeddings {'yes' if cfg.tie_word_embeddings else 'no'}",
+        f"context:      max_seq_len {cfg.max_seq_len}, rope_theta {cfg.rope_theta:g}, rope_scaling {scaling}",
+        f"MoE:          {moe}",
+        f"parameters:   total {human(total)} ({total:,}), active {human(active)} ({active:,}), "
+        f"embedding {human(embed)}",
+        f"FLOPs/token:  {flops / 1e9:.3f} GFLOP training at seq {seq_len} = 6 x {human((flops - attention) / 6)} "
+        f"matmul weights + {attention / 1e9:.3f}G attention (12 x layers x seq x heads x head_dim)",
+        f"train memory: {total * 16 / 2**30:.2f} GiB = 16 B/param (fp32 weights 4 + grads 4 + AdamW moments 8), "
+        "before activations; see docs/scaling.md",
+    ]
+
+
+def cmd_export_hf(args: argparse.Namespace) -> int:
     out = export_hf(args.ckpt, args.out, dtype=args.dtype, force=args.force)
     print(f"wrote {out}")
     return 0
 
 
 def cmd_import_hf(args: argparse.Namespace) -> int:
-    from ..interop import import_hf
-
     out = import_hf(args.hf_dir, args.out, force=args.force)
     print(f"wrote {out}")
     return 0
 
 
 def cmd_export_gguf(args: argparse.Namespace) -> int:
-    from ..gguf import export_gguf, write_modelfile
-
     out = export_gguf(args.ckpt, args.out, dtype=args.dtype, force=args.force)
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, {args.dtype})")
     if args.modelfile:
@@ -110,8 +180,6 @@ def cmd_export_gguf(args: argparse.Namespace) -> int:
 
 
 def cmd_import_minimind(args: argparse.Namespace) -> int:
-    from ..upstream import UpstreamFlags, import_upstream
-
     flags = UpstreamFlags(num_heads=args.num_heads, experts_per_tok=args.experts_per_tok,
                           rms_norm_eps=args.rms_norm_eps, rope_theta=args.rope_theta,
                           max_seq_len=args.max_seq_len, yarn=args.yarn, config=args.config)
