@@ -92,7 +92,17 @@ def _shown(value: Any) -> str:
 
 @dataclass
 class ModelConfig:
-    """Shape and hyper-parameters of a MiniMind decoder-only transformer."""
+    """Shape and hyper-parameters of a MiniMind decoder-only transformer.
+
+    One name per length concept, everywhere in the code base:
+    - `max_seq_len`: the model's context, the longest sequence its RoPE tables (and a KV cache) cover.
+      An inference engine may serve a shorter one (`Engine(max_seq_len=...)`), never a longer one.
+      Hugging Face calls it `max_position_embeddings` (translated only in `interop.py`).
+    - `seq_len`: the training window, tokens per training sequence (`--seq-len`); it must fit in
+      `max_seq_len` (checked once, in `train/build.py`). Upstream MiniMind's `--max_seq_len` is this.
+    - `max_new_tokens`: how many tokens one generation may add after its prompt.
+    Shape flags over a preset (`--hidden-size`, ...) live in `shapes.py`.
+    """
 
     vocab_size: int = 6400
     hidden_size: int = 512

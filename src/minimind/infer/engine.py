@@ -1,7 +1,8 @@
 """The generation engine: prefill, then KV-cached decoding of a batch whose rows come and go.
 
 Contract (token ids in, token ids and text out; nothing here knows about HTTP):
-- `Engine(model, tokenizer=None, max_batch_size=16, max_len=None)`.
+- `Engine(model, tokenizer=None, max_batch_size=16, max_seq_len=None)`: `engine.max_seq_len` is the
+  context it serves, the model's or a smaller one (`max_len`/`context_len`: old names, kept for callers).
   `engine.generate(prompts, params) -> list[Sequence]` runs a list of prompts (lists of ids)
   to completion; `engine.stream(prompt, params)` yields text pieces as they are produced.
   Without a tokenizer only ids come out (`Sequence.output_ids`); stop strings need one.
@@ -91,21 +92,21 @@ class Event:
 
 
 class BatchRunner:
-    """Continuous batching over one preallocated KV cache with `capacity` rows of `max_len` slots.
+    """Continuous batching over one preallocated KV cache with `capacity` rows of `max_seq_len` slots.
 
     Running sequences occupy rows 0..n-1 (kept dense, so every forward runs on n rows, not on
     the capacity). Not thread-safe: one thread drives it.
     """
 
-    def __init__(self, model: MiniMindLM, capacity: int, max_len: int, pad_id: int = 0,
+    def __init__(self, model: MiniMindLM, capacity: int, max_seq_len: int, pad_id: int = 0,
                  decode=None, decode_model=None, adapters: AdapterBank | None = None,
                  packed: PackedLinears | None = None) -> None:
         self.model = model
         self.adapters = adapters
         self.packed = packed  # oneDNN-packed Linear weights for eager CPU forwards (packed_linear.py)
         self.decode_model = model if decode_model is None else decode_model  # maybe torch.compile(model)
-        self.cache = model.new_kv_cache(capacity, max_len)
-        self.capacity, self.max_len, self.pad_id = capacity, max_len, pad_id
+        self.cache = model.new_kv_cache(capacity, max_seq_len)
+        self.capacity, self.max_seq_len, self.pad_id = capacity, max_seq_len, pad_id
         self.decode = decode
         self.seqs: list[Sequence] = []
         self.length = 0  # slots in use, shared by all rows
@@ -148,7 +149,7 @@ class BatchRunner:
         if len(self.seqs) >= self.capacity:
             return False
         used = self.length - min((s.start for s in self.seqs), default=self.length)
-        return max(used, prompt_len) + 1 <= self.max_len
+        return max(used, prompt_len) + 1 <= self.max_seq_len
 
     # -- the two operations -----------------------------------------------------------------
 
@@ -161,7 +162,7 @@ class BatchRunner:
         P = max(len(s.prompt_ids) for s in new)
         if n + m > self.capacity or not all(self.room_for(len(s.prompt_ids)) for s in new):
             raise RuntimeError("admit() called without room; check room_for() first")
-        if max(self.length, P) + 1 > self.max_len:
+        if max(self.length, P) + 1 > self.max_seq_len:
             self._shift(-min(s.start for s in self.seqs))
         if P > self.length:
             self._shift(P - self.length) if n else setattr(self, "length", P)
@@ -196,7 +197,7 @@ class BatchRunner:
         self._drop_finished()
         if not self.seqs:
             return events
-        if self.length + 1 > self.max_len:
+        if self.length + 1 > self.max_seq_len:
             # Full: rows that already span the whole context end here; the rest shift left.
             for s in self.seqs:
                 if s.start == 0:
@@ -255,7 +256,7 @@ class BatchRunner:
             if hit:
                 events.append(self._finish(s, "stop", text, tok))
             elif (len(s.output_ids) >= s.params.max_new_tokens
-                  or len(s.prompt_ids) + len(s.output_ids) >= self.max_len):  # the context is full
+                  or len(s.prompt_ids) + len(s.output_ids) >= self.max_seq_len):  # the context is full
                 events.append(self._finish(s, "length", text + self._flush(s), tok))
             else:
                 s.pieces.append(text)
@@ -296,11 +297,12 @@ class Engine:
     """Owns a model (and optionally its tokenizer) and runs generation on it."""
 
     def __init__(self, model: MiniMindLM, tokenizer=None, max_batch_size: int = 16,
-                 max_len: int | None = None, compile: bool = False) -> None:
+                 max_seq_len: int | None = None, compile: bool = False, max_len: int | None = None) -> None:
         model.eval()
         self.model, self.tokenizer = model, tokenizer
         cfg = model.config
-        self.context_len = min(max_len or cfg.max_seq_len, cfg.max_seq_len)
+        cap = max_seq_len or max_len  # max_len: the old name
+        self.max_seq_len = min(cap or cfg.max_seq_len, cfg.max_seq_len)
         self.max_batch_size = max_batch_size
         if tokenizer is not None:
             self.pad_id = tokenizer.pad_id
@@ -335,9 +337,9 @@ class Engine:
         V = self.model.config.vocab_size
         if min(prompt_ids) < 0 or max(prompt_ids) >= V:
             raise InvalidParams(f"prompt token ids must be in [0, {V}), got {min(prompt_ids)}..{max(prompt_ids)}")
-        if len(prompt_ids) >= self.context_len:
+        if len(prompt_ids) >= self.max_seq_len:
             raise InvalidParams(
-                f"the prompt has {len(prompt_ids)} tokens but the context length is {self.context_len} "
+                f"the prompt has {len(prompt_ids)} tokens but the context length is {self.max_seq_len} "
                 "(at least one token must fit after it)"
             )
         if adapter is not None and adapter not in self.adapter_names:
@@ -351,8 +353,13 @@ class Engine:
             s.decoder, s.stopper = IncrementalDecoder(self._decode), StopMatcher(params.stop)
         return s
 
-    def runner(self, capacity: int | None = None, max_len: int | None = None) -> BatchRunner:
-        return BatchRunner(self.model, capacity or self.max_batch_size, min(max_len or self.context_len, self.context_len),
+    context_len = property(lambda self: self.max_seq_len, doc="The old name of `max_seq_len`.")
+
+    def runner(self, capacity: int | None = None, max_seq_len: int | None = None,
+               max_len: int | None = None) -> BatchRunner:
+        """A batch loop of `capacity` rows of `max_seq_len` slots (at most the engine's; max_len: old name)."""
+        slots = min(max_seq_len or max_len or self.max_seq_len, self.max_seq_len)
+        return BatchRunner(self.model, capacity or self.max_batch_size, slots,
                            pad_id=self.pad_id, decode_model=self.decode_model, adapters=self.adapters,
                            packed=self.packed)
 
