@@ -87,3 +87,46 @@ def test_bad_toolcall_cases(tmp_path, case, message):
     with pytest.raises(UserError, match=rf"tools.jsonl:2: .*{message}"):
         read_cases(path)
     assert len(read_cases(path, skip_bad=True).records) == 1
+
+
+def _calc_case(question: str, gt: list | None) -> dict:
+    from minimind.tools import builtin_tools
+
+    case = {"conversations": [{"role": "system", "content": "", "tools": json.dumps(builtin_tools().specs()[:1])},
+                              {"role": "user", "content": question},
+                              {"role": "assistant", "content": "", "tool_calls": json.dumps(
+                                  [{"name": "calculator", "arguments": {"expression": question[8:-1]}}])}]}
+    return case if gt is None else {**case, "gt": gt}
+
+
+def test_agent_task_success_through_the_loop(tmp_path):
+    """A scripted model calls the calculator with the question's expression (or a tool that does
+    not exist), then states the last tool result: success needs the loop to run the call and the
+    answer to match `gt`; a case without `gt` is skipped."""
+    import re
+
+    from minimind.agent import scripted_token_model
+    from minimind.eval.toolcall import evaluate_agent, read_agent_cases
+    from minimind.tokenizer import load_tokenizer
+    from minimind.tools import builtin_tools
+
+    def reply(prompt: str) -> str:
+        question = re.findall(r"What is ([^?]+)\?", prompt)[-1]
+        results = re.findall(r'"result": (\d+)', prompt)
+        if results or "error" in prompt.rpartition("<|im_start|>user")[2]:
+            return f"It is {results[-1] if results else 'unknown'}."
+        name = "nosuch" if question.startswith("7") else "calculator"
+        return f'<tool_call>\n{{"name": "{name}", "arguments": {{"expression": "{question}"}}}}\n</tool_call>'
+
+    path = tmp_path / "cases.jsonl"
+    write_jsonl(path, [_calc_case("What is 347 × 29?", ["10063"]), _calc_case("What is 12 × 3?", ["37"]),
+                       _calc_case("What is 7 + 1?", ["8"]), _calc_case("What is 2 + 2?", None)])
+    cases = read_agent_cases(path)
+    assert len(cases.records) == 3 and cases.skipped == 1
+    res = evaluate_agent(None, cases, builtin_tools(), model=scripted_token_model(load_tokenizer(), reply))
+    assert [p["success"] for p in res["predictions"]] == [True, False, False]
+    assert res["success"] == pytest.approx(1 / 3) and res["called_tool"] == 1.0
+    assert res["valid_calls"] == pytest.approx(2 / 3) and res["finish_answer"] == 1.0
+    first = res["predictions"][0]["transcript"]
+    assert [m["role"] for m in first] == ["assistant", "tool", "assistant"]
+    assert first[1]["content"] == '{"result": 10063}' and first[2]["content"] == "It is 10063."
