@@ -14,6 +14,9 @@ Contract (see docs/architecture.md):
   `encode(text, allow_special=True)` turns written markers into their ids; it is for text we wrote
   ourselves (a whole prompt typed by the person who owns it, tests). Chat control ids come from the
   renderer (chat.py), which encodes message text through the plain path.
+- `check_model_fit(tok, vocab_size, eos_token_id)` is the one check between a tokenizer and a model: every id fits
+  the embedding, and the model's eos id is the tokenizer's (a 150k tokenizer such as Qwen3's
+  and a 6400-row model fail here in one line, not in an index error mid-training).
 - `encode_flat(texts)` is the bulk plain path of data preparation: the same ids as `encode_batch`,
   as one uint32 array plus lengths. For a tokenizer made by `tokenizer_train.train_tokenizer` (our split pattern,
   byte-level BPE) it runs tiktoken's BPE when tiktoken is installed, 4-5x faster than `tokenizers`
@@ -96,9 +99,11 @@ class Tokenizer:
         names = sorted((t.content for t in added.values()), key=len, reverse=True)
         self._added_re = re.compile("|".join(map(re.escape, names))) if names else None
 
-    @property
+    @cached_property
     def vocab_size(self) -> int:
-        return self.backend.get_vocab_size(with_added_tokens=True)
+        """Rows a model's embedding needs: the largest id + 1 (the count of ids, unless ids skip some)."""
+        ids = self.backend.get_vocab(with_added_tokens=True).values()
+        return max(self.backend.get_vocab_size(with_added_tokens=True), max(ids, default=-1) + 1)
 
     def encode(self, text: str, allow_special: bool = False) -> list[int]:
         """Token ids of `text`. Markers written in it stay text unless `allow_special` (trusted text only)."""
@@ -223,6 +228,25 @@ def _not_unicode(texts: list[str]) -> Exception:
                 where = f"text {i}, " if len(texts) > 1 else ""
                 return UserError(f"{where}character {j}: a lone surrogate (U+{ord(ch):04X}) is not valid Unicode text")
     return TypeError("text the tokenizer cannot encode")
+
+
+def check_model_fit(tok: Tokenizer, vocab_size: int, eos_token_id: int | None = None) -> None:
+    """UserError unless a model with `vocab_size` embedding rows (and `eos_token_id`, when it has
+    one already) can train on and generate with `tok`'s ids.
+
+    A model may have more embedding rows than the tokenizer has ids (Qwen3 pads 151,669 ids to
+    151,936 rows); fewer means some token has no row. The eos id must be the same on both sides:
+    packing ends documents with the tokenizer's, generation stops at the model's. (The model's
+    pad id is not compared: nothing trains on it, and Hugging Face configs often leave it out.)
+    """
+    if tok.vocab_size > vocab_size:
+        raise UserError(f"the tokenizer {tok.path} has {tok.vocab_size} ids but the model's vocabulary "
+                        f"(--vocab-size) is {vocab_size}: use --vocab-size {tok.vocab_size} or more, "
+                        f"or the tokenizer the model was trained with (--tokenizer)")
+    if eos_token_id is not None and tok.eos_id != eos_token_id:
+        raise UserError(f"the tokenizer {tok.path} ends sequences with id {tok.eos_id} "
+                        f"({tok.id_to_token(tok.eos_id)}) but the model's eos_token_id is {eos_token_id}: "
+                        f"use the tokenizer the model was trained with (--tokenizer)")
 
 
 def default_tokenizer_dir() -> Path:
