@@ -36,11 +36,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from minimind.data.demo import source_documents
+from minimind.tokenizer import load_tokenizer
+
 
 def corpus_pieces() -> tuple[list[str], list[str]]:
     """Paragraphs and sentences of the demo corpus (Chinese news/reviews, English prose/docs)."""
-    from minimind.data.demo import source_documents
-
     paragraphs, sentences = [], []
     for doc in source_documents():
         for para in doc["text"].split("\n"):
@@ -152,8 +153,6 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     codes = [(b.split("=", 1)[0] if "=" in b else f"baseline{i or ''}", b.split("=", 1)[-1])
              for i, b in enumerate(args.baseline)] + [("current", None)]
-    from minimind.tokenizer import load_tokenizer
-
     print(f"BPE engine of the current code: {load_tokenizer().bulk_engine}", flush=True)
     rows: dict[str, list[dict]] = {name: [] for name, _ in codes}
     load0 = os.getloadavg()

@@ -17,6 +17,7 @@ import torch
 import transformers
 
 from minimind import MiniMindLM, ModelConfig, get_preset, load_model
+from minimind.devices import torch_dtype
 from minimind.interop import export_hf
 
 BASE = dict(vocab_size=97, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, max_seq_len=256)
@@ -43,7 +44,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = parser.parse_args()
-    dtype = getattr(torch, args.dtype)
+    dtype = torch_dtype(args.dtype)
     torch.manual_seed(0)
     x = torch.randint(0, 97, (2, 200))
     print(f"| family | transformers class | max-abs diff ({args.dtype}) |\n|---|---|---|")
