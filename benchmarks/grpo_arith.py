@@ -42,9 +42,8 @@ from minimind.infer import SamplingParams
 from minimind.infer.loading import load_engine
 from minimind.train.metrics import read_metrics
 from minimind.train.plot import plot_run
+from minimind.train.recipes import run_stage
 from minimind.train.rewards import correctness_reward
-from minimind.train.stages import get_stage
-from minimind.train.trainer import Trainer
 
 
 def arithmetic_split(a_range: tuple[int, int], b_range: tuple[int, int], eval_size: int, data_seed: int,
@@ -88,17 +87,12 @@ def write_data(out: Path, train: list[tuple], evals: list[tuple], sft_copies: in
 
 
 def train(stage: str, out: Path, **options) -> Path:
-    """Run one stage through the one Trainer (or reuse a finished run); return its checkpoint."""
-    if (out / "checkpoints" / "latest").is_file():
-        print(f"== {stage}: reusing {out}")
-        return resolve_checkpoint(out)
-    cls = get_stage(stage)
-    cfg = cls.config_class(out=str(out), progress=False, num_samples=0, eval_batches=0, save_every=0, **options)
-    cfg.validate()
+    """Run one stage through the one Trainer (or resume / reuse its run: `run_stage`); return its checkpoint."""
     t = time.perf_counter()
-    Trainer(cls(cfg)).fit()
-    print(f"== {stage}: {cfg.max_steps} steps in {time.perf_counter() - t:.0f} s")
-    return resolve_checkpoint(out)
+    result = run_stage(stage, out=str(out), progress=False, num_samples=0, eval_batches=0, save_every=0, **options)
+    if not result.reused:
+        print(f"== {stage}: {result.step} steps in {time.perf_counter() - t:.0f} s")
+    return result.checkpoint
 
 
 def accuracy(ckpt: Path, triples: list[tuple], max_new_tokens: int, temperature: float = 0.0, samples: int = 1) -> dict:

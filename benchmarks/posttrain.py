@@ -31,6 +31,7 @@ import torch
 
 from minimind.chat import render_conversation, render_prompt
 from minimind.checkpoint import load_model, resolve_checkpoint
+from minimind.data.demo import write_demo
 from minimind.data.formats import iter_examples
 from minimind.infer import SamplingParams
 from minimind.infer.loading import load_engine
@@ -38,23 +39,18 @@ from minimind.tokenizer import load_tokenizer
 from minimind.train.losses import distill_loss, sequence_logprobs
 from minimind.train.metrics import read_metrics
 from minimind.train.plot import plot_run
+from minimind.train.quickstart import quickstart
+from minimind.train.recipes import run_stage
 from minimind.train.rewards import correctness_reward, format_reward
-from minimind.train.stages import get_stage
-from minimind.train.trainer import Trainer
 
 
 def train(stage: str, out: Path, **options) -> Path:
-    """Run one stage to completion (or reuse a finished run) and return its final checkpoint."""
-    if (out / "checkpoints" / "latest").is_file():
-        print(f"== {stage}: reusing {out}")
-        return resolve_checkpoint(out)
-    cls = get_stage(stage)
-    cfg = cls.config_class(out=str(out), progress=False, num_samples=0, **options)
-    cfg.validate()
+    """Run one stage to completion (or resume / reuse its run: `run_stage`) and return its final checkpoint."""
     t = time.perf_counter()
-    Trainer(cls(cfg)).fit()
-    print(f"== {stage}: {cfg.max_steps} steps in {time.perf_counter() - t:.0f} s")
-    return resolve_checkpoint(out)
+    result = run_stage(stage, out=str(out), progress=False, **{"num_samples": 0, **options})
+    if not result.reused:
+        print(f"== {stage}: {result.step} steps in {time.perf_counter() - t:.0f} s")
+    return result.checkpoint
 
 
 def _labels(ids: list[int], mask: list[int]) -> torch.Tensor:
@@ -141,15 +137,11 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     steps = lambda n: max(1, int(n * args.scale))  # noqa: E731
 
-    from minimind.data.demo import write_demo
-
     data = write_demo(out / "data")
     if args.base:
         base = resolve_checkpoint(args.base)
         pretrained = resolve_checkpoint(args.pretrained or Path(args.base).parent / "pretrain")
     else:
-        from minimind.train.quickstart import quickstart
-
         qs = quickstart(out / "base", pretrain_steps=steps(250), sft_steps=steps(120))
         base, pretrained = resolve_checkpoint(qs["sft"]), resolve_checkpoint(qs["pretrain"])
     results_path = out / "results.json"

@@ -137,14 +137,18 @@ def test_activation_checkpointing_gives_same_gradients(tmp_path):
 
 
 def test_quickstart_plan_fits_the_budget():
-    from minimind.train.quickstart import PRETRAIN, PRETRAIN_STEPS, SFT, SFT_STEPS, SHARES, plan_steps
+    from minimind.train.quickstart import plan_steps, quickstart_plan
 
-    pre, sft = plan_steps(tok_s=3000.0, minutes=9.0)
-    tokens = pre * PRETRAIN["batch_size"] * PRETRAIN["seq_len"] + sft * SFT["batch_size"] * SFT["seq_len"]
-    assert tokens / 3000.0 <= (SHARES[0] + SHARES[1]) * 9 * 60 + 1
-    assert pre == int(SHARES[0] * 540 * 3000 / 2048)
-    assert plan_steps(1.0, 9.0) == (PRETRAIN_STEPS[0], SFT_STEPS[0])  # slow machine: the minimums
-    assert plan_steps(1e9, 9.0) == (PRETRAIN_STEPS[1], SFT_STEPS[1])  # GPU: the maximums
+    plan = quickstart_plan()  # minimind/recipes/quickstart.json
+    pre, sft = (s for s in plan["stages"] if "share" in s)
+    assert (pre["name"], sft["name"]) == ("pretrain", "sft")
+    per_step = {s["name"]: s["options"]["batch_size"] * s["options"]["seq_len"] for s in (pre, sft)}
+    n_pre, n_sft = plan_steps(tok_s=3000.0, minutes=9.0)
+    tokens = n_pre * per_step["pretrain"] + n_sft * per_step["sft"]
+    assert tokens / 3000.0 <= (pre["share"] + sft["share"]) * 9 * 60 + 1
+    assert n_pre == int(0.6 * 540 * 3000 / 2048)  # the shipped plan: 60% of the time, 8 x 256 tokens a step
+    assert plan_steps(1.0, 9.0) == (pre["steps"][0], sft["steps"][0])  # slow machine: the minimums
+    assert plan_steps(1e9, 9.0) == (pre["steps"][1], sft["steps"][1])  # GPU: the maximums
 
 
 class SixBatchEpochs(SyntheticStage):

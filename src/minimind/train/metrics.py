@@ -1,8 +1,9 @@
 """What the user sees during training: a progress bar and metric sinks.
 
 Contract:
-- `MetricsLogger(run_dir, tensorboard=False, wandb_project=None)` appends one JSON object per call
-  of `log(record)` to `RUN_DIR/metrics.jsonl` (flushed at once, so a killed run keeps its history),
+- `MetricsLogger(run_dir, tensorboard=False, wandb_project=None, config=None, tags=None)` appends one
+  JSON object per call of `log(record)` to `RUN_DIR/metrics.jsonl` (flushed at once, so a killed run
+  keeps its history), `tags` added to every record (a recipe phase: {"phase": "general"}),
   and mirrors numeric values to TensorBoard / Weights & Biases when asked. Those two are imported
   lazily and never required: asking for a missing one is a `UserError` saying what to install
   (`check_optional_loggers`, which the trainer calls before it writes anything).
@@ -105,8 +106,9 @@ def check_optional_loggers(tensorboard: bool, wandb_project: str | None) -> None
 
 class MetricsLogger:
     def __init__(self, run_dir: Path, tensorboard: bool = False, wandb_project: str | None = None,
-                 config: dict[str, Any] | None = None) -> None:
+                 config: dict[str, Any] | None = None, tags: dict[str, Any] | None = None) -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
+        self.tags = dict(tags or {})
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a", encoding="utf-8")
         self._tb = self._wandb = None
@@ -121,6 +123,7 @@ class MetricsLogger:
             self._wandb = wandb.init(project=wandb_project, dir=str(run_dir), config=config or {})
 
     def log(self, record: dict[str, Any]) -> None:
+        record = {**record, **self.tags}
         self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
         self._file.flush()
         step = record.get("step", 0)

@@ -1,4 +1,4 @@
-"""AdamW with parameter groups, and the warmup + cosine learning-rate schedule.
+"""AdamW with parameter groups, and the learning-rate schedules (warmup + cosine, or WSD).
 
 Contract:
 - `param_groups(named_params, weight_decay)` splits trainable parameters into two AdamW groups:
@@ -6,7 +6,11 @@ Contract:
 - `make_optimizer(named_params, cfg, device)` returns torch AdamW (fused kernel where the device
   supports it).
 - `lr_at(step, cfg, total_steps)` is a pure function of the step: the schedule has no state of its
-  own, so resuming only needs the step number.
+  own, so resuming only needs the step number. `cfg.schedule` picks the shape after the warmup:
+  "cosine" (half a cosine over every remaining step) or "wsd" (warmup-stable-decay: the peak LR
+  until the last `round(decay_frac * total_steps)` steps, then a straight line down to the
+  minimum, reached on the last step). A multi-phase recipe calls it with the phase's own step and
+  total, so each phase has its own schedule.
 """
 
 from __future__ import annotations
@@ -50,18 +54,33 @@ def make_optimizer(named_params: Iterable[tuple[str, nn.Parameter]], cfg: TrainC
 
 
 def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
-    """Learning rate for optimizer step `step` (0-based).
+    """Learning rate for optimizer step `step` (0-based) of a run of `total_steps`.
 
-    Linear warmup from lr/warmup to lr, then half a cosine from lr down to lr * min_lr_ratio at
-    the last step. Warmup keeps the first updates small while Adam's second-moment estimates are
-    still noisy; the cosine spends most of the budget at high LR and anneals at the end.
+    Linear warmup from lr/warmup to lr keeps the first updates small while Adam's second-moment
+    estimates are still noisy. Then `cfg.schedule`: the cosine spends most of the budget at high
+    LR and anneals towards the end; WSD stays at the peak (so a run can be extended, or a later
+    phase continue at the same LR) and anneals only in its decay window.
     """
     if cfg.warmup_steps and step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     min_lr = cfg.lr * cfg.min_lr_ratio
+    if cfg.schedule == "wsd":
+        return _wsd(step, cfg.lr, min_lr, total_steps, cfg.decay_frac)
     span = max(1, total_steps - cfg.warmup_steps - 1)
     progress = min(1.0, (step - cfg.warmup_steps) / span)
     return min_lr + 0.5 * (cfg.lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def _wsd(step: int, lr: float, min_lr: float, total_steps: int, decay_frac: float) -> float:
+    """Stable at `lr`, then linear decay over the last D = round(decay_frac * total) steps.
+
+    Decay step i (1..D) has lr - (lr - min_lr) * i / D: the last step is exactly min_lr, and
+    decay_frac 0 means no decay at all (a phase that a later phase will anneal)."""
+    decay_steps = round(decay_frac * total_steps)
+    into_decay = step - (total_steps - decay_steps) + 1  # 1 on the first decay step
+    if decay_steps <= 0 or into_decay <= 0:
+        return lr
+    return lr - (lr - min_lr) * min(1.0, into_decay / decay_steps)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

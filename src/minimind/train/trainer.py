@@ -15,8 +15,16 @@ for the loss of a batch and how to save weights (see `stages/base.py`). It owns 
   stays good.
 
 Its parts live beside it: `step.py` (one optimizer step: micro-batches, backward, clip, update),
-`state.py` (model/optimizer state dicts for checkpoints), `rundir.py` (train_config.json, the
-tokenizer copy), `checkpointing.py` (checkpoint folders, RNG states).
+`snapshot.py` (what a checkpoint holds; resume; continuing a recipe phase), `state.py`
+(model/optimizer state dicts for checkpoints), `rundir.py` (train_config.json, the tokenizer
+copy), `checkpointing.py` (checkpoint folders, RNG states).
+
+Phases (`train/phases.py`, `minimind pretrain --recipe`): `Trainer(stage, phase=Phase(name,
+start_step, continue_from))` trains one phase of a multi-phase run in the same run directory:
+the step count goes on from `start_step`, the LR schedule is the phase's own (step and total
+counted from its start), every metrics record carries `"phase": name`, train records the realised
+mixture proportions (`"mix"`, when the data is a `data.mixture.Mixture`), and the first step
+continues from the previous phase's final checkpoint (`snapshot.continue_phase`).
 
 Never losing finished work (docs/reliability.md):
 - the run directory is locked (`runlock.RunLock`) for the whole run; leftovers of a killed save
@@ -43,22 +51,24 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import CheckpointError, resolve_checkpoint
+from ..checkpoint import is_hf_folder, resolve_checkpoint
 from ..config import flops_per_token
 from ..data.loader import Prefetcher
+from ..data.mixture import realised_shares
 from ..errors import UserError
 from ..model import MiniMindLM
 from . import checkpointing as ckpt
 from . import distributed as D
+from . import snapshot
 from .budget import WallClock, planned_steps
 from .build import build_model, check_vocabulary, enable_activation_checkpointing, load_tokenizer_for, resolve_dtype
 from .evaluation import Evaluator
 from .metrics import MetricsLogger, Progress, check_optional_loggers, model_flops_utilization, peak_flops
 from .optim import lr_at, make_optimizer, set_lr
+from .plot import plot_run
 from .rundir import check_saved_config, write_run_files
 from .runlock import RunLock
 from .stages.base import Stage, TrainContext
-from .state import full_state, load_optimizer_state
 from .step import accumulate, update
 
 
@@ -79,17 +89,29 @@ class TrainResult:
     val_loss: float | None
     checkpoint: Path | None
     losses: list[float]
+    reused: bool = False  # recipes.run_stage found the run finished and trained nothing
+
+
+@dataclass(frozen=True)
+class Phase:
+    """Where this training sits in a multi-phase run (module docstring); a plain run is `Phase()`."""
+
+    name: str | None = None
+    start_step: int = 0  # the run's step count when the phase begins
+    continue_from: Path | None = None  # the previous phase's final checkpoint, for the phase's first step
 
 
 class Trainer:
     def __init__(self, stage: Stage, *, model: MiniMindLM | None = None, tokenizer: Any = "auto",
-                 clock: Callable[[], float] = time.monotonic, prefetch: bool | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, prefetch: bool | None = None,
+                 phase: Phase = Phase()) -> None:
         """`model` / `tokenizer` override what the config would load (tests, notebooks);
         tokenizer=None trains without one (synthetic data; no tokenizer files are saved).
         `clock` measures wall time for --max-minutes (tests inject a fake one).
         `prefetch`: make batches on a background thread (None: on CUDA, where the GPU runs ahead
-        of the host and the thread overlaps with it; on a CPU it would only compete for cores)."""
-        self.stage, self.cfg = stage, stage.config
+        of the host and the thread overlaps with it; on a CPU it would only compete for cores).
+        `phase`: this run is one phase of a multi-phase recipe (module docstring)."""
+        self.stage, self.cfg, self.phase = stage, stage.config, phase
         self._given_model, self._given_tokenizer, self._clock = model, tokenizer, clock
         self._prefetch = prefetch
         self.lock: RunLock | None = None
@@ -114,34 +136,39 @@ class Trainer:
         init_path = None
         if cfg.init:
             p = Path(cfg.init)
-            from ..checkpoint import is_hf_folder
-
             init_path = p if (p.is_dir() and is_hf_folder(p)) else resolve_checkpoint(p)
         tokenizer = load_tokenizer_for(cfg, init_path) if self._given_tokenizer == "auto" else self._given_tokenizer
         self.ctx = TrainContext(config=cfg, device=self.device, rank=self.dist.rank,
                                 world_size=self.dist.world_size, tokenizer=tokenizer, run_dir=self.run_dir,
                                 init_path=init_path)
         self._build(init_path, tokenizer)
-
-        self.batches = self.stage.batches(self.ctx, "train")
-        self.evaluator = Evaluator(self.stage, self.ctx, self.dist)  # checks what evaluation needs, before step 1
-        self.step, self.tokens_seen, self.best_val = 0, 0, None
-        if self.resume_from is not None:
-            self._restore(self.resume_from)
-        elif cfg.resume and self.main:
-            print(f"note: {self.run_dir} has no checkpoint yet; starting from step 0")
-        self.total_steps = planned_steps(cfg, self.batches, self.dist.world_size)
-        if cfg.max_minutes and self._saved_total:  # a run shortened by the clock keeps its shorter schedule
-            self.total_steps = min(self.total_steps, self._saved_total)
+        self._position()
         if self.main:  # setup succeeded: only now touch the run directory's files
             write_run_files(self.run_dir, self.stage.name, self.cfg, tokenizer, self.step)
+
+    def _position(self) -> None:
+        """Data, evaluator, and where the run stands: fresh, resumed, or continuing the last phase."""
+        cfg = self.cfg
+        self.batches = self.stage.batches(self.ctx, "train")
+        self.evaluator = Evaluator(self.stage, self.ctx, self.dist)  # checks what evaluation needs, before step 1
+        self.step, self.tokens_seen, self.best_val = self.phase.start_step, 0, None
+        if self.resume_from is not None:
+            snapshot.restore(self, self.resume_from)
+        elif self.phase.continue_from is not None:
+            snapshot.continue_phase(self, self.phase.continue_from)
+        elif cfg.resume and self.main:
+            print(f"note: {self.run_dir} has no checkpoint yet; starting from step 0")
+        self.total_steps = self.phase.start_step + planned_steps(cfg, self.batches, self.dist.world_size)
+        if cfg.max_minutes and self.saved_total:  # a run shortened by the clock keeps its shorter schedule
+            self.total_steps = min(self.total_steps, self.saved_total)
 
     def _claim_run_dir(self) -> None:
         """Lock the run directory, decide fresh start or resume, clean what a killed run left."""
         self.lock = RunLock(self.run_dir)
-        self._on_main(self.lock.acquire)  # held until fit() returns; every rank fails if it is refused
-        self.resume_from, self._saved_total = None, None
-        if (self.run_dir / "checkpoints" / "latest").is_file():
+        self.on_main(self.lock.acquire)  # held until fit() returns; every rank fails if it is refused
+        self.resume_from, self.saved_total = None, None
+        # A phase that continues the previous one starts after that phase's checkpoint, not on it.
+        if (self.run_dir / "checkpoints" / "latest").is_file() and self.phase.continue_from is None:
             if not self.cfg.resume:
                 raise UserError(f"{self.run_dir} already holds a run; add --resume to continue it, or choose another --out")
             self.resume_from = ckpt.latest_checkpoint(self.run_dir)
@@ -174,8 +201,9 @@ class Trainer:
         check_vocabulary(model, tokenizer)
         model.to(self.device)
         model = self.stage.prepare_model(model, self.ctx) or model
-        if self.resume_from is not None:
-            self.stage.load_weights(model, self.resume_from, self.ctx)
+        weights = self.resume_from or self.phase.continue_from
+        if weights is not None:
+            self.stage.load_weights(model, weights, self.ctx)
         if cfg.activation_checkpointing:
             enable_activation_checkpointing(model)
         torch.manual_seed(cfg.seed + self.dist.rank)
@@ -198,7 +226,7 @@ class Trainer:
         self.optimizer = make_optimizer(self.params, cfg, self.device)
         self.scaler = torch.amp.GradScaler("cuda") if (self.dtype == torch.float16 and self.device.type == "cuda") else None
 
-    def _on_main(self, fn: Callable[[], Any]) -> None:
+    def on_main(self, fn: Callable[[], Any]) -> None:
         """Run `fn` on rank 0 only; if it raises a UserError, every rank raises it (none waits forever)."""
         error = None
         if self.main:
@@ -212,50 +240,9 @@ class Trainer:
         if message is not None:
             raise UserError(message)
 
-    # -- checkpoints --------------------------------------------------------------------------------
-
-    def _restore(self, folder: Path) -> None:
-        tensors, meta = ckpt.load_trainer_state(folder)
-        saved_world = meta.get("world_size", 1)
-        if saved_world != self.dist.world_size:
-            raise CheckpointError(f"{folder} was written by {saved_world} process(es); resume it with the same number "
-                                  f"(now {self.dist.world_size}) so every rank finds its data position")
-        load_optimizer_state(self.model, self.optimizer, tensors["optimizer"], self.dist)
-        if self.scaler is not None and tensors.get("scaler"):
-            self.scaler.load_state_dict(tensors["scaler"])
-        ckpt.set_rng_state(tensors["rng"][self.dist.rank], self.device)
-        self.batches.load_state_dict(meta["loader"][self.dist.rank])
-        self.step, self.tokens_seen = meta["step"], meta.get("tokens_seen", 0)
-        self.best_val = meta.get("best_val")
-        self._saved_total = meta.get("total_steps")
-
     def save(self) -> Path | None:
-        """All ranks call this (FSDP gathers shards); rank 0 writes and returns the folder.
-        The val loss of the step is added afterwards (`_record_val_loss`)."""
-        model_sd, optim_sd = full_state(self.model, self.optimizer, self.dist)
-        loaders = D.all_gather_objects(self.batches.state_dict(), self.dist)
-        rngs = D.all_gather_objects(ckpt.rng_state(self.device), self.dist)
-        written: list[Path] = []
-
-        def write(folder: Path) -> None:
-            self.stage.save_weights(self.model, model_sd, folder, self.ctx)
-            tensors = {"optimizer": optim_sd, "scaler": self.scaler.state_dict() if self.scaler else {}, "rng": rngs}
-            ckpt.save_tensors(folder / ckpt.STATE_PT, tensors)
-
-        state = {"stage": self.stage.name, "tokens_seen": self.tokens_seen, "loader": loaders,
-                 "val_loss": None, "best_val": self.best_val, "world_size": self.dist.world_size,
-                 "total_steps": self.total_steps, "train_config": self.cfg.to_dict()}
-        # Also the barrier: a write that fails on rank 0 (full disk) stops every rank with its message.
-        self._on_main(lambda: written.append(ckpt.save_checkpoint(self.run_dir, self.step, write, state, self.cfg.keep_last)))
-        return written[0] if written else None
-
-    def _record_val_loss(self, path: Path | None, val_loss: float | None) -> None:
-        if val_loss is None:
-            return
-        if self.best_val is None or val_loss < self.best_val:
-            self.best_val = val_loss
-        if path is not None:
-            ckpt.record_val_loss(path, val_loss, self.best_val)
+        """A checkpoint of this step (`snapshot.save`); rank 0 returns its folder."""
+        return snapshot.save(self)
 
     # -- the loop -------------------------------------------------------------------------------------
 
@@ -290,7 +277,7 @@ class Trainer:
             self.progress.write(f"[sample @ {self.step}] {record['prompt']!r} -> {record['completion']!r}")
         ckpt.set_rng_state(rng, self.device)
         if saving:
-            self._record_val_loss(path, val_loss)
+            snapshot.record_val_loss(self, path, val_loss)
         return val_loss
 
     def fit(self) -> TrainResult:
@@ -303,15 +290,17 @@ class Trainer:
 
     def _start(self) -> None:
         """Loggers, progress bar, the run's opening line; batches on a background thread if asked."""
-        cfg = self.cfg
-        self.logger = MetricsLogger(self.run_dir, cfg.tensorboard, cfg.wandb, cfg.to_dict()) if self.main else None
-        self.progress = Progress(self.total_steps, self.step, enabled=self.main and cfg.progress, desc=self.stage.name)
+        cfg, name = self.cfg, self.stage.name + (f"/{self.phase.name}" if self.phase.name else "")
+        tags = {"phase": self.phase.name} if self.phase.name else None
+        self.logger = MetricsLogger(self.run_dir, cfg.tensorboard, cfg.wandb, cfg.to_dict(), tags) if self.main else None
+        self.progress = Progress(self.total_steps, self.step, enabled=self.main and cfg.progress, desc=name)
         self._fpt = flops_per_token(self.model.config, cfg.seq_len)
         self._peak = peak_flops(self.device, self.dtype) if self.main else None
         if self.main:
             where = f"resuming from {self.resume_from} at step {self.step}" if self.resume_from else "starting"
+            where = f"continuing from {self.phase.continue_from}" if self.phase.continue_from else where
             n_train = sum(p.numel() for _, p in self.params)
-            self.progress.write(f"{self.stage.name}: {where}; {n_train:,} trainable parameters; {self.total_steps} steps "
+            self.progress.write(f"{name}: {where}; {n_train:,} trainable parameters; {self.total_steps} steps "
                                 f"on {self.device} ({str(self.dtype).removeprefix('torch.')}, {self.dist.world_size} process(es))")
         self.model.train()
         prefetch = self._prefetch if self._prefetch is not None else self.device.type == "cuda"
@@ -332,6 +321,9 @@ class Trainer:
                       "tok_s": round(tok_s, 1), "grad_norm": _host(grad_norm), **{k: _host(v) for k, v in metrics.items()}}
             if mfu is not None:
                 record["mfu"] = round(mfu, 5)
+            mix = realised_shares(self.batches.state_dict())  # a mixture's realised proportions so far
+            if mix is not None:
+                record["mix"] = {source: round(share, 5) for source, share in mix.items()}
             self.logger.log(record)
 
     def _stop(self) -> None:
@@ -341,40 +333,43 @@ class Trainer:
         if self.logger is not None:
             self.logger.close()
 
+    def _train_step(self, it: Any) -> tuple[float, float, int, Any, dict[str, Any]]:
+        """One optimizer step at the phase's LR; (loss, lr, tokens, grad norm, metrics)."""
+        start = self.phase.start_step  # the schedule counts from the phase's first step
+        lr = lr_at(self.step - start, self.cfg, self.total_steps - start)
+        set_lr(self.optimizer, lr)
+        loss, metrics, tokens = accumulate(self, it)  # step.py: the micro-batches
+        if not math.isfinite(loss):
+            good = ckpt.latest_checkpoint(self.run_dir) if self.main else None
+            raise TrainingError(
+                f"the loss became {loss} at step {self.step + 1}; the weights were not updated. "
+                f"Last good checkpoint: {good or 'none yet'}. Try a lower --lr, --grad-clip 1.0, "
+                f"or --dtype bf16/fp32 instead of fp16.")
+        grad_norm = update(self)  # step.py: clip, optimizer step
+        self.step += 1
+        self.ctx.step = self.step
+        self.tokens_seen += tokens
+        return loss, lr, tokens, grad_norm, metrics
+
     def _fit(self) -> TrainResult:
         cfg = self.cfg
         self._start()
         it = iter(self.batches)
         losses: list[float] = []
-        last_saved = self.step if self.resume_from else -1
+        last_saved = self.step if (self.resume_from or self.phase.continue_from) else -1
         val_loss = None
         t_last = time.perf_counter()
         try:
             while self.step < self.total_steps:
-                lr = lr_at(self.step, cfg, self.total_steps)
-                set_lr(self.optimizer, lr)
-                loss, metrics, tokens = accumulate(self, it)  # step.py: the micro-batches
-                if not math.isfinite(loss):
-                    good = ckpt.latest_checkpoint(self.run_dir) if self.main else None
-                    raise TrainingError(
-                        f"the loss became {loss} at step {self.step + 1}; the weights were not updated. "
-                        f"Last good checkpoint: {good or 'none yet'}. Try a lower --lr, --grad-clip 1.0, "
-                        f"or --dtype bf16/fp32 instead of fp16.")
-                grad_norm = update(self)  # step.py: clip, optimizer step
-                self.step += 1
-                self.ctx.step = self.step
-                self.tokens_seen += tokens
+                loss, lr, tokens, grad_norm, metrics = self._train_step(it)
                 losses.append(loss)
                 self._replan()
-                now = time.perf_counter()
-                self._log_step(loss, lr, tokens, now - t_last, grad_norm, metrics)
-
+                self._log_step(loss, lr, tokens, time.perf_counter() - t_last, grad_norm, metrics)
                 done = self.step == self.total_steps
                 saving = bool(cfg.save_every and self.step % cfg.save_every == 0) or done
                 evaluating = bool(cfg.eval_every and self.step % cfg.eval_every == 0) or done
                 val_loss = self._checkpoint_and_evaluate(saving, evaluating)
-                if saving:
-                    last_saved = self.step
+                last_saved = self.step if saving else last_saved
                 t_last = time.perf_counter()  # evaluation and saving do not count as training time
         finally:
             self._stop()
@@ -389,8 +384,6 @@ class Trainer:
 
     def _plot(self) -> None:
         """loss.png / lr.png; the run is complete without them, so a failure is only a warning."""
-        from .plot import plot_run
-
         try:
             plot_run(self.run_dir)
         except (ImportError, OSError, UserError) as err:

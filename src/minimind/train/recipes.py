@@ -1,0 +1,113 @@
+"""Run a training stage from code, idempotently; read recipe files.
+
+This is the one way code runs a stage: `minimind <stage>` (cli/train_cmds.py), `minimind
+quickstart`, the phases of `minimind pretrain --recipe` and the benchmarks all come here.
+
+Contract:
+- `run_stage(name, config_file=None, *, reuse=True, **options) -> TrainResult | None` builds the
+  config of stage `name` from defaults < `config_file` (JSON) < `options` (validated), then:
+    reuse=True (code): the run directory `options["out"]` decides. No checkpoint yet: a fresh run.
+      A final checkpoint whose saved options match: reused, nothing trains (`result.reused`). An
+      unfinished run whose options match: resumed. A run of another stage or with other options:
+      refused with a one-line `UserError` naming the options that differ.
+    reuse=False (the CLI): the config's own `resume` flag decides, as `Trainer` does (a run
+      directory that holds a run needs --resume; with it, changed options are only noted).
+  Options that say how a run is carried out, not what it trains (`RUN_ONLY`: device, logging,
+  evaluation, checkpoint frequency, --max-minutes, ...), never count as a difference. Returns
+  None when the stage did a non-training job instead (`Stage.run_instead_of_training`).
+- `run_state(run_dir, stage, cfg)` is that decision on its own: "fresh", "resume" or "done".
+- `finished(meta, max_steps)`: a checkpoint's trainer_state.json is the end of its run: it reached
+  `max_steps`, or the earlier end the run's wall-clock limit set (`total_steps`).
+Recipe files themselves are read by `minimind.recipes.read_recipe` (torch-free, for the CLI);
+`train/phases.py` runs the multi-phase pretraining ones, `quickstart.py` the quickstart's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+from . import checkpointing as ckpt
+from . import distributed as D
+from .config import TrainConfig, load_config
+from .stages import get_stage
+from .trainer import Trainer, TrainResult
+
+# How a run is carried out, not what it trains: a finished run is reused whatever these say.
+RUN_ONLY = frozenset({
+    "out", "resume", "device", "dtype", "compile", "activation_checkpointing", "fsdp", "max_minutes",
+    "save_every", "keep_last", "eval_every", "eval_batches", "eval_suite", "eval_data", "eval_limit",
+    "num_samples", "sample_tokens", "log_every", "progress", "tensorboard", "wandb",
+})
+
+
+def finished(meta: dict[str, Any], max_steps: int | None) -> bool:
+    """Whether a checkpoint (its trainer_state.json) is the end of its run (module docstring)."""
+    ends = [n for n in (max_steps, meta.get("total_steps")) if n]
+    return bool(ends) and meta.get("step", 0) >= min(ends)
+
+
+def _differences(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
+    """`option: saved -> new` for every option that changes what the run trains."""
+    defaults = {k: v for k, v in type(cfg)().to_dict().items()}  # options added since the run was saved
+    old = {**defaults, **saved}
+    return [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in cfg.to_dict().items() if k not in RUN_ONLY and old.get(k) != v]
+
+
+def run_state(run_dir: Path, stage: str, cfg: TrainConfig) -> str:
+    """"fresh", "resume" or "done" for `cfg` in `run_dir`; a UserError if the run there is another one."""
+    latest = ckpt.latest_checkpoint(run_dir)
+    if latest is None:
+        return "fresh"
+    meta = json.loads((latest / ckpt.STATE_JSON).read_text())
+    if meta.get("stage") != stage:
+        raise UserError(f"{run_dir} holds a {meta.get('stage')!r} run, not {stage!r}; choose another output folder")
+    diff = _differences(meta.get("train_config", {}), cfg)
+    if diff:
+        raise UserError(f"{run_dir} holds a {stage} run with other options ({'; '.join(diff[:3])}); "
+                        f"choose another output folder or delete it")
+    return "done" if finished(meta, cfg.max_steps) else "resume"
+
+
+def _is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _reused(run_dir: Path) -> TrainResult:
+    """The result of a finished run, read back from its final checkpoint."""
+    latest = ckpt.latest_checkpoint(run_dir)
+    meta = json.loads((latest / ckpt.STATE_JSON).read_text())
+    return TrainResult(run_dir, meta["step"], None, meta.get("val_loss"), latest, [], reused=True)
+
+
+def run_stage(name: str, config_file: str | Path | None = None, *, reuse: bool = True,
+              **options: Any) -> TrainResult | None:
+    """Run stage `name` with these options (TrainConfig fields); see the module docstring."""
+    stage_cls = get_stage(name)
+    cfg = load_config(stage_cls.config_class, config_file, options)
+    if not cfg.out:
+        raise UserError("--out is required: the run directory for checkpoints and metrics")
+    run_dir = Path(cfg.out)
+    if reuse:
+        state = run_state(run_dir, name, cfg)
+        if state == "done":
+            if _is_main():
+                print(f"== {name}: already done in {run_dir}, skipping")
+            return _reused(run_dir)
+        cfg.resume = state == "resume"
+        if _is_main():
+            limit = f" (at most {cfg.max_minutes:.2g} min)" if cfg.max_minutes else ""
+            print(f"== {name}: {cfg.max_steps} steps{limit} -> {run_dir}" + (" (resuming)" if cfg.resume else ""))
+    stage = stage_cls(cfg)
+    if stage.run_instead_of_training():
+        return None
+    trainer = Trainer(stage)
+    try:
+        return trainer.fit()
+    finally:
+        if getattr(trainer, "dist", None) is not None:  # not set when the config was refused
+            D.cleanup(trainer.dist)
+
