@@ -3,10 +3,9 @@
 Contract: `stage_registry()` returns name -> Stage class, in `order`; `get_stage(name)` one of
 them (a UserError names the choices). A new stage is one new file here with a `Stage` subclass,
 its config class and `STAGE = ThatStage`; the CLI (`minimind <name> ...` with a flag per config
-field) and the Trainer pick it up without any other change. Importing a stage module must stay
-cheap (no torch at import time), because the CLI imports all of them to build `minimind --help`;
-the shared conventions a stage builds on (forward with the MoE balance loss, seeds, config
-defaults) are the toolkit at the end of `base.py`.
+field) and the Trainer pick it up without any other change. The shared conventions a stage
+builds on (forward with the MoE balance loss, seeds, config defaults) are the toolkit at the end
+of `base.py`.
 """
 
 from __future__ import annotations

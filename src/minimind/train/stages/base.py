@@ -33,8 +33,6 @@ The stage toolkit: conventions every stage shares, each decided once, here.
 - The ignore label is `model.lm_loss.IGNORE_INDEX` and the think/tool tags are the tokenizer's
   (`tokenizer.THINK_START`, ...); the reasoning splitter is `chat.split_reasoning`.
 
-Stage modules import torch (and our modules built on it) inside the functions that run a stage:
-the CLI imports every stage module to build `minimind --help`, which must not wait for torch.
 """
 
 from __future__ import annotations
@@ -44,14 +42,16 @@ import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol
+from typing import Any, ClassVar, NamedTuple, Protocol
 
+import torch
+from torch import nn
+
+from ...checkpoint import WEIGHTS_NAME, CheckpointError, load_weights, read_safetensors, save_model
+from ...data.loader import make_loader
 from ...errors import UserError
+from ...model.lm_loss import IGNORE_INDEX
 from ..config import TrainConfig
-
-if TYPE_CHECKING:  # torch stays unimported until training starts: `minimind --help` is instant
-    import torch
-    from torch import nn
 
 
 class Batches(Protocol):
@@ -96,13 +96,13 @@ class TrainContext:
     """What the Trainer shares with its stage."""
 
     config: TrainConfig
-    device: "torch.device"
+    device: torch.device
     rank: int = 0
     world_size: int = 1
     tokenizer: Any = None  # minimind.tokenizer.Tokenizer, or None in synthetic tests
     run_dir: Path | None = None
-    model: "nn.Module | None" = None  # the unwrapped model being trained (for generation)
-    extra: "dict[str, nn.Module]" = field(default_factory=dict)  # frozen models from extra_models
+    model: nn.Module | None = None  # the unwrapped model being trained (for generation)
+    extra: dict[str, nn.Module] = field(default_factory=dict)  # frozen models from extra_models
     autocast: Any = None  # callable returning the autocast context manager for forward passes
     step: int = 0
     init_path: Path | None = None  # the checkpoint --init resolved to (None: from scratch)
@@ -136,8 +136,6 @@ class Stage:
     # (b) how a batch is made -----------------------------------------------------------------
 
     def batches(self, ctx: TrainContext, split: str = "train") -> Batches:
-        from ...data.loader import make_loader
-
         cfg = ctx.config
         if not cfg.data:
             raise UserError(f"`minimind {self.name}` needs --data FILE_OR_DIR")
@@ -147,8 +145,6 @@ class Stage:
 
     def batch_weight(self, batch: dict[str, Any]) -> float:
         """Loss tokens in this micro-batch: labels[:, 1:] != IGNORE_INDEX (the model shifts labels)."""
-        from ...model.lm_loss import IGNORE_INDEX
-
         return float((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
 
     def batch_tokens(self, batch: dict[str, Any]) -> int:
@@ -174,8 +170,6 @@ class Stage:
     def save_weights(self, model: nn.Module, state_dict: dict[str, torch.Tensor], folder: Path,
                      ctx: TrainContext) -> None:
         """Write the weights of a checkpoint; `state_dict` is full (gathered) and on CPU."""
-        from ...checkpoint import save_model
-
         tok_dir = getattr(ctx.tokenizer, "path", None)
         sd = dict(state_dict)
         if model.config.tie_word_embeddings:
@@ -184,8 +178,6 @@ class Stage:
 
     def load_weights(self, model: nn.Module, folder: Path, ctx: TrainContext) -> None:
         """Restore the weights `save_weights` wrote (called on resume, before wrapping)."""
-        from ...checkpoint import WEIGHTS_NAME, CheckpointError, load_weights, read_safetensors
-
         path = Path(folder) / WEIGHTS_NAME
         if not path.is_file():
             raise CheckpointError(f"{folder}: {WEIGHTS_NAME} is missing")
@@ -219,7 +211,7 @@ class Forward(NamedTuple):
     metrics: dict[str, Any]  # {"aux_loss": the unweighted balance loss, detached} for MoE, else {}
 
 
-def forward_with_aux(model: "nn.Module", input_ids: "torch.Tensor", ctx: TrainContext, **kwargs: Any) -> Forward:
+def forward_with_aux(model: nn.Module, input_ids: torch.Tensor, ctx: TrainContext, **kwargs: Any) -> Forward:
     """`model(input_ids, **kwargs)` on `ctx.device`, and the MoE auxiliary loss its stage must add.
 
     Every stage's loss is `its objective + .aux`: without the Switch-style balance term the router

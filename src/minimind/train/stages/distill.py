@@ -24,23 +24,26 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import torch
+from torch import nn
 
 from ...chat import render_prompt, split_reasoning
+from ...checkpoint import atomic_write
 from ...config import PRESETS
 from ...data.formats import iter_examples
 from ...devices import pick_device
 from ...errors import UserError
+from ...infer import SamplingParams
+from ...infer.loading import load_engine
 from ...locator import tokenizer_beside
 from ...tokenizer import THINK_START
 from ..config import knob
+from ..losses import distill_loss
 from .base import TrainContext, forward_with_aux, step_seed, with_defaults
 from .dpo import load_frozen
 from .sft import SFTConfig, SFTStage
-
-if TYPE_CHECKING:
-    import torch
-    from torch import nn
 
 
 @dataclass
@@ -101,7 +104,7 @@ class DistillStage(SFTStage):
         print(f"wrote {n} teacher-answered conversations to {cfg.generate}; train on them with `minimind sft`")
         return True
 
-    def extra_models(self, ctx: TrainContext) -> dict[str, "nn.Module"]:
+    def extra_models(self, ctx: TrainContext) -> dict[str, nn.Module]:
         teacher = load_frozen(self.config.teacher)
         student_vocab = ctx.model.config.vocab_size
         if teacher.config.vocab_size != student_vocab:
@@ -111,11 +114,7 @@ class DistillStage(SFTStage):
                 "tokenizer (start the student from a preset with --init PRESET to inherit the teacher's)")
         return {"teacher": teacher}
 
-    def loss(self, model: "nn.Module", batch: dict[str, Any], ctx: TrainContext) -> tuple["torch.Tensor", dict[str, Any]]:
-        import torch
-
-        from ..losses import distill_loss
-
+    def loss(self, model: nn.Module, batch: dict[str, Any], ctx: TrainContext) -> tuple[torch.Tensor, dict[str, Any]]:
         ids = batch["input_ids"].to(ctx.device, non_blocking=True)
         labels = batch["labels"].to(ctx.device, non_blocking=True)
         f = forward_with_aux(model, ids, ctx)
@@ -137,10 +136,6 @@ def generate_teacher_answers(teacher: str, data: list[str], out: str | Path, *, 
     by the teacher's). Generation uses the inference engine (batched, KV-cached); the reply's think
     block, if any, becomes `reasoning_content`. Returns the number of conversations written.
     """
-    from ...checkpoint import atomic_write
-    from ...infer import SamplingParams
-    from ...infer.loading import load_engine
-
     engine = load_engine(teacher, max_batch_size=batch_size, device=device)
     examples = list(iter_examples("rl", list(data)))
     prompts = [render_prompt(engine.tokenizer, ex["messages"], tools=ex["tools"], thinking=thinking) for ex in examples]

@@ -20,16 +20,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import torch
+from torch import nn
+
+from ...checkpoint import load_model
 from ...errors import UserError
+from ...model.lm_loss import IGNORE_INDEX
 from ..config import knob
+from ..losses import dpo_loss
 from .base import TrainContext, forward_with_aux, with_defaults
 from .sft import SFTConfig, SFTStage
-
-if TYPE_CHECKING:
-    import torch
-    from torch import nn
 
 
 @dataclass
@@ -50,10 +52,8 @@ class DPOConfig(SFTConfig):
             raise UserError(f"--dpo-loss must be sigmoid or ipo, got {self.dpo_loss!r}")
 
 
-def load_frozen(path: str | Path) -> "nn.Module":
+def load_frozen(path: str | Path) -> nn.Module:
     """A model from a checkpoint / run dir / HF folder, for use as a frozen reference or teacher."""
-    from ...checkpoint import load_model
-
     return load_model(path).eval().requires_grad_(False)
 
 
@@ -65,7 +65,7 @@ class DPOStage(SFTStage):
     data_kind = "dpo"
     requires_init = True
 
-    def extra_models(self, ctx: TrainContext) -> dict[str, "nn.Module"]:
+    def extra_models(self, ctx: TrainContext) -> dict[str, nn.Module]:
         return {"ref": load_frozen(ctx.init_path)}
 
     def batch_weight(self, batch: dict[str, Any]) -> float:
@@ -74,12 +74,7 @@ class DPOStage(SFTStage):
     def batch_tokens(self, batch: dict[str, Any]) -> int:
         return int(batch["chosen_input_ids"].numel() + batch["rejected_input_ids"].numel())
 
-    def loss(self, model: "nn.Module", batch: dict[str, Any], ctx: TrainContext) -> tuple["torch.Tensor", dict[str, Any]]:
-        import torch
-
-        from ...model.lm_loss import IGNORE_INDEX
-        from ..losses import dpo_loss
-
+    def loss(self, model: nn.Module, batch: dict[str, Any], ctx: TrainContext) -> tuple[torch.Tensor, dict[str, Any]]:
         cfg = self.config
         labels_cpu = torch.cat([batch["chosen_labels"], batch["rejected_labels"]])
         ids = torch.cat([batch["chosen_input_ids"], batch["rejected_input_ids"]]).to(ctx.device, non_blocking=True)
@@ -87,7 +82,7 @@ class DPOStage(SFTStage):
         answer_len = (labels_cpu[:, 1:] != IGNORE_INDEX).sum(-1).clamp(min=1).to(ctx.device, non_blocking=True)
         n_pairs = batch["chosen_input_ids"].shape[0]
 
-        def seq_logps(token_logps: "torch.Tensor") -> "torch.Tensor":
+        def seq_logps(token_logps: torch.Tensor) -> torch.Tensor:
             seq = token_logps.sum(-1)  # per-token log-probs from chunked logits (model/lm_loss.py)
             return seq / answer_len if cfg.dpo_loss == "ipo" else seq  # IPO: mean over answer tokens
 

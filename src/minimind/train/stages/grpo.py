@@ -33,20 +33,22 @@ turns noise into full-size steps. benchmarks/grpo_arith.py needs ~128 prompts pe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
 
 from ...chat import EMPTY_THINK
 from ...errors import UserError
+from ...infer import Engine, SamplingParams
+from ...model.lm_loss import IGNORE_INDEX
 from ...tokenizer import BOS_TOKEN, THINK_START
 from ..config import knob
+from ..losses import group_advantages, grpo_loss
 from ..rewards import WeightedRewards, build_rewards
 from .base import DerivedBatches, TrainContext, forward_with_aux, step_seed, with_defaults
 from .dpo import load_frozen
 from .sft import SFTConfig, SFTStage
-
-if TYPE_CHECKING:
-    import torch
-    from torch import nn
 
 
 @dataclass
@@ -114,13 +116,13 @@ class GRPOStage(SFTStage):
     def batches(self, ctx: TrainContext, split: str = "train") -> RolloutBatches:
         return RolloutBatches(self, ctx, iter(super().batches(ctx, split)))
 
-    def trainable_parameters(self, model: "nn.Module") -> list[tuple[str, "nn.Parameter"]]:
+    def trainable_parameters(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
         params = super().trainable_parameters(model)
         if self.config.freeze_embeddings:
             params = [(n, p) for n, p in params if not n.endswith("embed_tokens.weight")]
         return params
 
-    def extra_models(self, ctx: TrainContext) -> dict[str, "nn.Module"]:
+    def extra_models(self, ctx: TrainContext) -> dict[str, nn.Module]:
         return {"ref": load_frozen(ctx.init_path)} if self.config.beta_kl > 0 else {}
 
     @staticmethod
@@ -147,12 +149,6 @@ class GRPOStage(SFTStage):
 
     def rollout(self, raw: dict[str, Any], ctx: TrainContext, count: int) -> dict[str, Any]:
         """Sample G completions per prompt, score them, and build the training tensors."""
-        import torch
-
-        from ...infer import Engine, SamplingParams
-        from ...model.lm_loss import IGNORE_INDEX
-        from ..losses import group_advantages
-
         cfg, tok, model, G = self.config, ctx.tokenizer, ctx.model, self.config.group_size
         prompts = [self._mode_prompt(tok, p) for p in raw["prompt_ids"] for _ in range(G)]
         # Seeds depend on the run seed and the rollout counter only: a resumed run resamples exactly.
@@ -189,15 +185,13 @@ class GRPOStage(SFTStage):
 
     # batch_weight is the Stage default: completion tokens (token-level normalisation across micro-batches).
 
-    def completion_forward(self, model: "nn.Module", batch: dict[str, Any], ctx: TrainContext) -> "Completions":
+    def completion_forward(self, model: nn.Module, batch: dict[str, Any], ctx: TrainContext) -> "Completions":
         """The policy's forward over the completion columns only (see `Completions`).
 
         Only completion tokens are scored, so the LM head runs on the columns from the last
         prompt token of the shortest prompt onwards (decided on the CPU copy of the labels: no
         device sync). The head then works on [B, keep] positions, often several times fewer.
         """
-        from ...model.lm_loss import IGNORE_INDEX
-
         scored = (batch["labels"] != IGNORE_INDEX).any(0).numpy().nonzero()[0]
         keep = batch["labels"].shape[1] - int(scored[0]) + 1 if len(scored) else batch["labels"].shape[1]
         ids = batch["input_ids"].to(ctx.device, non_blocking=True)
@@ -205,16 +199,12 @@ class GRPOStage(SFTStage):
         f = forward_with_aux(model, ids, ctx, labels=labels, logits_to_keep=keep)
         return Completions(ids, labels, labels[:, 1:] != IGNORE_INDEX, keep, f.out.token_logps, f.aux, f.metrics)
 
-    def completion_logps(self, model: "nn.Module", batch: dict[str, Any], ctx: TrainContext) -> tuple:
+    def completion_logps(self, model: nn.Module, batch: dict[str, Any], ctx: TrainContext) -> tuple:
         """(ids, labels, mask, keep, logps): `completion_forward` without the balance loss, for
         ppo.py until its loss adds `.aux` too (then this goes)."""
         return tuple(self.completion_forward(model, batch, ctx)[:5])
 
-    def loss(self, model: "nn.Module", batch: dict[str, Any], ctx: TrainContext) -> tuple["torch.Tensor", dict[str, Any]]:
-        import torch
-
-        from ..losses import grpo_loss
-
+    def loss(self, model: nn.Module, batch: dict[str, Any], ctx: TrainContext) -> tuple[torch.Tensor, dict[str, Any]]:
         cfg = self.config
         c = self.completion_forward(model, batch, ctx)
         ref = None
@@ -230,11 +220,11 @@ class GRPOStage(SFTStage):
 class Completions(NamedTuple):
     """`GRPOStage.completion_forward`: the policy's forward over the last `keep` columns."""
 
-    ids: "torch.Tensor"  # [B, T] prompt + completion, on the device
-    labels: "torch.Tensor"  # [B, keep] the completion's labels (IGNORE_INDEX on prompt and padding)
-    mask: "torch.Tensor"  # [B, keep - 1] True where labels[:, 1:] is a sampled token
+    ids: torch.Tensor  # [B, T] prompt + completion, on the device
+    labels: torch.Tensor  # [B, keep] the completion's labels (IGNORE_INDEX on prompt and padding)
+    mask: torch.Tensor  # [B, keep - 1] True where labels[:, 1:] is a sampled token
     keep: int  # columns the LM head ran on
-    logps: "torch.Tensor"  # [B, keep - 1] log-probs of the sampled tokens (0 where masked)
+    logps: torch.Tensor  # [B, keep - 1] log-probs of the sampled tokens (0 where masked)
     aux: Any  # the weighted MoE balance loss (`forward_with_aux`), 0.0 for dense models
     metrics: dict[str, Any]  # {"aux_loss": ...} for MoE models
 

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import torch
+from torch import nn
+
+from ...checkpoint import copy_tokenizer, model_state_dict, save_model
 from ..config import knob
+from ..lora import add_lora, base_state_dict, freeze_base, load_adapter, load_lora_model, save_adapter
 from .base import TrainContext, with_defaults
 from .sft import SFTConfig, SFTStage
-
-if TYPE_CHECKING:
-    import torch
-    from torch import nn
 
 
 @dataclass
@@ -38,9 +38,7 @@ class LoRAStage(SFTStage):
     order = 30
     config_class = LoRAConfig
 
-    def prepare_model(self, model: "nn.Module", ctx: TrainContext) -> "nn.Module":
-        from ..lora import add_lora, freeze_base
-
+    def prepare_model(self, model: nn.Module, ctx: TrainContext) -> nn.Module:
         cfg = self.config
         add_lora(model, cfg.lora_targets, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout)
         freeze_base(model)
@@ -52,24 +50,16 @@ class LoRAStage(SFTStage):
         return {"rank": cfg.lora_rank, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout,
                 "targets": cfg.lora_targets, "base": base}
 
-    def save_weights(self, model: "nn.Module", state_dict: "dict[str, torch.Tensor]", folder: Path,
+    def save_weights(self, model: nn.Module, state_dict: dict[str, torch.Tensor], folder: Path,
                      ctx: TrainContext) -> None:
-        from ...checkpoint import copy_tokenizer
-        from ..lora import save_adapter
-
         save_adapter(state_dict, folder, self._adapter_config(ctx))
         if ctx.tokenizer is not None:
             copy_tokenizer(ctx.tokenizer.path, folder)
 
-    def load_weights(self, model: "nn.Module", folder: Path, ctx: TrainContext) -> None:
-        from ..lora import load_adapter
-
+    def load_weights(self, model: nn.Module, folder: Path, ctx: TrainContext) -> None:
         load_adapter(model, folder)
 
-    def on_train_end(self, model: "nn.Module", ctx: TrainContext) -> None:
-        from ...checkpoint import model_state_dict, save_model
-        from ..lora import base_state_dict, load_lora_model
-
+    def on_train_end(self, model: nn.Module, ctx: TrainContext) -> None:
         if ctx.init_path is None or ctx.run_dir is None:
             return
         merged = load_lora_model(ctx.run_dir, base=ctx.init_path, merge=True)  # the run's latest adapter

@@ -19,17 +19,17 @@ SFT on conversations whose assistant turns carry `reasoning_content` (rendered a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import torch
+from torch import nn
 
 from ...errors import UserError
+from ...model.lm_loss import IGNORE_INDEX
 from ...tokenizer import THINK_END, THINK_START
 from ..config import knob
 from .base import DerivedBatches, TrainContext, forward_with_aux, step_seed, with_defaults
 from .sft import SFTConfig, SFTStage
-
-if TYPE_CHECKING:
-    import torch
-    from torch import nn
 
 
 @dataclass
@@ -52,8 +52,6 @@ def empty_think_blocks(ids: list[int], labels: list[int], start: int, end: int, 
     Labels of the replacement copy the label state of the span (trained or not). A block cut off
     by truncation (no closing tag) is left as it is.
     """
-    from ...model.lm_loss import IGNORE_INDEX
-
     out_ids, out_labels, i = [], [], 0
     while i < len(ids):
         out_ids.append(ids[i])
@@ -82,10 +80,6 @@ class MixedThinking(DerivedBatches):
                             "reasoning training needs them")
 
     def make(self, batch: dict[str, Any]) -> dict[str, Any]:
-        import torch
-
-        from ...model.lm_loss import IGNORE_INDEX
-
         gen = torch.Generator().manual_seed(step_seed(self.seed, self.count))
         off = (torch.rand(batch["input_ids"].shape[0], generator=gen) < self.ratio).tolist()
         if not any(off):
@@ -112,13 +106,9 @@ class ReasonStage(SFTStage):
         ratio = self.config.no_think_ratio if split == "train" else 0.0  # evaluate the thinking mode
         return MixedThinking(iter(super().batches(ctx, split)), ctx.tokenizer, ratio, self.config.seed)
 
-    def loss(self, model: "nn.Module", batch: dict[str, Any], ctx: TrainContext) -> tuple["torch.Tensor", dict[str, Any]]:
+    def loss(self, model: nn.Module, batch: dict[str, Any], ctx: TrainContext) -> tuple[torch.Tensor, dict[str, Any]]:
         if self.config.tag_weight == 1.0:
             return super().loss(model, batch, ctx)
-        import torch
-
-        from ...model.lm_loss import IGNORE_INDEX
-
         # Token weights are built on the CPU copy of the labels and sent along: no device sync.
         labels = batch["labels"][:, 1:]
         tok = ctx.tokenizer
