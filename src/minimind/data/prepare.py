@@ -39,7 +39,9 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from ..chat import render_conversation, render_prompt
 from ..errors import UserError
+from ..tokenizer import Tokenizer, load_tokenizer
 from .layout import TOKENIZER_FILES, check_target, read_meta, remove_ours, remove_stale_temps, swap_in
 from .formats import ReadStats, RecordError, check_kind, check_payload
 from .reading import check_files, iter_raw
@@ -106,8 +108,6 @@ class Encoded:
 
 def encode_items(kind: str, tok, items: list[tuple[int, Any]]) -> Encoded:
     """Validate and tokenise (line, payload) items; bad ones go to `errors` (never dropped)."""
-    from ..chat import render_conversation, render_prompt  # data <- chat, as in the architecture
-
     ids_list: list[list[int]] = []
     masks: list[list[int]] = []
     records: list[bytes] = []
@@ -171,8 +171,6 @@ def _encode_texts(tok, texts: list[tuple[int, str]], errors: list[tuple[int, str
 
 @lru_cache(maxsize=4)
 def _worker_tokenizer(path: str):
-    from ..tokenizer import load_tokenizer
-
     return load_tokenizer(path)
 
 
@@ -309,8 +307,6 @@ def prepare(kind: str, paths: list[str | Path], out_dir: str | Path, tokenizer=N
             skip_bad: bool = False, workers: int | None = None,
             log: Callable[[str], None] | None = None) -> PrepareResult:
     """Tokenise `paths` into the prepared directory `out_dir` (see the module docstring)."""
-    from ..tokenizer import Tokenizer, load_tokenizer
-
     log = log or (lambda msg: None)
     check_kind(kind)
     files = check_files(paths)
