@@ -88,7 +88,7 @@ def test_derived_sizes_follow_the_new_width_explicit_ones_stay():
     (["--rope-scaling", "linear:2"], "--rope-scaling must be none, yarn:FACTOR"),
     (["--rope-scaling", '{"type": "linear", "factor": 2}'], "only YaRN rope_scaling is supported"),
     (["--num-heads", "x"], "num_heads: expected int, got 'x'"),
-    (["--vocab-size", "100"], "--vocab-size 100 is smaller than the tokenizer's 6400 tokens"),
+    (["--vocab-size", "100"], "vocabulary (--vocab-size) is 100: use --vocab-size 6400 or more"),
 ])
 def test_invalid_shapes_are_one_line_errors_naming_the_flag(tmp_path, text, capsys, flags, message):
     run = tmp_path / "run"

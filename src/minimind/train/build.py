@@ -9,7 +9,8 @@ Contract:
   whose vocabulary and special ids follow the tokenizer, with the shape flags applied (shapes.py).
 - `check_context(seq_len, config)`: the one check that training sequences fit the model's context;
   `build_model` runs it for both kinds of model, before any data is read.
-- `check_vocabulary(model, tokenizer)`: a tokenizer with more ids than the model is a UserError.
+- `check_vocabulary(model, tokenizer)`: `tokenizer.check_model_fit` (more ids than embedding rows, or
+  a different eos id, is a UserError naming --vocab-size / --tokenizer).
 - `enable_activation_checkpointing(model)`: recompute blocks in the backward pass.
 """
 
@@ -28,7 +29,7 @@ from ..errors import UserError
 from ..model import MiniMindLM
 from ..model.rope import RotaryTables
 from ..shapes import base_config
-from ..tokenizer import load_tokenizer
+from ..tokenizer import check_model_fit, load_tokenizer
 from .config import TrainConfig
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -79,10 +80,7 @@ def build_model(cfg: TrainConfig, init_path: Path | None, tokenizer: Any) -> Min
         model.train()
         return model
     config = base_config(cfg.preset, cfg.model_config)
-    if tokenizer is not None:  # replace() re-validates: the tokenizer's ids must fit its vocabulary
-        if cfg.vocab_size is not None and cfg.vocab_size < tokenizer.vocab_size:
-            raise UserError(f"--vocab-size {cfg.vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size} "
-                            "tokens (a larger model vocabulary is fine: the extra rows are never used)")
+    if tokenizer is not None:  # replace() re-validates; a --vocab-size below the tokenizer's: check_vocabulary
         config = dataclasses.replace(config, vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_id,
                                      bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id)
     config = cfg.overrides().apply(config)
@@ -106,6 +104,6 @@ def check_context(seq_len: int, config: ModelConfig) -> None:
 
 
 def check_vocabulary(model: MiniMindLM, tokenizer: Any) -> None:
-    if tokenizer is not None and tokenizer.vocab_size > model.config.vocab_size:
-        raise UserError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary is "
-                        f"{model.config.vocab_size}; pass the tokenizer the model was trained with (--tokenizer)")
+    """Where the model and the tokenizer meet: every id needs an embedding row, and both must agree on eos."""
+    if tokenizer is not None:
+        check_model_fit(tokenizer, model.config.vocab_size, model.config.eos_token_id)
