@@ -24,6 +24,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
+from ..checkpoint import save_model
+from ..config import get_preset
+from ..infer import Engine, SamplingParams
+from ..interop import export_hf
+from ..model import MiniMindLM
+from ..tokenizer import default_tokenizer_dir
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="small", help="model preset (default small)")
@@ -51,8 +60,6 @@ def _timed(fn, clock=time.perf_counter) -> float:
 def _ours(model, compiled=None):
     """make(prompts, n) for our engine; one Engine per batch size, reused like the HF model is
     (a server keeps its engine: weight packing and allocations happen once, not per request)."""
-    from ..infer import Engine, SamplingParams
-
     engines = {}
 
     def make(prompts, n: int):
@@ -65,8 +72,6 @@ def _ours(model, compiled=None):
 
 
 def _hf(hf_model):
-    import torch
-
     def make(prompts, n: int):
         ids = torch.tensor(prompts, device=hf_model.device)
         mask = torch.ones_like(ids)
@@ -105,7 +110,7 @@ def _free_port() -> int:
 
 
 async def _clients(url: str, count: int, prompt: str, n: int) -> tuple[float, list[float], int]:
-    import httpx
+    import httpx  # the benchmark client only
 
     async def one(i: int, client) -> tuple[float, int]:
         body = {"messages": [{"role": "user", "content": f"{prompt} {i}"}], "max_tokens": n, "temperature": 0.8,
@@ -133,10 +138,7 @@ async def _clients(url: str, count: int, prompt: str, n: int) -> tuple[float, li
 
 def _server(model, args) -> dict:
     """Serve the model from a subprocess and hit it with `--clients` streaming clients."""
-    import httpx
-
-    from ..checkpoint import save_model
-    from ..tokenizer import default_tokenizer_dir
+    import httpx  # the benchmark client only
 
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = save_model(model, Path(tmp) / "ckpt", tokenizer_dir=default_tokenizer_dir())
@@ -173,11 +175,6 @@ def _server(model, args) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from ..config import get_preset
-    from ..model import MiniMindLM
-
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -191,9 +188,7 @@ def run(args: argparse.Namespace) -> int:
           f"{args.clock} clock, load average {os.getloadavg()[0]:.1f}")
     hf_model = None
     if not args.no_hf and sizes:
-        import transformers
-
-        from ..interop import export_hf
+        import transformers  # optional: the baseline
 
         with tempfile.TemporaryDirectory() as tmp:
             hf_model = transformers.AutoModelForCausalLM.from_pretrained(export_hf(model, tmp), dtype=torch.float32)

@@ -23,10 +23,18 @@ import resource
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # torch loads when a benchmark runs, not when `minimind --help` builds its parser
-    import torch
+import torch
+
+from ..chat import render_conversation
+from ..config import flops_per_token, get_preset
+from ..data.demo import write_demo
+from ..data.loader import make_loader
+from ..devices import pick_device
+from ..model import MiniMindLM
+from ..model.lm_loss import IGNORE_INDEX
+from ..tokenizer import load_tokenizer
+from ..train.metrics import measured_matmul_flops, peak_flops
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,14 +52,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _peak_memory(device: torch.device) -> str:
-    import torch
     if device.type == "cuda":
         return f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
     return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB RSS"
 
 
 def _make_step(model, optimizer, device, dtype, compiled: bool):
-    import torch
     fwd = torch.compile(model) if compiled else model
     amp = dtype != torch.float32
 
@@ -66,7 +72,6 @@ def _make_step(model, optimizer, device, dtype, compiled: bool):
 
 
 def _sync(device: torch.device) -> None:
-    import torch
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -88,9 +93,6 @@ def _time_batches(step, batches: list[dict], warmup: int, device: torch.device) 
 
 def _padded_batches(kind: str, path: Path, tok, seq_len: int, batch_size: int, n: int) -> list[dict]:
     """Upstream-style batches: one example per row, truncated to seq_len, right-padded."""
-    import torch
-    from ..chat import render_conversation
-
     rows: list[tuple[list[int], list[int]]] = []
     with open(path, encoding="utf-8") as f:
         for line in f:
@@ -101,7 +103,7 @@ def _padded_batches(kind: str, path: Path, tok, seq_len: int, batch_size: int, n
             else:
                 ids, mask = render_conversation(tok, rec["conversations"])
                 ids, mask = ids[:seq_len], mask[:seq_len]
-                labels = [t if m else -100 for t, m in zip(ids, mask)]
+                labels = [t if m else IGNORE_INDEX for t, m in zip(ids, mask)]
             rows.append((ids, labels))
             if len(rows) == n * batch_size:
                 break
@@ -109,7 +111,7 @@ def _padded_batches(kind: str, path: Path, tok, seq_len: int, batch_size: int, n
     for i in range(0, len(rows) - batch_size + 1, batch_size):
         chunk = rows[i:i + batch_size]
         ids = torch.full((batch_size, seq_len), tok.pad_id, dtype=torch.long)
-        labels = torch.full((batch_size, seq_len), -100, dtype=torch.long)
+        labels = torch.full((batch_size, seq_len), IGNORE_INDEX, dtype=torch.long)
         for r, (a, b) in enumerate(chunk):
             ids[r, :len(a)] = torch.tensor(a)
             labels[r, :len(b)] = torch.tensor(b)
@@ -118,8 +120,6 @@ def _padded_batches(kind: str, path: Path, tok, seq_len: int, batch_size: int, n
 
 
 def _packed_batches(kind: str, path: Path, tok, seq_len: int, batch_size: int, n: int) -> list[dict]:
-    from ..data.loader import make_loader
-
     it = iter(make_loader(kind, path, tok, seq_len, batch_size, seed=0))
     out = []
     for _ in range(n):
@@ -132,12 +132,6 @@ def _packed_batches(kind: str, path: Path, tok, seq_len: int, batch_size: int, n
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-    from ..config import flops_per_token, get_preset
-    from ..model import MiniMindLM
-    from ..devices import pick_device
-    from ..train.metrics import measured_matmul_flops, peak_flops
-
     device = pick_device(args.device)
     cfg = get_preset(args.preset)
     B, T = args.batch_size, args.seq_len
@@ -182,11 +176,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _data_bench(args, cfg, device, dtype) -> list[dict]:
-    import torch
-    from ..data.demo import write_demo
-    from ..model import MiniMindLM
-    from ..tokenizer import load_tokenizer
-
     B, T = args.batch_size, args.seq_len
     tok = load_tokenizer(None)
     out = []

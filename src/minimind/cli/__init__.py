@@ -2,7 +2,10 @@
 
 Contract: each `*_cmds` module in this package exposes `register(subparsers)`, which adds its
 subcommands and sets `func` on their parsers; `main` dispatches to `func(args)`, whose return
-value is the exit status. A `UserError` (bad flag, file or record) is printed as
+value is the exit status. Command modules import what their commands run at the top, so `main`
+imports only the module of the command being run (COMMANDS): `minimind data prepare` never loads
+torch. A command line whose first word is not in COMMANDS (`--help`, a training stage, a typo)
+gets the parser of every module. A `UserError` (bad flag, file or record) is printed as
 `error: ...` with exit status 2, never as a traceback. So is an OS error about the machine or a
 path the user gave (a full disk, a forbidden or read-only folder, a file where a folder belongs):
 `error: <reason>: <path>`. Any other exception -- a bug -- keeps its traceback, and
@@ -19,7 +22,6 @@ import sys
 
 from ..errors import UserError
 
-# Order = order in `minimind --help`.
 # OS errors that describe the machine or the user's paths, not our code. Whatever was finished
 # before them is already on disk (checkpoints and outputs are written by rename), so a one-line
 # report loses nothing; other errnos (EBADF, EINVAL, ...) point at bugs and keep their traceback.
@@ -29,18 +31,39 @@ USER_ERRNOS = frozenset({
     errno.EMFILE, errno.ENFILE, errno.EIO, errno.EXDEV,
 })
 
+# Order = order in `minimind --help`.
 COMMAND_MODULES = ("model_cmds", "tokenizer_cmds", "data_cmds", "train_cmds", "infer_cmds", "eval_cmds", "bench_cmds")
 
+# The module that defines each command. Importing a command module imports what its commands
+# run: torch for most, but not for the data and tokenizer commands, whose start-up (and the memory
+# of every `data prepare` worker) would otherwise carry torch's ~1.5 s and ~400 MiB
+# (docs/benchmarks.md). Any other word is a training stage, `quickstart` or `plot` (train_cmds
+# generates them from the stage registry), or else a mistake that the full parser reports.
+COMMANDS = {
+    "model": "model_cmds", "export": "model_cmds", "import": "model_cmds", "tokenizer": "tokenizer_cmds",
+    "data": "data_cmds", "generate": "infer_cmds", "chat": "infer_cmds", "serve": "infer_cmds",
+    "eval": "eval_cmds", "bench": "bench_cmds",
+}
 
-def build_parser() -> argparse.ArgumentParser:
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser for a command line that starts with `command`: its module's commands, or all."""
+    if command is not None and not command.startswith("-"):
+        parser, known = _parser([COMMANDS.get(command, "train_cmds")])
+        if command in known:
+            return parser
+    return _parser(COMMAND_MODULES)[0]  # `--help`, no command, or a mistake: list every command
+
+
+def _parser(modules: list[str] | tuple[str, ...]) -> tuple[argparse.ArgumentParser, set[str]]:
     parser = argparse.ArgumentParser(
         prog="minimind", description="Train, fine-tune, chat with, serve and export small language models."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in COMMAND_MODULES:
+    for name in modules:
         importlib.import_module(f"{__name__}.{name}").register(sub)
-    return parser
+    return parser, set(sub.choices)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     # It must be set before torch loads OpenMP, i.e. here; a value the user chose wins.
     if "OMP_WAIT_POLICY" not in os.environ:
         os.environ.setdefault("GOMP_SPINCOUNT", "2000")
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except UserError as err:

@@ -16,6 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..data.clean import CleanConfig, clean
+from ..data.demo import write_demo
+from ..data.prepare import prepare
 from ..errors import UserError
 
 
@@ -70,8 +73,6 @@ def _check_out(out: str, folder: bool) -> Path:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ..data.demo import write_demo
-
     out = _check_out(args.out, folder=True)
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=out))
@@ -96,8 +97,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from ..data.prepare import prepare
-
     if args.workers is not None and args.workers < 1:
         raise UserError("--workers must be at least 1")
     _check_out(args.out, folder=True)
@@ -117,8 +116,6 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
-    from ..data.clean import CleanConfig, clean
-
     weights = None
     if args.weights:
         try:

@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 
 from ..errors import UserError
+from ..eval.report import append_run_log, format_compare, format_results, load_report
+from ..eval.run import Settings, evaluate
 
 TASK_CHOICES = ("ppl", "ceval", "cmmlu", "mcq", "gen", "toolcall", "demo")
 
@@ -53,9 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_eval)
 
 
-def _settings(args: argparse.Namespace):
-    from ..eval import Settings
-
+def _settings(args: argparse.Namespace) -> Settings:
     for name in ("batch_size", "limit", "max_len", "stride", "max_new_tokens"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -66,10 +66,7 @@ def _settings(args: argparse.Namespace):
                     top_p=args.top_p, seed=args.seed, device=args.device, dtype=args.dtype)
 
 
-def _evaluate_one(ckpt: str, args: argparse.Namespace, settings) -> dict:
-    from ..eval import evaluate
-    from ..eval.report import append_run_log
-
+def _evaluate_one(ckpt: str, args: argparse.Namespace, settings: Settings) -> dict:
     report = evaluate(ckpt, args.task, args.data, settings)
     if not args.no_log:
         log = append_run_log(ckpt, report)
@@ -85,8 +82,6 @@ def _write_json(path: str, data: dict) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..eval.report import format_compare, format_results, load_report
-
     if args.task not in (None, "demo") and not args.data:
         raise UserError(f"--task {args.task} needs --data")
     if args.task in (None, "demo") and args.data:

@@ -15,13 +15,19 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
-from pathlib import Path
 import sys
 import time
+from pathlib import Path
 
+from ..agent import engine_model, run_agents
+from ..chat import fit_prompt, render_prompt
 from ..devices import pick_device
 from ..errors import UserError
+from ..infer import Engine, ReasoningSplitter, SamplingParams, Sequence, load_engine
+from ..serve import serve
+from ..tools import ToolRegistry, builtin_tools
 
 HELP = """commands:
   /reset          forget the conversation (keeps the system prompt)
@@ -92,10 +98,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 MAX_BATCH = 1024  # rows of one preallocated KV cache; far beyond what a small model on one device serves
 
 
-def _registry(args: argparse.Namespace):
+def _registry(args: argparse.Namespace) -> ToolRegistry | None:
     """The ToolRegistry --tools asks for (None without --tools); UserError for an unknown name."""
-    from ..tools import ToolRegistry, builtin_tools
-
     if getattr(args, "tools", None) is None:
         return None
     tools = builtin_tools()
@@ -144,9 +148,7 @@ def _allowed_hosts(args: argparse.Namespace) -> list[str]:
     return [h.strip() for spec in args.allowed_hosts for h in spec.split(",")]
 
 
-def _engine(args: argparse.Namespace, default_max_len: int | None = None):
-    from ..infer.loading import load_engine
-
+def _engine(args: argparse.Namespace, default_max_len: int | None = None) -> Engine:
     engine = load_engine(args.ckpt, max_batch_size=getattr(args, "max_batch_size", 1),
                          max_len=args.max_len or default_max_len, device=args.device, dtype=args.dtype,
                          compile=args.compile)
@@ -158,9 +160,7 @@ def _engine(args: argparse.Namespace, default_max_len: int | None = None):
     return engine
 
 
-def _params(args: argparse.Namespace, stop: list[str] | None = None):
-    from ..infer import SamplingParams
-
+def _params(args: argparse.Namespace, stop: list[str] | None = None) -> SamplingParams:
     return SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                           top_k=args.top_k, repetition_penalty=args.repetition_penalty, seed=args.seed,
                           stop=stop or []).validate()
@@ -195,10 +195,9 @@ class _Printer:
         sys.stdout.flush()
 
 
-def _reply(engine, prompt_ids: list[int], params, thinking: bool, printer: _Printer):
+def _reply(engine: Engine, prompt_ids: list[int], params: SamplingParams, thinking: bool,
+           printer: _Printer) -> tuple[str, Sequence]:
     """Stream one reply through `printer` (with the first --lora adapter, if any); return (answer, sequence)."""
-    from ..infer import ReasoningSplitter
-
     adapter = engine.adapter_names[0] if engine.adapter_names else None
     seq = engine.new_sequence(prompt_ids, params, adapter)
     splitter = ReasoningSplitter(open=thinking)
@@ -212,7 +211,7 @@ def _reply(engine, prompt_ids: list[int], params, thinking: bool, printer: _Prin
     return "".join(answer), seq
 
 
-def _stats(seq) -> str:
+def _stats(seq: Sequence) -> str:
     n = len(seq.output_ids)
     ttft = (seq.t_first - seq.t_admit) * 1000
     decode = (seq.t_end - seq.t_first) if n > 1 else 0.0
@@ -221,8 +220,6 @@ def _stats(seq) -> str:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from ..chat import render_prompt
-
     if args.tools is not None:
         raise UserError("--tools works with `minimind chat` and `minimind serve`, not generate")
     _check_model_flags(args)
@@ -265,8 +262,6 @@ def _command(text: str, state: dict) -> bool:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from ..chat import fit_prompt
-
     _check_model_flags(args)
     engine = _engine(args)
     params = _params(args)
@@ -314,12 +309,9 @@ AGENT_NOTES = {"malformed": "(the model wrote a tool call that does not parse; s
 AGENT_TURNS = 4
 
 
-def _agent_reply(engine, messages: list[dict], params, thinking: bool, registry, stats: bool) -> list[dict]:
+def _agent_reply(engine: Engine, messages: list[dict], params: SamplingParams, thinking: bool,
+                 registry: ToolRegistry, stats: bool) -> list[dict]:
     """One user turn through the agent loop, printing calls and results; returns the new messages."""
-    import json
-
-    from ..agent import engine_model, run_agents
-
     pending: list[dict] = []  # calls of the last reply, matched in order with their results
 
     def show(_: int, msg: dict) -> None:
@@ -343,8 +335,6 @@ def _agent_reply(engine, messages: list[dict], params, thinking: bool, registry,
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ..serve import serve
-
     _check_model_flags(args)
     _check_serve_flags(args)
     engine = _engine(args, default_max_len=2048)
