@@ -332,48 +332,58 @@ def clean(paths: list[str | Path], out: str | Path, cfg: CleanConfig | None = No
         # Pass 1: each source -> its surviving records in a temp JSONL (streaming, bounded memory).
         kept_files = [work / f"{i}.jsonl" for i in range(n)]
         for i, path in enumerate(files):
-            with open(kept_files[i], "w", encoding="utf-8") as f:
-                for lineno, payload in iter_raw(path):
-                    report.read[i] += 1
-                    try:
-                        rec = parse_payload(payload)
-                        before = _map_strings(rec, lambda s: s)  # the original strings
-                        texts = _map_strings(rec, lambda s: normalize_text(s, cfg.unicode_form))
-                        if not texts:
-                            raise RecordError("no text found (expected 'text', 'conversations', "
-                                              "'chosen'/'rejected' or 'prompt')")
-                    except RecordError as err:
-                        if not cfg.skip_bad:
-                            raise UserError(f"{path}:{lineno}: {err}") from None
-                        report.removed["bad"][i] += 1
-                        continue
-                    report.normalised_changed[i] += texts != before
-                    text = "\n".join(texts)
-                    verdict = quality_verdict(text, cfg) or dedup.check(text)
-                    if verdict:
-                        report.removed[verdict][i] += 1
-                        continue
-                    # default=str: a Parquet column we do not read (a timestamp) is kept as text
-                    f.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
-                    report.kept[i] += 1
+            _filter_source(path, i, kept_files[i], cfg, dedup, report)
         # Pass 2: mix the survivors into one stream.
-        quotas = mix_quotas(report.kept, weights)
-        tmp_out = work / "out.jsonl"
-        with open(tmp_out, "w", encoding="utf-8") as f:
-            if weights is None:
-                for i in range(n):  # plain concatenation in source order
-                    with open(kept_files[i], encoding="utf-8") as src:
-                        shutil.copyfileobj(src, f)
-                    report.written[i] = report.kept[i]
-            else:
-                streams = [_picked_lines(kept_files[i], report.kept[i], quotas[i]) for i in range(n)]
-                for i in interleave_schedule(quotas):
-                    f.write(next(streams[i]))
-                    report.written[i] += 1
-        os.replace(tmp_out, out)
+        _mix(kept_files, weights, work / "out.jsonl", report)
+        os.replace(work / "out.jsonl", out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return report
+
+
+def _filter_source(path: Path, i: int, kept: Path, cfg: CleanConfig, dedup: Deduplicator,
+                   report: CleanReport) -> None:
+    """Steps 1-6 on source `i`: its surviving records go to `kept`; the counts to `report`."""
+    with open(kept, "w", encoding="utf-8") as f:
+        for lineno, payload in iter_raw(path):
+            report.read[i] += 1
+            try:
+                rec = parse_payload(payload)
+                before = _map_strings(rec, lambda s: s)  # the original strings
+                texts = _map_strings(rec, lambda s: normalize_text(s, cfg.unicode_form))
+                if not texts:
+                    raise RecordError("no text found (expected 'text', 'conversations', "
+                                      "'chosen'/'rejected' or 'prompt')")
+            except RecordError as err:
+                if not cfg.skip_bad:
+                    raise UserError(f"{path}:{lineno}: {err}") from None
+                report.removed["bad"][i] += 1
+                continue
+            report.normalised_changed[i] += texts != before
+            text = "\n".join(texts)
+            verdict = quality_verdict(text, cfg) or dedup.check(text)
+            if verdict:
+                report.removed[verdict][i] += 1
+                continue
+            # default=str: a Parquet column we do not read (a timestamp) is kept as text
+            f.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
+            report.kept[i] += 1
+
+
+def _mix(kept_files: list[Path], weights: list[float] | None, out: Path, report: CleanReport) -> None:
+    """Step 7: the sources' survivors into one file, concatenated or mixed by `weights`."""
+    quotas = mix_quotas(report.kept, weights)
+    with open(out, "w", encoding="utf-8") as f:
+        if weights is None:
+            for i, kept in enumerate(kept_files):  # plain concatenation in source order
+                with open(kept, encoding="utf-8") as src:
+                    shutil.copyfileobj(src, f)
+                report.written[i] = report.kept[i]
+            return
+        streams = [_picked_lines(kept, report.kept[i], quotas[i]) for i, kept in enumerate(kept_files)]
+        for i in interleave_schedule(quotas):
+            f.write(next(streams[i]))
+            report.written[i] += 1
 
 
 def _picked_lines(path: Path, n: int, q: int) -> Iterator[str]:

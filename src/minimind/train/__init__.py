@@ -9,6 +9,7 @@ Attributes are imported lazily so that `import minimind.train` (and `minimind --
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from .config import TrainConfig, load_config
@@ -19,8 +20,6 @@ _LAZY = {"Trainer": "trainer", "TrainResult": "trainer", "TrainingError": "train
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
     raise AttributeError(name)
 

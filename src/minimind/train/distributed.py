@@ -23,9 +23,10 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as td
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ..errors import UserError
 from ..devices import pick_device
+from ..errors import UserError
 
 
 @dataclass
@@ -70,7 +71,7 @@ def wrap_model(model: nn.Module, dist: Dist, fsdp: bool) -> nn.Module:
     if not dist.enabled:
         return model
     if fsdp:
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # multi-process runs only: heavy
 
         # Parameters are stored (and optimised) in fp32 shards and all-gathered in fp32; the
         # trainer's autocast then rounds matmul inputs to bf16/fp16 exactly as it does under DDP.
@@ -81,8 +82,6 @@ def wrap_model(model: nn.Module, dist: Dist, fsdp: bool) -> nn.Module:
             fully_shard(block, mp_policy=policy)
         fully_shard(model, mp_policy=policy)  # root: embeddings, final norm, (tied) head
         return model
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
     ids = [dist.device.index] if dist.device.type == "cuda" else None
     # broadcast_buffers=False: the only buffers are the RoPE tables, identical on every rank by
     # construction; broadcasting them from rank 0 before every forward is pure traffic.
