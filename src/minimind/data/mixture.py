@@ -37,7 +37,7 @@ from .formats import RecordError, parse_payload
 from .layout import read_meta
 from .loader import Loader
 from .reading import check_files, iter_raw
-from .store import open_store
+from .store import DocStore, open_store
 
 MIXTURE = "mixture"  # the "kind" a mixture writes into its state (a Loader writes its data kind)
 
@@ -124,12 +124,18 @@ def realised_shares(state: dict[str, Any]) -> dict[str, float] | None:
 
 def open_mixture(sources: list[str], weights: list[float], tokenizer: Any, seq_len: int, batch_size: int, *,
                  seed: int = 0, rank: int = 0, world_size: int = 1, split: str = "train",
-                 skip_bad: bool = False) -> Mixture:
-    """A Mixture over `sources` (paths) with these weights; see the module docstring."""
+                 skip_bad: bool = False, stores: dict[str, DocStore] | None = None) -> Mixture:
+    """A Mixture over `sources` (paths) with these weights; see the module docstring.
+
+    `stores` caches each source's tokens by path, so the train and held-out mixtures of a run
+    tokenise a raw file once."""
     check_weights(sources, weights)
+    stores = {} if stores is None else stores
     loaders = []
     for i, source in enumerate(sources):
-        store = open_store(source_kind(source), [source], tokenizer, skip_bad=skip_bad)
+        if source not in stores:
+            stores[source] = open_store(source_kind(source), [source], tokenizer, skip_bad=skip_bad)
+        store = stores[source]
         # Each source gets its own seed, so two sources of equal size are not shuffled alike.
         loaders.append(Loader("pretrain", store, seq_len, 1, seed=seed * len(sources) + i, rank=rank,
                               world_size=world_size, split=split))

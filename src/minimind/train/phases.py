@@ -32,19 +32,18 @@ Contract:
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from ..data.mixture import check_weights, open_mixture
 from ..errors import UserError
+from ..locator import has_checkpoint, latest_checkpoint
 from ..recipes import read_recipe
-from . import checkpointing as ckpt
 from . import distributed as D
 from .config import TrainConfig, knob
 from .metrics import read_metrics
-from .recipes import RUN_ONLY, finished
+from .recipes import RUN_ONLY, finished, latest_state
 from .stages.base import TrainContext
 from .stages.pretrain import PretrainStage
 from .trainer import Phase, Trainer, TrainResult
@@ -69,12 +68,17 @@ class MixedPretrainStage(PretrainStage):
 
     config_class = PhaseConfig
 
+    def __init__(self, config: PhaseConfig) -> None:
+        super().__init__(config)
+        self.stores: dict[str, Any] = {}  # each source tokenised once, for the train and held-out splits
+
     def batches(self, ctx: TrainContext, split: str = "train") -> Any:
         cfg = ctx.config
         if not cfg.data_weights:
             return super().batches(ctx, split)
         return open_mixture(cfg.data, cfg.data_weights, ctx.tokenizer, cfg.seq_len, cfg.batch_size, seed=cfg.seed,
-                            rank=ctx.rank, world_size=ctx.world_size, split=split, skip_bad=cfg.skip_bad)
+                            rank=ctx.rank, world_size=ctx.world_size, split=split, skip_bad=cfg.skip_bad,
+                            stores=self.stores)
 
 
 def _data_options(data: Any, root: Path | None, where: str) -> dict[str, Any]:
@@ -123,10 +127,9 @@ def _differences(saved: dict[str, Any], cfg: PhaseConfig) -> list[str]:
 def locate(run_dir: Path, phases: list[tuple[str, PhaseConfig]]) -> tuple[int, Phase, bool]:
     """(index of the phase to train next, its Phase, resume it?) from the run's latest checkpoint;
     index == len(phases) when every phase is done."""
-    latest = ckpt.latest_checkpoint(run_dir)
+    latest, meta = latest_state(run_dir)
     if latest is None:
         return 0, Phase(phases[0][0]), False
-    meta = json.loads((latest / ckpt.STATE_JSON).read_text())
     names = [name for name, _ in phases]
     if meta.get("phase") not in names:
         raise UserError(f"{run_dir}: its latest checkpoint ({latest.name}) is of phase {meta.get('phase')!r}, "
@@ -166,7 +169,7 @@ def run_recipe(recipe_file: str | Path, overrides: dict[str, Any], data_root: st
     root = Path(data_root).resolve() if data_root else folder
     phases = resolve_phases(recipe, f"--recipe {recipe_file}", root, overrides)
     run_dir = Path(phases[0][1].out)
-    if ckpt.latest_checkpoint(run_dir) is not None and not phases[0][1].resume:
+    if has_checkpoint(run_dir) and not phases[0][1].resume:
         raise UserError(f"{run_dir} already holds a run; add --resume to continue it, or choose another --out")
     index, phase, resume = locate(run_dir, phases)
     main = int(os.environ.get("RANK", "0")) == 0
@@ -174,7 +177,7 @@ def run_recipe(recipe_file: str | Path, overrides: dict[str, Any], data_root: st
     try:
         for i in range(index, len(phases)):
             if i > index:  # the phase after one that just ended: from its final checkpoint
-                phase, resume = Phase(phases[i][0], trainer.step, ckpt.latest_checkpoint(run_dir)), False
+                phase, resume = Phase(phases[i][0], trainer.step, latest_checkpoint(run_dir)), False
             trainer = Trainer(MixedPretrainStage(dataclasses.replace(phases[i][1], resume=resume)), phase=phase)
             results.append(trainer.fit())
     finally:

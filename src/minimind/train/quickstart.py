@@ -46,7 +46,6 @@ from typing import Any
 import torch
 
 from ..chat import render_prompt, split_reasoning
-from ..checkpoint import resolve_checkpoint
 from ..config import get_preset
 from ..data.demo import suite_paths, write_demo
 from ..data.prepare import prepare
@@ -56,6 +55,7 @@ from ..eval import Settings, run_demo
 from ..eval.report import HEADLINE, append_run_log, format_summary, format_value, make_report
 from ..eval.run import DEMO_TASKS, load
 from ..infer import SamplingParams, load_engine
+from ..locator import resolve_checkpoint
 from ..model import MiniMindLM
 from ..recipes import read_recipe
 from .build import resolve_dtype

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from . import checkpointing as ckpt
+from ..locator import STATE_JSON, CheckpointError, latest_checkpoint
 from . import distributed as D
 from .config import TrainConfig, load_config
 from .stages import get_stage
@@ -57,12 +57,23 @@ def _differences(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
     return [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in cfg.to_dict().items() if k not in RUN_ONLY and old.get(k) != v]
 
 
+def latest_state(run_dir: Path) -> tuple[Path | None, dict[str, Any]]:
+    """The run's latest checkpoint and its trainer_state.json, or (None, {}) before the first one."""
+    latest = latest_checkpoint(run_dir)
+    if latest is None:
+        return None, {}
+    path = latest / STATE_JSON
+    try:
+        return latest, json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: cannot read ({getattr(err, 'strerror', None) or err})") from None
+
+
 def run_state(run_dir: Path, stage: str, cfg: TrainConfig) -> str:
     """"fresh", "resume" or "done" for `cfg` in `run_dir`; a UserError if the run there is another one."""
-    latest = ckpt.latest_checkpoint(run_dir)
+    latest, meta = latest_state(run_dir)
     if latest is None:
         return "fresh"
-    meta = json.loads((latest / ckpt.STATE_JSON).read_text())
     if meta.get("stage") != stage:
         raise UserError(f"{run_dir} holds a {meta.get('stage')!r} run, not {stage!r}; choose another output folder")
     diff = _differences(meta.get("train_config", {}), cfg)
@@ -78,8 +89,7 @@ def _is_main() -> bool:
 
 def _reused(run_dir: Path) -> TrainResult:
     """The result of a finished run, read back from its final checkpoint."""
-    latest = ckpt.latest_checkpoint(run_dir)
-    meta = json.loads((latest / ckpt.STATE_JSON).read_text())
+    latest, meta = latest_state(run_dir)
     return TrainResult(run_dir, meta["step"], None, meta.get("val_loss"), latest, [], reused=True)
 
 

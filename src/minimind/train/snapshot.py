@@ -21,7 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..checkpoint import CheckpointError
+from ..locator import STATE_PT, CheckpointError
 from . import checkpointing as ckpt
 from . import distributed as D
 from .state import full_state, load_optimizer_state
@@ -41,7 +41,7 @@ def save(trainer: Trainer) -> Path | None:
     def write(folder: Path) -> None:
         t.stage.save_weights(t.model, model_sd, folder, t.ctx)
         tensors = {"optimizer": optim_sd, "scaler": t.scaler.state_dict() if t.scaler else {}, "rng": rngs}
-        ckpt.save_tensors(folder / ckpt.STATE_PT, tensors)
+        ckpt.save_tensors(folder / STATE_PT, tensors)
 
     state = {"stage": t.stage.name, "tokens_seen": t.tokens_seen, "loader": loaders, "val_loss": None,
              "best_val": t.best_val, "world_size": t.dist.world_size, "total_steps": t.total_steps,

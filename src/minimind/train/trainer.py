@@ -51,11 +51,11 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import is_hf_folder, resolve_checkpoint
 from ..config import flops_per_token
 from ..data.loader import Prefetcher
 from ..data.mixture import realised_shares
 from ..errors import UserError
+from ..locator import has_checkpoint, is_hf_folder, latest_checkpoint, resolve_checkpoint
 from ..model import MiniMindLM
 from . import checkpointing as ckpt
 from . import distributed as D
@@ -168,10 +168,10 @@ class Trainer:
         self.on_main(self.lock.acquire)  # held until fit() returns; every rank fails if it is refused
         self.resume_from, self.saved_total = None, None
         # A phase that continues the previous one starts after that phase's checkpoint, not on it.
-        if (self.run_dir / "checkpoints" / "latest").is_file() and self.phase.continue_from is None:
+        if has_checkpoint(self.run_dir) and self.phase.continue_from is None:
             if not self.cfg.resume:
                 raise UserError(f"{self.run_dir} already holds a run; add --resume to continue it, or choose another --out")
-            self.resume_from = ckpt.latest_checkpoint(self.run_dir)
+            self.resume_from = latest_checkpoint(self.run_dir)
         self._check_same_view()
         if self.main:
             for p in ckpt.clean_partial(self.run_dir):  # safe: we hold the lock, nobody else writes here
@@ -340,7 +340,7 @@ class Trainer:
         set_lr(self.optimizer, lr)
         loss, metrics, tokens = accumulate(self, it)  # step.py: the micro-batches
         if not math.isfinite(loss):
-            good = ckpt.latest_checkpoint(self.run_dir) if self.main else None
+            good = latest_checkpoint(self.run_dir) if self.main else None
             raise TrainingError(
                 f"the loss became {loss} at step {self.step + 1}; the weights were not updated. "
                 f"Last good checkpoint: {good or 'none yet'}. Try a lower --lr, --grad-clip 1.0, "
@@ -375,7 +375,7 @@ class Trainer:
             self._stop()
         if last_saved != self.step:  # e.g. resumed a run that had already finished
             self.save()
-        final = ckpt.latest_checkpoint(self.run_dir) if self.main else None
+        final = latest_checkpoint(self.run_dir) if self.main else None
         if self.main:
             self.stage.on_train_end(self.model, self.ctx)
             self._plot()
