@@ -16,7 +16,7 @@ from minimind.checkpoint import load_model, save_model
 from minimind.cli import main
 from minimind.config import swiglu_width
 from minimind.errors import UserError
-from minimind.shapes import ModelOverrides, parse_rope_scaling
+from minimind.shapes import CONFIG_FIELD, ModelOverrides, parse_rope_scaling
 from minimind.tokenizer import default_tokenizer_dir
 
 RUN = ["--seq-len", "16", "--batch-size", "2", "--max-steps", "1", "--no-progress", "--eval-batches", "0",
@@ -184,3 +184,11 @@ def test_model_show_from_a_checkpoint_and_its_context(short_ckpt, capsys):
     assert "max_seq_len 128" in out and '"original_max_position_embeddings": 32' in out
     assert main(["model", "show", "--ckpt", str(short_ckpt), "--hidden-size", "64"]) == 2
     assert "--hidden-size cannot be combined with --ckpt" in capsys.readouterr().err
+
+
+def test_every_shape_flag_names_a_model_config_field():
+    fields = set(ModelConfig.__dataclass_fields__)
+    flags = [n for n in ModelOverrides.__dataclass_fields__ if n != "model_config"]
+    assert all(CONFIG_FIELD.get(n, n) in fields for n in flags)
+    moe = ModelOverrides(hidden_size=320).apply(get_preset("moe"))  # expert width follows the derived MLP width
+    assert moe.moe_intermediate_size == moe.intermediate_size == swiglu_width(320) == 896
