@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from minimind import MiniMindLM, ModelConfig, load_model
-from minimind.checkpoint import CheckpointError, model_state_dict, save_model
+from minimind.checkpoint import model_state_dict, save_model
 from minimind.cli import main
 from minimind.errors import UserError
 from minimind.interop import export_hf, hf_architecture, import_hf
+from minimind.locator import CheckpointError
 
 transformers = pytest.importorskip("transformers")
 

@@ -21,12 +21,13 @@ from infer_support import tiny_checkpoint
 from safetensors.torch import load_file, save_file
 
 from minimind import ModelConfig, load_model
-from minimind.checkpoint import CheckpointError, model_state_dict
+from minimind.checkpoint import model_state_dict
 from minimind.cli import main
 from minimind.config import LIMITS, ConfigError
 from minimind.errors import UserError
 from minimind.fsutil import replace_dir
 from minimind.interop import export_hf
+from minimind.locator import CheckpointError
 
 
 @pytest.fixture(scope="module")

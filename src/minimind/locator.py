@@ -75,6 +75,17 @@ class CheckpointError(UserError):
     """A path is not a loadable checkpoint; the message says what was expected there."""
 
 
+def read_json(path: str | Path, what: str) -> dict[str, Any]:
+    """A JSON object from one of the layout's files, or a CheckpointError naming the file."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:  # ValueError: bad JSON or bad UTF-8
+        raise CheckpointError(f"{path}: cannot read {what} ({getattr(err, 'strerror', None) or err})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: {what} must be a JSON object, got {type(data).__name__}")
+    return data
+
+
 # -- run directories -------------------------------------------------------------------------
 
 
@@ -196,14 +207,7 @@ def adapter_folder(path: str | Path) -> Path:
 
 def read_adapter_config(folder: str | Path) -> dict[str, Any]:
     """adapter_config.json of an adapter folder (or LoRA run directory) as a dict."""
-    path = adapter_folder(folder) / ADAPTER_CONFIG
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:  # ValueError: bad JSON or bad UTF-8
-        raise CheckpointError(f"{path}: cannot read ({getattr(err, 'strerror', None) or err})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: must be a JSON object, got {type(data).__name__}")
-    return data
+    return read_json(adapter_folder(folder) / ADAPTER_CONFIG, "an adapter config")
 
 
 def adapter_base(folder: str | Path) -> Path:

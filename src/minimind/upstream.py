@@ -27,7 +27,6 @@ Contract:
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -40,8 +39,8 @@ from .checkpoint import check_fits, check_tokenizer_files, load_weights, read_sa
 from .config import ConfigError, ModelConfig
 from .errors import UserError
 from .fsutil import check_output_dir, replace_dir
-from .locator import (HF_CONFIG, WEIGHTS_NAME, CheckpointError, has_tokenizer, hf_config, register_importer,
-                      require_tokenizer)
+from .locator import (HF_CONFIG, WEIGHTS_NAME, CheckpointError, has_tokenizer, hf_config, read_json,
+                      register_importer, require_tokenizer)
 from .model import MiniMindLM
 
 MODEL_TYPE = "minimind"
@@ -89,17 +88,6 @@ def read_pth(path: Path) -> dict[str, torch.Tensor]:
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items()):
         raise CheckpointError(f"{path}: not a state dict (expected a dict of tensor names to tensors, "
                               f"got {type(data).__name__})")
-    return data
-
-
-def _read_config(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:  # ValueError: bad JSON or bad UTF-8
-        reason = getattr(err, "strerror", None) or err
-        raise CheckpointError(f"{path}: cannot read an upstream config.json ({reason})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: an upstream config.json must be a JSON object")
     return data
 
 
@@ -259,12 +247,12 @@ def expected_keys(cfg: ModelConfig) -> list[str]:
 def load_upstream_model(path: str | Path, flags: UpstreamFlags | None = None) -> MiniMindLM:
     """An upstream `.pth` file or Transformers folder as a MiniMindLM (float32, eval mode)."""
     path, flags = Path(path), flags or UpstreamFlags()
-    json_config = _read_config(Path(flags.config)) if flags.config is not None else None
+    json_config = read_json(Path(flags.config), "an upstream config.json") if flags.config is not None else None
     if path.is_dir():
         if not is_upstream_folder(path):
             raise CheckpointError(f"{path}: not an upstream MiniMind folder (config.json with model_type "
                                   f"\"minimind\")")
-        json_config = json_config or _read_config(path / HF_CONFIG)
+        json_config = json_config or read_json(path / HF_CONFIG, "an upstream config.json")
         sd = _folder_weights(path)
     else:
         sd = read_pth(path)

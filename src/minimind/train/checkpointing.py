@@ -36,7 +36,7 @@ import torch
 from ..checkpoint import atomic_write
 from ..errors import UserError
 from ..locator import (BEST, CHECKPOINTS, LATEST, METRICS, STATE_JSON, STATE_PT, TRAIN_CONFIG, CheckpointError,
-                       checkpoint_name, checkpoints_dir, read_pointer)
+                       checkpoint_name, checkpoints_dir, read_json, read_pointer)
 from ..locator import latest_checkpoint  # noqa: F401 - still read as ckpt.latest_checkpoint by trainer.py
 
 # Leftovers of a killed run, relative to the run directory: hidden temporary folders of saves and
@@ -186,10 +186,7 @@ def save_tensors(path: Path, tensors: dict[str, Any]) -> None:
 
 def load_trainer_state(ckpt: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(tensor state, JSON state) of a trainer checkpoint; never unpickles arbitrary objects."""
-    try:
-        meta = json.loads((ckpt / STATE_JSON).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{ckpt}: unreadable {STATE_JSON} ({err})") from None
+    meta = read_json(ckpt / STATE_JSON, "the trainer state")
     pt = ckpt / STATE_PT
     if not pt.is_file():
         raise CheckpointError(f"{ckpt}: {STATE_PT} is missing")
