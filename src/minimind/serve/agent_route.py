@@ -93,7 +93,7 @@ async def agent_chat(request: Request, ctx: Context, req: ChatRequest):
         if not results or turn == MAX_AGENT_TURNS - 1:  # the reply itself is the message, not history
             break
         transcript += [message, *results]
-    return R.chat_completion(meta, {**message, "tool_messages": transcript}, reader.finish(seq.finish_reason),
+    return R.chat_completion(meta, R.agent_message(message, transcript), reader.finish(seq.finish_reason),
                              R.usage(*seqs))
 
 

@@ -10,7 +10,7 @@ Routes build no response shape themselves; they call these.
 - Chat: `chat_message(items)` (an assistant message from reply items), `chat_completion(...)`
   (object "chat.completion"), `chat_chunk(...)` (object "chat.completion.chunk", one delta),
   `chat_usage_chunk(...)`, `ROLE_DELTA` (a stream's first delta), `tool_result_delta(...)` and
-  `tool_message(...)` (the agent loop's executed calls). Tool calls go in
+  `tool_message(...)` (the agent loop's executed calls), `agent_message(...)`. Tool calls go in
   `message.tool_calls` (shaped by tool_calls.py). Reasoning text is sent as
   `reasoning_content` beside `content`, as DeepSeek/vLLM do.
 - Completions: `completion(...)` (object "text_completion"), also each streamed piece, and
@@ -100,6 +100,11 @@ def chat_usage_chunk(meta: Meta, usage: dict) -> dict:
 def tool_message(call_id: str, name: str, content: str) -> dict:
     """The result of one executed call, as the agent loop reports it (and appends it to the conversation)."""
     return {"role": "tool", "tool_call_id": call_id, "name": name, "content": content}
+
+
+def agent_message(message: dict, transcript: list[dict]) -> dict:
+    """The agent loop's last reply with the extension "tool_messages": the earlier assistant and tool messages."""
+    return {**message, "tool_messages": transcript}
 
 
 def tool_result_delta(result: dict) -> dict:
