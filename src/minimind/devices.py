@@ -15,29 +15,24 @@ Contract:
 - `torch_dtype(name)`: the torch dtype a `--dtype` name means. Two spellings are user-facing:
   training flags say fp32/bf16/fp16 (`TRAINING_DTYPES`, the mixed-precision words), inference
   and export flags say float32/bfloat16/float16 (`INFERENCE_DTYPES`, torch's and Hugging Face's
-  words); `DTYPE_NAMES` maps both, and is the only such table.
+  words); `DTYPES` maps both, and is the only such table.
 - `prepare_device(device)`: per-process settings for fast math on that device (TF32 on CUDA).
-
-torch is imported inside the functions that need it, not at the top: `check_device_name` runs when
-the CLI parses its flags, and `minimind --help` should not wait a second for torch to load.
 """
 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+
+import torch
 
 from .errors import UserError
-
-if TYPE_CHECKING:
-    import torch
 
 DEVICE_NAME = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 INFERENCE_DTYPES = ("float32", "bfloat16", "float16")
 TRAINING_DTYPES = ("fp32", "bf16", "fp16")
-# Every --dtype name -> the torch attribute it means (a string: torch is not imported at the top).
-DTYPE_NAMES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16",
-               "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+# Every --dtype name, in both spellings, -> the torch dtype it means.
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+               "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def check_device_name(name: str) -> None:
@@ -48,8 +43,6 @@ def check_device_name(name: str) -> None:
 
 def pick_device(pref: str, local_rank: int = 0) -> torch.device:
     """The device `pref` names, or a UserError if it is absent here (see the module docstring)."""
-    import torch
-
     check_device_name(pref)
     if pref == "auto":
         return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
@@ -68,8 +61,6 @@ def pick_device(pref: str, local_rank: int = 0) -> torch.device:
 
 def inference_dtype(device: torch.device, name: str | None) -> torch.dtype | None:
     """The dtype to run a model in for inference; None keeps the dtype it was stored in."""
-    import torch
-
     if name in (None, "auto"):
         if device.type != "cuda":
             return None
@@ -81,8 +72,6 @@ def inference_dtype(device: torch.device, name: str | None) -> torch.dtype | Non
 
 def training_dtype(device: torch.device, name: str) -> torch.dtype:
     """The dtype to train in: "auto" is bf16 on CUDA where supported, else fp32 (see the contract)."""
-    import torch
-
     if name == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
@@ -96,17 +85,13 @@ def training_dtype(device: torch.device, name: str) -> torch.dtype:
 
 def torch_dtype(name: str) -> torch.dtype:
     """The torch dtype of a --dtype name in either spelling ("bf16" or "bfloat16"); a UserError otherwise."""
-    import torch
-
-    if name not in DTYPE_NAMES:
-        raise UserError(f"--dtype must be one of {', '.join(DTYPE_NAMES)}; got {name!r}")
-    return getattr(torch, DTYPE_NAMES[name])
+    if name not in DTYPES:
+        raise UserError(f"--dtype must be one of {', '.join(DTYPES)}; got {name!r}")
+    return DTYPES[name]
 
 
 def prepare_device(device: torch.device) -> None:
     """Per-process math settings: on CUDA, fp32 matmuls may use TF32 tensor cores (~8x faster on
     Ampere and later; 10-bit mantissa inputs with fp32 accumulation, as PyTorch's "high")."""
-    import torch
-
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")

@@ -184,7 +184,7 @@ def export_hf(ckpt: str | Path | MiniMindLM, out_dir: str | Path, dtype: str | N
     """Write a transformers folder for a checkpoint (folder, run dir) or an in-memory model.
 
     `out_dir` must be new or empty (or, with `force`, a folder of files to replace); `dtype` is a
-    --dtype name in either spelling (`devices.DTYPE_NAMES`), None keeps float32."""
+    --dtype name in either spelling (`devices.DTYPES`), None keeps float32."""
     stored = torch.float32 if dtype is None else torch_dtype(dtype)
     source = None if isinstance(ckpt, MiniMindLM) else resolve_checkpoint(ckpt)
     inputs = [p for p in (source, tokenizer_dir) if p is not None]
