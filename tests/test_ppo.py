@@ -69,3 +69,36 @@ def test_ppo_bad_options_are_user_errors(files, tmp_path, capsys):
     for extra, msg in ((["--lam", "1.5"], "--gamma and --lam must be in [0, 1]"), (["--value-clip", "0"], "--value-clip")):
         assert main([*base, *extra]) == 2
         assert msg in capsys.readouterr().err
+
+
+def _ddp_worker(rank: int, port: int, args: list[str]) -> None:
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    assert main(args) == 0
+
+
+@pytest.mark.slow
+def test_ppo_runs_under_ddp_with_two_processes(files, tmp_path, capfd):
+    """gloo, 2 processes: each rank samples its own prompts, the value head (outside the wrapped
+    forward) is all-reduced with the policy, and rank 0 saves both."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "ddp"
+    args = ["ppo", "--init", files["init"], "--data", files["rl"], "--out", str(out), "--max-steps", "2",
+            "--batch-size", "2", "--group-size", "2", "--max-new-tokens", "8", "--seq-len", "64", "--no-progress",
+            "--num-samples", "0", "--eval-batches", "0", "--lr", "1e-2", "--device", "cpu",
+            "--rewards", "format:1,correct:1,length:1@20"]
+    mp.spawn(_ddp_worker, args=(port, args), nprocs=2, join=True)
+    assert "2 process(es)" in capfd.readouterr().out  # really two ranks, not two single-process runs
+    recs = _train(out)
+    assert [r["step"] for r in recs] == [1, 2] and recs[1]["value"] != 0.0
+    head = load_file(str(out / "checkpoints" / "step-0000002" / "value_head.safetensors"))
+    assert head["value_head.weight"].abs().sum() > 0

@@ -37,6 +37,7 @@ from typing import Any, Callable
 
 from .chat import Piece, encode_pieces, generation_prompt, parse_reply, render_pieces, render_prompt, render_text
 from .infer import SamplingParams
+from .tokenizer import EOS_TOKEN
 from .tools import ToolRegistry
 
 Model = Callable[[list[list[dict]]], list["str | None"]]
@@ -141,8 +142,6 @@ def _observation(tok, appended: list[dict], thinking: bool, closed: bool) -> lis
     """Ids the loop appends after a reply that called tools: its missing <|im_end|> (if it was
     capped), the "\n" ending the turn, the tool results as one user turn, the generation prompt.
     Every piece starts after a control token, so encoding it alone equals the full render."""
-    from .tokenizer import EOS_TOKEN
-
     tools = [m for m in appended if m["role"] == "tool"]
     pieces = [Piece(("" if closed else EOS_TOKEN) + "\n", 0, False), *render_pieces(tools),
               Piece(generation_prompt(thinking), 0, False)]

@@ -14,7 +14,7 @@ group advantages and resume state), except how a batch is made:
    for unfinished rollouts and repetition; advantages are `losses.group_advantages` over the G
    rollouts of a prompt;
 3. the training row of a rollout is its token history exactly as sampled (`AgentRun.segments`):
-   labels are the generated ids and -100 everywhere else, so the tool results and template
+   labels are the generated ids and IGNORE_INDEX everywhere else, so the tool results and template
    text the loop appended carry neither loss nor KL (GRPO's loss masks on labels).
 
 Sampling seeds depend on the run seed, the rollout counter, the rollout and the turn only, so a
@@ -24,16 +24,20 @@ resumed run resamples exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import torch
+
+from ...agent import AgentRun, engine_token_model, run_agents
 from ...errors import UserError
+from ...infer import Engine, SamplingParams
+from ...model.lm_loss import IGNORE_INDEX
+from ...tools import ToolRegistry, builtin_tools
 from ..config import knob
-from .base import TrainContext
+from ..losses import group_advantages
+from ..rewards import AgentRewards, build_agent_rewards
+from .base import TrainContext, step_seed
 from .grpo import GRPOConfig, GRPOStage
-
-if TYPE_CHECKING:
-    from ...agent import AgentRun
-    from ...tools import ToolRegistry
 
 
 @dataclass
@@ -45,9 +49,7 @@ class AgentRLConfig(GRPOConfig):
                         "agent reward terms name[:weight]: correct, wellformed, valid, unfinished, repetition[@n]")
     thinking: bool = knob(False, "generation prompts open a <think> block (off: an empty block, as tool SFT data)")
 
-    def build_reward_fn(self):
-        from ..rewards import build_agent_rewards
-
+    def build_reward_fn(self) -> AgentRewards:
         return build_agent_rewards(self.rewards)
 
     def validate(self) -> None:
@@ -56,9 +58,7 @@ class AgentRLConfig(GRPOConfig):
             raise UserError(f"--max-turns must be at least 1, got {self.max_turns}")
         self.registry()  # unknown tool names fail before any model loads
 
-    def registry(self) -> "ToolRegistry":
-        from ...tools import ToolRegistry, builtin_tools
-
+    def registry(self) -> ToolRegistry:
         tools = builtin_tools()
         names = [n.strip() for n in self.tools.split(",") if n.strip()]
         unknown = [n for n in names if n not in tools]
@@ -67,14 +67,12 @@ class AgentRLConfig(GRPOConfig):
         return ToolRegistry(tools.tools[n] for n in names) if names else tools
 
 
-def rollout_rows(runs: "list[AgentRun]", pad_id: int) -> tuple[Any, Any]:
+def rollout_rows(runs: list[AgentRun], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids, labels) [N, T] of token-level runs, right-padded: labels are the generated
-    ids where a segment is trainable and -100 on the prompt, the observations and the padding."""
-    import torch
-
+    ids where a segment is trainable and IGNORE_INDEX on the prompt, the observations and the padding."""
     T = max(len(r.ids) for r in runs)
     ids = torch.full((len(runs), T), pad_id, dtype=torch.long)
-    labels = torch.full((len(runs), T), -100, dtype=torch.long)
+    labels = torch.full((len(runs), T), IGNORE_INDEX, dtype=torch.long)
     for i, run in enumerate(runs):
         pos = 0
         for seg, trainable in run.segments:
@@ -104,12 +102,6 @@ class AgentRLStage(GRPOStage):
 
     def rollout(self, raw: dict[str, Any], ctx: TrainContext, count: int) -> dict[str, Any]:
         """Run G agent rollouts per prompt, score them, and build the training tensors."""
-        import torch
-
-        from ...agent import engine_token_model, run_agents
-        from ...infer import Engine, SamplingParams
-        from ..losses import group_advantages
-
         cfg, tok, model, G = self.config, ctx.tokenizer, ctx.model, self.config.group_size
         convs = [m for m in raw["messages"] for _ in range(G)]
         # The loader's prompts (tools from the system message or the record, thinking on), in
@@ -119,9 +111,8 @@ class AgentRLStage(GRPOStage):
                 for _ in range(G)]
 
         def params(i: int, turn: int) -> SamplingParams:
-            seed = ((cfg.seed * 1_000_003 + count) * 4096 + i) * 64 + turn
             return SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                                  seed=seed)
+                                  seed=step_seed(cfg.seed, count, i, turn))
 
         was_training = model.training
         with torch.no_grad(), ctx.autocast():

@@ -27,16 +27,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import torch
+from torch import nn
+
+from ...checkpoint import (WEIGHTS_NAME, CheckpointError, atomic_write, load_weights, read_safetensors,
+                           write_safetensors)
 from ...errors import UserError
+from ...model.lm_loss import IGNORE_INDEX
 from ..config import knob
+from ..losses import gae, masked_mean, ppo_policy_loss, ppo_value_loss
 from .base import TrainContext
 from .grpo import GRPOConfig, GRPOStage
-
-if TYPE_CHECKING:
-    import torch
-    from torch import nn
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 VALUE_PREFIX = "value_head."
@@ -70,26 +73,23 @@ class PPOStage(GRPOStage):
 
     def __init__(self, config: PPOConfig) -> None:
         super().__init__(config)
-        self._hidden: "torch.Tensor | None" = None  # the last forward's final hidden states
+        self._hidden: torch.Tensor | None = None  # the last forward's final hidden states
 
     # (a) the value head trains with the policy -------------------------------------------------
 
-    def prepare_model(self, model: "nn.Module", ctx: TrainContext) -> "nn.Module":
-        import torch
-        from torch import nn
-
+    def prepare_model(self, model: nn.Module, ctx: TrainContext) -> nn.Module:
         head = nn.Linear(model.config.hidden_size, 1)
         nn.init.zeros_(head.weight)
         nn.init.zeros_(head.bias)
         model.value_head = head.to(next(model.parameters()).device)
 
-        def capture(module: "nn.Module", args: Any, out: "torch.Tensor") -> None:
+        def capture(module: nn.Module, args: Any, out: torch.Tensor) -> None:
             self._hidden = out
 
         model.norm.register_forward_hook(capture)
         return model
 
-    def _values(self, model: "nn.Module", positions: int) -> "torch.Tensor":
+    def _values(self, model: nn.Module, positions: int) -> torch.Tensor:
         """V(s_t) [B, positions] for the last `positions` + 1 hidden states of the last forward
         (the state at t predicts token t+1, as the log-probs do)."""
         h = self._hidden[:, -(positions + 1):][:, :-1].detach()
@@ -98,14 +98,10 @@ class PPOStage(GRPOStage):
     # (b) rollouts with old log-probs, values and GAE -------------------------------------------
 
     def rollout(self, raw: dict[str, Any], ctx: TrainContext, count: int) -> dict[str, Any]:
-        import torch
-
-        from ..losses import gae, masked_mean
-
         cfg = self.config
         batch = super().rollout(raw, ctx, count)
         ids, labels = batch["input_ids"].to(ctx.device), batch["labels"].to(ctx.device)
-        mask = labels[:, 1:] != -100
+        mask = labels[:, 1:] != IGNORE_INDEX
         with torch.no_grad(), ctx.autocast():
             old = ctx.model(ids, labels=labels).token_logps.float()
             values = self._values(ctx.model, old.shape[1])
@@ -126,34 +122,29 @@ class PPOStage(GRPOStage):
 
     # (c) the loss ------------------------------------------------------------------------------
 
-    def loss(self, model: "nn.Module", batch: dict[str, Any], ctx: TrainContext) -> tuple["torch.Tensor", dict[str, Any]]:
-        from ..losses import ppo_policy_loss, ppo_value_loss
-
+    def loss(self, model: nn.Module, batch: dict[str, Any], ctx: TrainContext) -> tuple[torch.Tensor, dict[str, Any]]:
         cfg = self.config
-        ids, labels, mask, keep, new = self.completion_logps(model, batch, ctx)  # as GRPO
-        values = self._values(ctx.model, keep - 1)
+        c = self.completion_forward(model, batch, ctx)  # as GRPO, with the MoE balance loss in c.aux
+        values = self._values(ctx.model, c.keep - 1)
 
-        def crop(t: "torch.Tensor") -> "torch.Tensor":
-            return t[:, -(keep - 1):].to(ctx.device, non_blocking=True)
+        def crop(t: torch.Tensor) -> torch.Tensor:
+            return t[:, -(c.keep - 1):].to(ctx.device, non_blocking=True)
 
-        policy, pm = ppo_policy_loss(new, crop(batch["old_logps"]), crop(batch["advantages"]), mask, cfg.clip_eps)
-        value, vm = ppo_value_loss(values, crop(batch["old_values"]), crop(batch["returns"]), mask, cfg.value_clip)
-        loss = policy + cfg.vf_coef * value
-        return loss, {**batch["metrics"], **pm, **vm, "policy_loss": policy.detach(), "value_loss": value.detach()}
+        policy, pm = ppo_policy_loss(c.logps, crop(batch["old_logps"]), crop(batch["advantages"]), c.mask, cfg.clip_eps)
+        value, vm = ppo_value_loss(values, crop(batch["old_values"]), crop(batch["returns"]), c.mask, cfg.value_clip)
+        loss = policy + cfg.vf_coef * value + c.aux
+        return loss, {**batch["metrics"], **pm, **vm, **c.metrics, "policy_loss": policy.detach(),
+                      "value_loss": value.detach()}
 
     # (e) the value head is saved beside the policy ---------------------------------------------
 
-    def save_weights(self, model: "nn.Module", state_dict: "dict[str, torch.Tensor]", folder: Path,
+    def save_weights(self, model: nn.Module, state_dict: dict[str, torch.Tensor], folder: Path,
                      ctx: TrainContext) -> None:
-        from ...checkpoint import atomic_write, write_safetensors
-
         head = {k: v for k, v in state_dict.items() if k.startswith(VALUE_PREFIX)}
         super().save_weights(model, {k: v for k, v in state_dict.items() if k not in head}, folder, ctx)
         atomic_write(Path(folder) / VALUE_HEAD_FILE, lambda p: write_safetensors(head, p))
 
-    def load_weights(self, model: "nn.Module", folder: Path, ctx: TrainContext) -> None:
-        from ...checkpoint import WEIGHTS_NAME, CheckpointError, load_weights, read_safetensors
-
+    def load_weights(self, model: nn.Module, folder: Path, ctx: TrainContext) -> None:
         paths = [Path(folder) / WEIGHTS_NAME, Path(folder) / VALUE_HEAD_FILE]
         missing = [p.name for p in paths if not p.is_file()]
         if missing:
