@@ -32,7 +32,6 @@ The stage toolkit: conventions every stage shares, each decided once, here.
   redeclaring the field (its help text stays the parent's; `--help` shows the new default).
 - The ignore label is `model.lm_loss.IGNORE_INDEX` and the think/tool tags are the tokenizer's
   (`tokenizer.THINK_START`, ...); the reasoning splitter is `chat.split_reasoning`.
-
 """
 
 from __future__ import annotations
