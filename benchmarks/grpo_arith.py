@@ -119,7 +119,7 @@ def reward_curve(run_dir: Path) -> list[float]:
     return [r["reward"] for r in read_metrics(run_dir / "metrics.jsonl") if r.get("split") == "train" and "reward" in r]
 
 
-def main() -> None:
+def _parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", required=True, help="SFT checkpoint or run dir to start from (e.g. a quick start's sft/)")
     ap.add_argument("--out", default="runs/grpo_arith")
@@ -149,7 +149,49 @@ def main() -> None:
                     help="samples per held-out question for the sampled pass@1 (at --temperature)")
     ap.add_argument("--grad-accum", type=int, default=4, help="GRPO micro-batches per step (prompts per step = "
                                                               "--prompts x --grad-accum)")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def run_seed(args: argparse.Namespace, seed: int, base: Path, data: dict[str, Path], eval_set: list[tuple],
+             train_probe: list[tuple]) -> dict:
+    """Warm-up SFT and GRPO with this training seed; accuracies before/after and the reward curve."""
+    t = time.perf_counter()
+    run = Path(args.out) / f"seed{seed}"
+    start = base
+    if args.warmup_steps:
+        start = train("sft", run / "warmup", init=str(base), data=[str(data["sft"])], max_steps=args.warmup_steps,
+                      batch_size=8, seq_len=256, lr=args.warmup_lr, warmup_steps=5, seed=seed)
+    before = accuracy(start, eval_set, args.max_new_tokens)
+    before_train = accuracy(start, train_probe, args.max_new_tokens)
+    # What the rollouts see: with few right samples per group of G, most groups carry no signal.
+    sampled_before = accuracy(start, train_probe, args.max_new_tokens, args.temperature)["accuracy"]
+    sampled_heldout_before = accuracy(start, eval_set, args.max_new_tokens, args.temperature, args.eval_samples)["accuracy"]
+    print(f"seed {seed}: start held-out {before['accuracy']:.3f} (sampled {sampled_heldout_before:.3f}), "
+          f"trained {before_train['accuracy']:.3f}, "
+          f"sampled at T={args.temperature} {sampled_before:.3f}")
+    ckpt = train("grpo", run / "grpo", init=str(start), data=[str(data["rl"])], max_steps=args.grpo_steps,
+                 batch_size=args.prompts, group_size=args.group_size, max_new_tokens=args.max_new_tokens,
+                 temperature=args.temperature, lr=args.grpo_lr, warmup_steps=args.grpo_lr_warmup, beta_kl=args.beta_kl,
+                 freeze_embeddings=args.freeze_embeddings, rewards=args.rewards,
+                 scale_advantages=args.scale_advantages, grad_accum=args.grad_accum,
+                 thinking=False, seq_len=128, seed=seed)
+    after = accuracy(ckpt, eval_set, args.max_new_tokens)
+    after_train = accuracy(ckpt, train_probe, args.max_new_tokens)
+    sampled_heldout_after = accuracy(ckpt, eval_set, args.max_new_tokens, args.temperature, args.eval_samples)["accuracy"]
+    rewards = reward_curve(run / "grpo")
+    n = max(1, len(rewards) // 5)
+    return {
+        "heldout_before": before, "heldout_after": after,
+        "train_before": before_train["accuracy"], "train_after": after_train["accuracy"],
+        "train_sampled_before": sampled_before,
+        "heldout_sampled_before": sampled_heldout_before, "heldout_sampled_after": sampled_heldout_after,
+        "reward_first_20pct": sum(rewards[:n]) / n, "reward_last_20pct": sum(rewards[-n:]) / n,
+        "reward_png": str(run / "grpo" / "reward.png"), "seconds": time.perf_counter() - t,
+    }
+
+
+def main() -> None:
+    args = _parse_args()
     out = Path(args.out)
     base = resolve_checkpoint(args.base)
     train_set, eval_set = arithmetic_split(tuple(args.a_range), tuple(args.b_range), args.eval_size, args.data_seed, args.carry)
@@ -159,42 +201,10 @@ def main() -> None:
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     results["config"] = {**vars(args), "base": str(base), "train_questions": len(train_set), "eval_questions": len(eval_set)}
     for seed in args.seed:
-        t = time.perf_counter()
-        run = out / f"seed{seed}"
-        start = base
-        if args.warmup_steps:
-            start = train("sft", run / "warmup", init=str(base), data=[str(data["sft"])], max_steps=args.warmup_steps,
-                          batch_size=8, seq_len=256, lr=args.warmup_lr, warmup_steps=5, seed=seed)
-        before = accuracy(start, eval_set, args.max_new_tokens)
-        before_train = accuracy(start, train_probe, args.max_new_tokens)
-        # What the rollouts see: with few right samples per group of G, most groups carry no signal.
-        sampled_before = accuracy(start, train_probe, args.max_new_tokens, args.temperature)["accuracy"]
-        sampled_heldout_before = accuracy(start, eval_set, args.max_new_tokens, args.temperature, args.eval_samples)["accuracy"]
-        print(f"seed {seed}: start held-out {before['accuracy']:.3f} (sampled {sampled_heldout_before:.3f}), "
-              f"trained {before_train['accuracy']:.3f}, "
-              f"sampled at T={args.temperature} {sampled_before:.3f}")
-        ckpt = train("grpo", run / "grpo", init=str(start), data=[str(data["rl"])], max_steps=args.grpo_steps,
-                     batch_size=args.prompts, group_size=args.group_size, max_new_tokens=args.max_new_tokens,
-                     temperature=args.temperature, lr=args.grpo_lr, warmup_steps=args.grpo_lr_warmup, beta_kl=args.beta_kl,
-                     freeze_embeddings=args.freeze_embeddings, rewards=args.rewards,
-                     scale_advantages=args.scale_advantages, grad_accum=args.grad_accum,
-                     thinking=False, seq_len=128, seed=seed)
-        after = accuracy(ckpt, eval_set, args.max_new_tokens)
-        after_train = accuracy(ckpt, train_probe, args.max_new_tokens)
-        sampled_heldout_after = accuracy(ckpt, eval_set, args.max_new_tokens, args.temperature, args.eval_samples)["accuracy"]
-        rewards = reward_curve(run / "grpo")
-        n = max(1, len(rewards) // 5)
-        results[f"seed{seed}"] = {
-            "heldout_before": before, "heldout_after": after,
-            "train_before": before_train["accuracy"], "train_after": after_train["accuracy"],
-            "train_sampled_before": sampled_before,
-            "heldout_sampled_before": sampled_heldout_before, "heldout_sampled_after": sampled_heldout_after,
-            "reward_first_20pct": sum(rewards[:n]) / n, "reward_last_20pct": sum(rewards[-n:]) / n,
-            "reward_png": str(run / "grpo" / "reward.png"), "seconds": time.perf_counter() - t,
-        }
+        results[f"seed{seed}"] = run_seed(args, seed, base, data, eval_set, train_probe)
         results_path.write_text(json.dumps(results, indent=2) + "\n")
         r = results[f"seed{seed}"]
-        print(f"seed {seed}: held-out {before['accuracy']:.3f} -> {after['accuracy']:.3f}, "
+        print(f"seed {seed}: held-out {r['heldout_before']['accuracy']:.3f} -> {r['heldout_after']['accuracy']:.3f}, "
               f"reward {r['reward_first_20pct']:.3f} -> {r['reward_last_20pct']:.3f} ({r['seconds']:.0f} s)")
 
     print("\n| seed | held-out accuracy before | after | (+ / -) after | held-out sampled pass@1 before | after | "

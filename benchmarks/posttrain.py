@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -119,7 +120,7 @@ def reward_curve(run_dir: Path) -> list[tuple[int, float]]:
             if r.get("split") == "train" and "reward" in r]
 
 
-def main() -> None:
+def _parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/posttrain")
     ap.add_argument("--base", default=None, help="SFT checkpoint or run dir to start from (default: run the quick start)")
@@ -132,21 +133,37 @@ def main() -> None:
                     "(comma-separated, e.g. count_letter,compare): a weak base needs tasks it sometimes solves")
     ap.add_argument("--grpo-lr", type=float, default=3e-5)
     ap.add_argument("--group-size", type=int, default=4)
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+@dataclass
+class Bench:
+    """What every measurement needs: flags, output folder, demo files, the SFT base and the pretrained model."""
+
+    args: argparse.Namespace
+    out: Path
+    data: dict[str, Path]
+    base: Path
+    pretrained: Path
+    rl_eval: list[tuple[str, str]]
+    common: dict = field(default_factory=lambda: dict(seq_len=256, eval_batches=0, save_every=0))
+
+    def steps(self, n: int) -> int:
+        return max(1, int(n * self.args.scale))
+
+
+def _bench(args: argparse.Namespace) -> Bench:
+    """Demo files, the base models (the quick start's, unless --base), the GRPO task filter."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    steps = lambda n: max(1, int(n * args.scale))  # noqa: E731
-
     data = write_demo(out / "data")
     if args.base:
         base = resolve_checkpoint(args.base)
         pretrained = resolve_checkpoint(args.pretrained or Path(args.base).parent / "pretrain")
     else:
-        qs = quickstart(out / "base", pretrain_steps=steps(250), sft_steps=steps(120))
+        scale = lambda n: max(1, int(n * args.scale))  # noqa: E731
+        qs = quickstart(out / "base", pretrain_steps=scale(250), sft_steps=scale(120))
         base, pretrained = resolve_checkpoint(qs["sft"]), resolve_checkpoint(qs["pretrain"])
-    results_path = out / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    results["base"] = str(base)
     if args.grpo_kinds:  # RL files carry each task's "kind"; keep the chosen kinds only
         kinds = set(args.grpo_kinds.split(","))
         for name in ("rl", "rl_eval"):
@@ -154,48 +171,58 @@ def main() -> None:
             data[name] = out / "data" / f"{name}_{'_'.join(sorted(kinds))}.jsonl"
             data[name].write_text("\n".join(rows) + "\n")
     rl_eval = [(ex["messages"][-1]["content"], ex["answer"]) for ex in iter_examples("rl", [data["rl_eval"]])][: args.eval_limit]
-    common = dict(seq_len=256, eval_batches=0, save_every=0)
-    only = set(args.only.split(","))
+    return Bench(args, out, data, base, pretrained, rl_eval)
 
-    def record(name: str, value: dict) -> None:
-        results[name] = value
-        results_path.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"{name}: {json.dumps(value)}")
 
-    if "dpo" in only:
-        t = time.perf_counter()
-        ckpt = train("dpo", out / "dpo", init=str(base), data=[str(data["dpo"])], max_steps=steps(60), batch_size=8,
-                     lr=5e-5, beta=0.1, **common)
-        record("dpo", {"steps": steps(60), "before": pair_margins(base, data["dpo_eval"], args.eval_limit),
-                       "after": pair_margins(ckpt, data["dpo_eval"], args.eval_limit), "seconds": time.perf_counter() - t})
-    if "distill" in only:
-        t = time.perf_counter()
-        n = steps(60)
-        sft_opts = dict(init=str(pretrained), data=[str(data["sft"])], max_steps=n, batch_size=8, lr=1e-3,
-                        warmup_steps=5, **common)
-        plain = train("sft", out / "distill_plain", **sft_opts)
-        taught = train("distill", out / "distill", teacher=str(base), alpha=0.5, temperature=1.5, **sft_opts)
-        record("distill", {"steps": n, "plain_sft": kl_and_ce(plain, base, data["sft_eval"], args.eval_limit),
-                           "distilled": kl_and_ce(taught, base, data["sft_eval"], args.eval_limit),
-                           "seconds": time.perf_counter() - t})
-    if "reason" in only:
-        t = time.perf_counter()
-        ckpt = train("reason", out / "reason", init=str(base), data=[str(data["sft"])], max_steps=steps(60),
-                     batch_size=8, lr=5e-4, no_think_ratio=0.3, tag_weight=2.0, **common)
-        qs = [q for q, _ in rl_eval]
-        record("reason", {"steps": steps(60), "before": think_rates(base, qs, 160), "after": think_rates(ckpt, qs, 160),
-                          "seconds": time.perf_counter() - t})
-    if "grpo" in only:
-        t = time.perf_counter()
-        before = accuracy(base, rl_eval, 96)
-        ckpt = train("grpo", out / "grpo", init=str(base), data=[str(data["rl"])], max_steps=steps(60), batch_size=8,
-                     group_size=args.group_size, max_new_tokens=96, lr=args.grpo_lr, beta_kl=0.02, rewards="correct:1,format:0.2", **common)
-        curve = reward_curve(out / "grpo")
-        head, tail = curve[: max(1, len(curve) // 5)], curve[-max(1, len(curve) // 5):]
-        record("grpo", {"steps": steps(60), "kinds": args.grpo_kinds, "lr": args.grpo_lr, "group_size": args.group_size, "accuracy_before": before, "accuracy_after": accuracy(ckpt, rl_eval, 96),
-                        "reward_first_20pct": sum(r for _, r in head) / len(head),
-                        "reward_last_20pct": sum(r for _, r in tail) / len(tail), "seconds": time.perf_counter() - t})
+def measure_dpo(b: Bench) -> dict:
+    t = time.perf_counter()
+    ckpt = train("dpo", b.out / "dpo", init=str(b.base), data=[str(b.data["dpo"])], max_steps=b.steps(60), batch_size=8,
+                 lr=5e-5, beta=0.1, **b.common)
+    limit = b.args.eval_limit
+    return {"steps": b.steps(60), "before": pair_margins(b.base, b.data["dpo_eval"], limit),
+            "after": pair_margins(ckpt, b.data["dpo_eval"], limit), "seconds": time.perf_counter() - t}
 
+
+def measure_distill(b: Bench) -> dict:
+    t = time.perf_counter()
+    n = b.steps(60)
+    sft_opts = dict(init=str(b.pretrained), data=[str(b.data["sft"])], max_steps=n, batch_size=8, lr=1e-3,
+                    warmup_steps=5, **b.common)
+    plain = train("sft", b.out / "distill_plain", **sft_opts)
+    taught = train("distill", b.out / "distill", teacher=str(b.base), alpha=0.5, temperature=1.5, **sft_opts)
+    return {"steps": n, "plain_sft": kl_and_ce(plain, b.base, b.data["sft_eval"], b.args.eval_limit),
+            "distilled": kl_and_ce(taught, b.base, b.data["sft_eval"], b.args.eval_limit),
+            "seconds": time.perf_counter() - t}
+
+
+def measure_reason(b: Bench) -> dict:
+    t = time.perf_counter()
+    ckpt = train("reason", b.out / "reason", init=str(b.base), data=[str(b.data["sft"])], max_steps=b.steps(60),
+                 batch_size=8, lr=5e-4, no_think_ratio=0.3, tag_weight=2.0, **b.common)
+    qs = [q for q, _ in b.rl_eval]
+    return {"steps": b.steps(60), "before": think_rates(b.base, qs, 160), "after": think_rates(ckpt, qs, 160),
+            "seconds": time.perf_counter() - t}
+
+
+def measure_grpo(b: Bench) -> dict:
+    t = time.perf_counter()
+    args = b.args
+    before = accuracy(b.base, b.rl_eval, 96)
+    ckpt = train("grpo", b.out / "grpo", init=str(b.base), data=[str(b.data["rl"])], max_steps=b.steps(60), batch_size=8,
+                 group_size=args.group_size, max_new_tokens=96, lr=args.grpo_lr, beta_kl=0.02,
+                 rewards="correct:1,format:0.2", **b.common)
+    curve = reward_curve(b.out / "grpo")
+    head, tail = curve[: max(1, len(curve) // 5)], curve[-max(1, len(curve) // 5):]
+    return {"steps": b.steps(60), "kinds": args.grpo_kinds, "lr": args.grpo_lr, "group_size": args.group_size,
+            "accuracy_before": before, "accuracy_after": accuracy(ckpt, b.rl_eval, 96),
+            "reward_first_20pct": sum(r for _, r in head) / len(head),
+            "reward_last_20pct": sum(r for _, r in tail) / len(tail), "seconds": time.perf_counter() - t}
+
+
+MEASURES = {"dpo": measure_dpo, "distill": measure_distill, "reason": measure_reason, "grpo": measure_grpo}
+
+
+def print_table(results: dict) -> None:
     print("\n| stage | measure (held-out) | before | after |\n|---|---|---|---|")
     if "dpo" in results:
         r = results["dpo"]
@@ -213,6 +240,20 @@ def main() -> None:
         r = results["grpo"]
         print(f"| grpo ({r['steps']} steps) | rl_eval accuracy | {r['accuracy_before']:.3f} | {r['accuracy_after']:.3f} |")
         print(f"| | train reward, first vs last 20% of steps | {r['reward_first_20pct']:.3f} | {r['reward_last_20pct']:.3f} |")
+
+
+def main() -> None:
+    b = _bench(_parse_args())
+    results_path = b.out / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    results["base"] = str(b.base)
+    only = set(b.args.only.split(","))
+    for name, measure in MEASURES.items():
+        if name in only:
+            results[name] = measure(b)
+            results_path.write_text(json.dumps(results, indent=2) + "\n")
+            print(f"{name}: {json.dumps(results[name])}")
+    print_table(results)
 
 
 if __name__ == "__main__":

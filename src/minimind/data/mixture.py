@@ -6,7 +6,7 @@ streams from every source at once, so no pre-mixed file is ever written.
 Contract:
 - `open_mixture(sources, weights, tokenizer, seq_len, batch_size, *, seed, rank, world_size,
   split, skip_bad)` -> `Mixture`, an endless iterator of pretrain batches
-  {"input_ids", "labels"} LongTensor [batch_size, seq_len], like `make_loader("pretrain", ...)`.
+  {"input_ids", "labels"(, "doc_ids")} LongTensor [batch_size, seq_len], like `make_loader("pretrain", ...)`.
 - A source is a raw file (JSONL/.jsonl.gz/Parquet) or a prepared directory. Plain text records
   ({"text"}) are read as pretraining text; conversation records (SFT or RL files) are rendered
   with the chat template (`source_kind`), every token trained: instruction-like data for an
@@ -124,11 +124,13 @@ def realised_shares(state: dict[str, Any]) -> dict[str, float] | None:
 
 def open_mixture(sources: list[str], weights: list[float], tokenizer: Any, seq_len: int, batch_size: int, *,
                  seed: int = 0, rank: int = 0, world_size: int = 1, split: str = "train",
-                 skip_bad: bool = False, stores: dict[str, DocStore] | None = None) -> Mixture:
+                 skip_bad: bool = False, stores: dict[str, DocStore] | None = None,
+                 document_ids: bool = False) -> Mixture:
     """A Mixture over `sources` (paths) with these weights; see the module docstring.
 
     `stores` caches each source's tokens by path, so the train and held-out mixtures of a run
-    tokenise a raw file once."""
+    tokenise a raw file once. `document_ids`: rows also carry "doc_ids" (document masking, as
+    `make_loader` documents it)."""
     check_weights(sources, weights)
     stores = {} if stores is None else stores
     loaders = []
@@ -138,5 +140,5 @@ def open_mixture(sources: list[str], weights: list[float], tokenizer: Any, seq_l
         store = stores[source]
         # Each source gets its own seed, so two sources of equal size are not shuffled alike.
         loaders.append(Loader("pretrain", store, seq_len, 1, seed=seed * len(sources) + i, rank=rank,
-                              world_size=world_size, split=split))
+                              world_size=world_size, split=split, document_ids=document_ids))
     return Mixture(loaders, [str(s) for s in sources], weights, batch_size)

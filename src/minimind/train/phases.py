@@ -78,7 +78,7 @@ class MixedPretrainStage(PretrainStage):
             return super().batches(ctx, split)
         return open_mixture(cfg.data, cfg.data_weights, ctx.tokenizer, cfg.seq_len, cfg.batch_size, seed=cfg.seed,
                             rank=ctx.rank, world_size=ctx.world_size, split=split, skip_bad=cfg.skip_bad,
-                            stores=self.stores)
+                            stores=self.stores, document_ids=cfg.document_mask)
 
 
 def _data_options(data: Any, root: Path | None, where: str) -> dict[str, Any]:
