@@ -285,7 +285,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         history, thinking = state["history"] + [{"role": "user", "content": text}], state["thinking"]
         head = [{"role": "system", "content": state["system"]}] if state["system"] else []
         try:  # keep the newest turns that fit, leaving room for a reply of at least a few tokens
-            ids, dropped = fit_prompt(tok, head + history, engine.context_len - 16, thinking=thinking, tools=specs)
+            ids, dropped = fit_prompt(tok, head + history, engine.max_seq_len - 16, thinking=thinking, tools=specs)
         except UserError as err:  # this one message can never fit: refuse it, keep the session
             print(f"({err})")
             continue
@@ -340,7 +340,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     engine = _engine(args, default_max_len=2048)
     name = args.model_name or Path(args.ckpt).resolve().name
     tools = _registry(args)
-    print(f"serving {name} on http://{args.host}:{args.port} (context {engine.context_len}, "
+    print(f"serving {name} on http://{args.host}:{args.port} (context {engine.max_seq_len}, "
           f"batch {args.max_batch_size}{', API key required' if args.api_key else ''}"
           f"{', tools: ' + ', '.join(tools.names) if tools else ''})", flush=True)
     t = time.perf_counter()

@@ -57,7 +57,7 @@ def _start_turn(ctx: Context, req: ChatRequest, messages: list[dict], tools: lis
         prompt = render_prompt(ctx.tokenizer, messages, tools=tools, thinking=req.thinking)
     except UserError as err:
         raise APIError(400, str(err), param="messages") from None
-    return start(ctx, prompt, sampling_params(req, len(prompt), ctx.engine.context_len), req.model)
+    return start(ctx, prompt, sampling_params(req, len(prompt), ctx.engine.max_seq_len), req.model)
 
 
 def _record(ctx: Context, messages: list[dict], items: list, reader: ReplyReader, seq: Sequence) -> list[dict]:

@@ -60,13 +60,13 @@ def static_dir() -> Path:
 
 async def health(request: Request):
     ctx: Context = request.app.state.ctx
-    return R.health(ctx.model_name, ctx.scheduler.running, ctx.scheduler.queued, ctx.engine.context_len,
+    return R.health(ctx.model_name, ctx.scheduler.running, ctx.scheduler.queued, ctx.engine.max_seq_len,
                     ctx.tools.specs() if ctx.tools else [])
 
 
 async def models(request: Request):
     ctx: Context = request.app.state.ctx
-    return R.model_list(ctx.served, ctx.model_name, ctx.created, ctx.engine.context_len)
+    return R.model_list(ctx.served, ctx.model_name, ctx.created, ctx.engine.max_seq_len)
 
 
 async def index():

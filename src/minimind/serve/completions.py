@@ -46,7 +46,7 @@ async def chat_completions(request: Request):
                                thinking=thinking, prefill=forced[0] if forced else ())
     except UserError as err:
         raise APIError(400, str(err), param="messages") from None
-    seq, events = start(ctx, prompt, sampling_params(req, len(prompt), ctx.engine.context_len), req.model)
+    seq, events = start(ctx, prompt, sampling_params(req, len(prompt), ctx.engine.max_seq_len), req.model)
     meta = R.reply_meta("chatcmpl", seq.adapter or ctx.model_name)
     reader = ReplyReader(thinking, req.tool_names(), forced[1] if forced else "")
     if req.stream:
@@ -96,7 +96,7 @@ async def completions(request: Request):
     ids = ctx.tokenizer.encode(prompt) if isinstance(prompt, str) else prompt
     if not ids:
         raise APIError(400, "the prompt encodes to no tokens", param="prompt")
-    seq, events = start(ctx, ids, sampling_params(req, len(ids), ctx.engine.context_len), req.model)
+    seq, events = start(ctx, ids, sampling_params(req, len(ids), ctx.engine.max_seq_len), req.model)
     meta = R.reply_meta("cmpl", seq.adapter or ctx.model_name)
     if req.stream:
         return event_stream(completion_stream(ctx, req, seq, events, meta))

@@ -1,7 +1,7 @@
 """The engine bridge: running one generation for a route (parameters, submission, events, SSE).
 
 Routes never touch the engine or the scheduler directly; they go through here.
-Contract: `sampling_params(req, prompt_len, context_len)` turns a validated request into
+Contract: `sampling_params(req, prompt_len, max_seq_len)` turns a validated request into
 `SamplingParams` (400 when the prompt leaves no room); `start(ctx, prompt_ids, params, model)`
 submits one `Sequence` to the scheduler (generated with the LoRA adapter of that name, when
 `model` names one) and returns it with the queue its events arrive on, in the caller's event
@@ -32,13 +32,13 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 GENERATION_FAILED = "generation failed; see the server's log"
 
 
-def sampling_params(req: ChatRequest | CompletionRequest, prompt_len: int, context_len: int) -> SamplingParams:
+def sampling_params(req: ChatRequest | CompletionRequest, prompt_len: int, max_seq_len: int) -> SamplingParams:
     """A validated request -> SamplingParams (400 if the prompt leaves no room to generate)."""
-    if prompt_len >= context_len:
-        raise APIError(400, f"the prompt is {prompt_len} tokens but the model's context length is {context_len}",
+    if prompt_len >= max_seq_len:
+        raise APIError(400, f"the prompt is {prompt_len} tokens but the model's context length is {max_seq_len}",
                        param="messages" if isinstance(req, ChatRequest) else "prompt",
                        code="context_length_exceeded")
-    room = context_len - prompt_len
+    room = max_seq_len - prompt_len
     budget = req.token_budget
     temperature = 1.0 if req.temperature is None else req.temperature
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
