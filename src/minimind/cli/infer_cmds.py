@@ -37,6 +37,11 @@ HELP = """commands:
   /help           this text
   /quit           leave (so does Ctrl-D)"""
 
+MAX_BATCH = 1024  # rows of one preallocated KV cache; far beyond what a small model on one device serves
+# serve's default context cap: its KV cache is preallocated for --max-batch-size rows of this many
+# slots, and a 32k-context preset would otherwise reserve 16x the memory for rows that rarely use it.
+SERVE_MAX_SEQ_LEN = 2048
+
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt", required=True, help="checkpoint folder, run directory or Hugging Face folder")
@@ -44,7 +49,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
                    help="compute dtype (default auto: bf16 on a GPU, as stored on the CPU)")
     p.add_argument("--max-len", type=int, default=None,
-                   help="context length in tokens (default: the model's, at most 2048 for serve)")
+                   help=f"context length in tokens (default: the model's, at most {SERVE_MAX_SEQ_LEN} for serve)")
     p.add_argument("--compile", action="store_true", help="torch.compile the decode step")
     p.add_argument("--tools", nargs="?", const="all", default=None, metavar="NAMES",
                    help="offer the built-in tools (all, or comma-separated names: "
@@ -93,9 +98,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                             "localhost, IP addresses and --host are always allowed; other names are refused "
                             "to stop DNS-rebinding web pages")
     serve.set_defaults(func=cmd_serve)
-
-
-MAX_BATCH = 1024  # rows of one preallocated KV cache; far beyond what a small model on one device serves
 
 
 def _registry(args: argparse.Namespace) -> ToolRegistry | None:
@@ -148,9 +150,9 @@ def _allowed_hosts(args: argparse.Namespace) -> list[str]:
     return [h.strip() for spec in args.allowed_hosts for h in spec.split(",")]
 
 
-def _engine(args: argparse.Namespace, default_max_len: int | None = None) -> Engine:
+def _engine(args: argparse.Namespace, default_max_seq_len: int | None = None) -> Engine:
     engine = load_engine(args.ckpt, max_batch_size=getattr(args, "max_batch_size", 1),
-                         max_len=args.max_len or default_max_len, device=args.device, dtype=args.dtype,
+                         max_len=args.max_len or default_max_seq_len, device=args.device, dtype=args.dtype,
                          compile=args.compile)
     for spec in args.lora:
         name, sep, folder = spec.partition("=")
@@ -337,7 +339,7 @@ def _agent_reply(engine: Engine, messages: list[dict], params: SamplingParams, t
 def cmd_serve(args: argparse.Namespace) -> int:
     _check_model_flags(args)
     _check_serve_flags(args)
-    engine = _engine(args, default_max_len=2048)
+    engine = _engine(args, default_max_seq_len=SERVE_MAX_SEQ_LEN)
     name = args.model_name or Path(args.ckpt).resolve().name
     tools = _registry(args)
     print(f"serving {name} on http://{args.host}:{args.port} (context {engine.max_seq_len}, "
