@@ -176,8 +176,7 @@ def test_rewards_use_chat_s_splitter_and_the_tokenizer_s_tags():
 
 # The files that follow the one-owner rule today (the ignore label is model.lm_loss.IGNORE_INDEX,
 # the seed formula is stages.base.step_seed, the tags are the tokenizer's constants).
-ONE_OWNER_FILES = ["train/stages/base.py", "train/stages/sft.py", "train/stages/pretrain.py", "train/stages/dpo.py",
-                   "train/stages/reason.py", "train/stages/distill.py", "train/stages/grpo.py", "train/stages/lora.py",
+ONE_OWNER_FILES = [*(f"train/stages/{p.name}" for p in sorted((SRC / "train" / "stages").glob("*.py"))),
                    "train/rewards.py", "train/losses.py", "train/step.py", "train/evaluation.py", "chat.py",
                    "data/formats.py"]
 

@@ -199,11 +199,6 @@ class GRPOStage(SFTStage):
         f = forward_with_aux(model, ids, ctx, labels=labels, logits_to_keep=keep)
         return Completions(ids, labels, labels[:, 1:] != IGNORE_INDEX, keep, f.out.token_logps, f.aux, f.metrics)
 
-    def completion_logps(self, model: nn.Module, batch: dict[str, Any], ctx: TrainContext) -> tuple:
-        """(ids, labels, mask, keep, logps): `completion_forward` without the balance loss, for
-        ppo.py until its loss adds `.aux` too (then this goes)."""
-        return tuple(self.completion_forward(model, batch, ctx)[:5])
-
     def loss(self, model: nn.Module, batch: dict[str, Any], ctx: TrainContext) -> tuple[torch.Tensor, dict[str, Any]]:
         cfg = self.config
         c = self.completion_forward(model, batch, ctx)

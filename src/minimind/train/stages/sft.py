@@ -1,9 +1,10 @@
 """Supervised fine-tuning on conversations (`minimind sft`).
 
 The `sft` loader renders each conversation with the ChatML template and sets labels to
-IGNORE_INDEX (-100) everywhere except assistant content and its closing <|im_end|>, so the default loss (mean
-cross-entropy over label tokens) trains only on what the assistant says. This module adds the
-SFT defaults (lower LR, fine-tuning needs --init) and chat-formatted sample prompts.
+IGNORE_INDEX (-100) everywhere except assistant content and its closing <|im_end|>, so the
+default loss (mean cross-entropy over label tokens) trains only on what the assistant says. This
+module adds the SFT defaults (lower LR, fine-tuning needs --init) and chat-formatted sample
+prompts.
 """
 
 from __future__ import annotations
