@@ -80,7 +80,7 @@ def test_dpo_loss_includes_the_moe_balance_loss():
     assert loss.item() == pytest.approx((want + COEF * out.aux_loss).item(), rel=1e-6, abs=1e-7)
 
 
-@pytest.mark.parametrize("name", ["pretrain", "sft", "reason", "dpo", "distill", "grpo"])
+@pytest.mark.parametrize("name", ["pretrain", "sft", "reason", "dpo", "distill", "grpo", "ppo", "agent-rl"])
 def test_every_stage_loss_adds_exactly_coef_times_the_balance_loss(name, tok):
     """Same weights, same batch: the loss with the balance weight COEF minus the loss with 0 is
     COEF * the logged aux_loss, for every stage whose loss trains a MoE policy."""
@@ -97,6 +97,10 @@ def test_every_stage_loss_adds_exactly_coef_times_the_balance_loss(name, tok):
     else:
         batch = {"input_ids": ids, "labels": labels, "advantages": torch.tensor([1.0, -1.0, 0.5, -0.5]),
                  "metrics": {}}
+    if name == "ppo":  # per-token rollout tensors [B, T - 1] and the value head on the policy
+        stage.prepare_model(model, ctx)
+        g = torch.Generator().manual_seed(2)
+        batch.update({k: torch.randn(4, 11, generator=g) for k in ("advantages", "old_logps", "old_values", "returns")})
     with_aux, metrics = stage.loss(model, batch, ctx)
     model.config.aux_loss_coef = 0.0
     without, _ = stage.loss(model, batch, ctx)
