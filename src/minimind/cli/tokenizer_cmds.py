@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--out", required=True, help="output folder (tokenizer.json + tokenizer_config.json)")
     train.add_argument("--max-words", type=int, default=MAX_WORDS,
                        help="distinct words counted at most; bounds memory on GBs of text by forgetting "
-                            f"the rarest words (default {MAX_WORDS:,}, about 1.5 GB)")
+                            f"the rarest words (default {MAX_WORDS:,}: up to ~2 GB on Chinese text)")
     train.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     train.set_defaults(func=cmd_train)
 
