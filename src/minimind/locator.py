@@ -36,6 +36,8 @@ Contract:
   of any model_type, `minimind.upstream` for "minimind"; `importer_for(folder)` picks one.
 - The tokenizer of a model sits beside its weights: `tokenizer_beside(path)` finds it (None when
   the folder has none), `require_tokenizer(folder, hint)` raises a UserError when it is absent.
+- `read_json(path, what)` reads the layout's small JSON files (adapter config, trainer state,
+  upstream config.json): a missing, unreadable or non-object file is a CheckpointError naming it.
 
 Only the standard library and `tokenizer.TOKENIZER_FILES` are imported: every layer may use it.
 """
