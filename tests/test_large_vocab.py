@@ -17,7 +17,7 @@ from minimind.config import get_preset
 from minimind.data.loader import make_loader
 from minimind.data.store import DocStore
 from minimind.errors import UserError
-from minimind.model.lm_loss import token_logprobs
+from minimind.model.lm_loss import logit_chunks, token_logprobs
 from minimind.tokenizer import (SPECIAL_TOKENS, SPLIT_PATTERN, check_model_fit, default_tokenizer_dir,
                                 load_tokenizer)
 from minimind.tokenizer_train import count_words, iter_texts, train
@@ -221,3 +221,45 @@ def test_chunked_loss_and_gradients_equal_plain_cross_entropy_at_152k():
     torch.testing.assert_close(chunked, plain)
     for g, r in zip(chunked_grads, plain_grads):
         torch.testing.assert_close(g, r)
+
+
+def saved_bytes(fn):
+    """fn()'s result and the bytes autograd saves for its backward."""
+    total = [0]
+
+    def pack(t):
+        total[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, total[0]
+
+
+def test_distillation_terms_from_hidden_states_equal_the_full_logits_path():
+    from minimind.train.losses import _distill_terms
+
+    torch.manual_seed(0)
+    V, H, N, T = 151_936, 8, 100, 1.7
+    s_h = torch.randn(N, H, requires_grad=True)
+    s_w = (torch.randn(V, H) * 0.3).requires_grad_()
+    t_h, t_w = torch.randn(N, H), torch.randn(V, H) * 0.3
+    targets = torch.randint(0, V, (N,))
+
+    def full():
+        kl, ce = _distill_terms(F.linear(s_h, s_w), F.linear(t_h, t_w), targets, T)
+        return kl.mean() + ce.mean()
+
+    def chunked():
+        kl, ce = logit_chunks(lambda s, t, y: _distill_terms(s, t, y, T), [(s_h, s_w), (t_h, t_w)], targets)
+        return kl.mean() + ce.mean()
+
+    ref, ref_saved = saved_bytes(full)
+    ref_grads = torch.autograd.grad(ref, (s_h, s_w))
+    out, saved = saved_bytes(chunked)
+    grads = torch.autograd.grad(out, (s_h, s_w))
+    torch.testing.assert_close(out, ref)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r)
+    logits_bytes = N * V * 4
+    assert ref_saved >= 3 * logits_bytes and saved < logits_bytes / 10, (ref_saved, saved)

@@ -13,6 +13,11 @@ only each row's log-sum-exp; the backward recomputes one chunk's logits at a tim
 into gradients at once: d log p(y) / d logits = onehot(y) - softmax(logits). Extra cost: one more
 head matmul, small next to the model's forward and backward.
 
+`logit_chunks(fn, heads, *row_args)` is the same idea for a loss that needs whole logit rows of
+one or more heads (distillation: the student's and the teacher's): it calls `fn` on chunks of
+rows whose logits are computed inside an activation checkpoint, so autograd keeps only the hidden
+states and each chunk's logits exist once in the forward and once in the backward.
+
 The two loops are PyTorch custom ops (`torch.library.custom_op`): torch.compile treats each as
 one opaque call, so a compiled model neither breaks its graph here nor unrolls (and re-guards)
 a loop whose length depends on the number of tokens.
@@ -20,8 +25,11 @@ a loop whose length depends on the number of tokens.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 IGNORE_INDEX = -100
 CHUNK_ELEMENTS = 1 << 23  # logits per chunk: 32 MB in float32, whatever the vocabulary
@@ -106,3 +114,25 @@ def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Te
         weight = weight.to(hidden.dtype)
     logp, _ = _forward(hidden.contiguous(), weight, targets.contiguous(), rows or chunk_rows(weight.shape[0]))
     return logp
+
+
+def logit_chunks(fn: Callable[..., tuple[torch.Tensor, ...]], heads: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                 *row_args: torch.Tensor, rows: int | None = None) -> tuple[torch.Tensor, ...]:
+    """fn(logits_1, ..., logits_k, *row_args) over chunks of rows, its per-row outputs concatenated.
+
+    `heads` holds (hidden [N, h], weight [V, h]) pairs: logits_i = hidden_i @ weight_i^T for the
+    chunk's rows (in the autocast dtype when autocast is on). Without gradients (or with one
+    chunk) `fn` runs once, unchunked. `split`, not slicing, so the backward concatenates the
+    chunk gradients once.
+    """
+    def chunk(*xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        logits = [F.linear(h, w) for h, (_, w) in zip(xs[:len(heads)], heads)]
+        return fn(*logits, *xs[len(heads):])
+
+    inputs = [h for h, _ in heads] + list(row_args)
+    rows = rows or chunk_rows(max(w.shape[0] for _, w in heads))
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for pair in heads for t in pair)
+    if inputs[0].shape[0] <= rows or not needs_grad:
+        return chunk(*inputs)
+    parts = [checkpoint(chunk, *xs, use_reentrant=False) for xs in zip(*(t.split(rows) for t in inputs))]
+    return tuple(torch.cat(p) for p in zip(*parts))
