@@ -83,9 +83,10 @@ class MixedPretrainStage(PretrainStage):
 
 def _data_options(data: Any, root: Path | None, where: str) -> dict[str, Any]:
     """A recipe's `data` as the `data` / `data_weights` options, relative paths placed at `root`."""
-    sources = data if isinstance(data, dict) else {p: None for p in ([data] if isinstance(data, str) else data)}
-    if not isinstance(data, (dict, list, str)) or not sources:
+    listed = [data] if isinstance(data, str) else data
+    if not (isinstance(data, dict) or isinstance(listed, list)) or not data or not all(isinstance(p, str) for p in listed):
         raise UserError(f"{where}: data must map sources to weights ({{\"a.jsonl\": 0.7, ...}}) or list them")
+    sources = data if isinstance(data, dict) else dict.fromkeys(listed)
     paths = []
     for source in sources:
         path = Path(source)

@@ -98,26 +98,24 @@ def run_stage(name: str, config_file: str | Path | None = None, *, reuse: bool =
     """Run stage `name` with these options (TrainConfig fields); see the module docstring."""
     stage_cls = get_stage(name)
     cfg = load_config(stage_cls.config_class, config_file, options)
-    if not cfg.out:
-        raise UserError("--out is required: the run directory for checkpoints and metrics")
-    run_dir = Path(cfg.out)
-    if reuse:
-        state = run_state(run_dir, name, cfg)
-        if state == "done":
-            if _is_main():
-                print(f"== {name}: already done in {run_dir}, skipping")
-            return _reused(run_dir)
-        cfg.resume = state == "resume"
-        if _is_main():
-            limit = f" (at most {cfg.max_minutes:.2g} min)" if cfg.max_minutes else ""
-            print(f"== {name}: {cfg.max_steps} steps{limit} -> {run_dir}" + (" (resuming)" if cfg.resume else ""))
     stage = stage_cls(cfg)
     if stage.run_instead_of_training():
         return None
+    if reuse:
+        if not cfg.out:
+            raise UserError("--out is required: the run directory for checkpoints and metrics")
+        state = run_state(Path(cfg.out), name, cfg)
+        if state == "done":
+            if _is_main():
+                print(f"== {name}: already done in {cfg.out}, skipping")
+            return _reused(Path(cfg.out))
+        cfg.resume = state == "resume"
+        if _is_main():
+            limit = f" (at most {cfg.max_minutes:.2g} min)" if cfg.max_minutes else ""
+            print(f"== {name}: {cfg.max_steps} steps{limit} -> {cfg.out}" + (" (resuming)" if cfg.resume else ""))
     trainer = Trainer(stage)
     try:
         return trainer.fit()
     finally:
         if getattr(trainer, "dist", None) is not None:  # not set when the config was refused
             D.cleanup(trainer.dist)
-
