@@ -251,7 +251,7 @@ def test_recipe_errors_are_one_line(tmp_path, files, capsys):
     changed["phases"][2]["lr"] = 5e-3
     recipe.write_text(json.dumps(changed))
     assert main(["pretrain", "--recipe", str(recipe), *root, "--out", str(run), "--resume"]) == 2
-    assert "phase 'anneal' was trained with other options (lr)" in capsys.readouterr().err
+    assert "phase 'anneal' was trained with other options (lr: 0.001 -> 0.005)" in capsys.readouterr().err
 
 
 def test_shipped_three_phase_recipe_resolves_for_the_demo_data(tmp_path):

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import os
 import typing
 
 from ..devices import pick_device
@@ -103,7 +102,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     # torch-heavy: imported when training starts, so `minimind --help` does not load torch
     from ..train import get_stage
     from ..train.phases import run_recipe
-    from ..train.recipes import run_stage
+    from ..train.recipes import is_main_process, run_stage
 
     stage_cls = get_stage(args.stage_name)
     overrides = _overrides(stage_cls, args)
@@ -115,7 +114,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if getattr(args, "data_root", None):
         raise UserError("--data-root only applies with --recipe")
     result = run_stage(args.stage_name, args.config, reuse=False, **overrides)
-    if result is not None and int(os.environ.get("RANK", "0")) == 0:
+    if result is not None and is_main_process():
         loss = f"{result.train_loss:.4f}" if result.train_loss is not None else "n/a"
         val = f", val loss {result.val_loss:.4f}" if result.val_loss is not None else ""
         print(f"done: {result.step} steps, train loss {loss}{val}; checkpoint {result.checkpoint}")

@@ -32,7 +32,6 @@ Contract:
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +42,7 @@ from ..recipes import read_recipe
 from . import distributed as D
 from .config import TrainConfig, knob
 from .metrics import read_metrics
-from .recipes import RUN_ONLY, finished, latest_state
+from .recipes import differences, finished, is_main_process, latest_state
 from .stages.base import TrainContext
 from .stages.pretrain import PretrainStage
 from .trainer import Phase, Trainer, TrainResult
@@ -121,10 +120,6 @@ def resolve_phases(recipe: dict[str, Any], where: str, root: Path | None,
     return out
 
 
-def _differences(saved: dict[str, Any], cfg: PhaseConfig) -> list[str]:
-    return [k for k, v in cfg.to_dict().items() if k not in RUN_ONLY and saved.get(k, v) != v]
-
-
 def locate(run_dir: Path, phases: list[tuple[str, PhaseConfig]]) -> tuple[int, Phase, bool]:
     """(index of the phase to train next, its Phase, resume it?) from the run's latest checkpoint;
     index == len(phases) when every phase is done."""
@@ -136,9 +131,9 @@ def locate(run_dir: Path, phases: list[tuple[str, PhaseConfig]]) -> tuple[int, P
         raise UserError(f"{run_dir}: its latest checkpoint ({latest.name}) is of phase {meta.get('phase')!r}, "
                         f"which this recipe does not have ({', '.join(names)})")
     i = names.index(meta["phase"])
-    diff = _differences(meta.get("train_config", {}), phases[i][1])
+    diff = differences(meta.get("train_config", {}), phases[i][1])
     if diff:
-        raise UserError(f"{run_dir}: phase {names[i]!r} was trained with other options ({', '.join(diff[:4])}) "
+        raise UserError(f"{run_dir}: phase {names[i]!r} was trained with other options ({'; '.join(diff[:3])}) "
                         f"than the recipe gives now; use another --out")
     if not finished(meta, None):
         return i, Phase(names[i], meta.get("phase_start", 0)), True
@@ -173,7 +168,6 @@ def run_recipe(recipe_file: str | Path, overrides: dict[str, Any], data_root: st
     if has_checkpoint(run_dir) and not phases[0][1].resume:
         raise UserError(f"{run_dir} already holds a run; add --resume to continue it, or choose another --out")
     index, phase, resume = locate(run_dir, phases)
-    main = int(os.environ.get("RANK", "0")) == 0
     results, trainer = [], None
     try:
         for i in range(index, len(phases)):
@@ -184,6 +178,6 @@ def run_recipe(recipe_file: str | Path, overrides: dict[str, Any], data_root: st
     finally:
         if trainer is not None and getattr(trainer, "dist", None) is not None:
             D.cleanup(trainer.dist)
-    if main:
+    if is_main_process():
         print(f"\n== realised data proportions per phase ({run_dir / 'metrics.jsonl'}):\n{mixture_table(run_dir, phases)}")
     return results

@@ -15,7 +15,8 @@ Contract:
   Options that say how a run is carried out, not what it trains (`RUN_ONLY`: device, logging,
   evaluation, checkpoint frequency, --max-minutes, ...), never count as a difference. Returns
   None when the stage did a non-training job instead (`Stage.run_instead_of_training`).
-- `run_state(run_dir, stage, cfg)` is that decision on its own: "fresh", "resume" or "done".
+- `run_state(run_dir, stage, cfg)` is that decision on its own: "fresh", "resume" or "done";
+  `differences(saved, cfg)` the options that make a saved run another one.
 - `finished(meta, max_steps)`: a checkpoint's trainer_state.json is the end of its run: it reached
   `max_steps`, or the earlier end the run's wall-clock limit set (`total_steps`).
 Recipe files themselves are read by `minimind.recipes.read_recipe` (torch-free, for the CLI);
@@ -50,8 +51,8 @@ def finished(meta: dict[str, Any], max_steps: int | None) -> bool:
     return bool(ends) and meta.get("step", 0) >= min(ends)
 
 
-def _differences(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
-    """`option: saved -> new` for every option that changes what the run trains."""
+def differences(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
+    """`option: saved -> new` for every option that changes what the run trains (not RUN_ONLY)."""
     defaults = {k: v for k, v in type(cfg)().to_dict().items()}  # options added since the run was saved
     old = {**defaults, **saved}
     return [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in cfg.to_dict().items() if k not in RUN_ONLY and old.get(k) != v]
@@ -76,14 +77,15 @@ def run_state(run_dir: Path, stage: str, cfg: TrainConfig) -> str:
         return "fresh"
     if meta.get("stage") != stage:
         raise UserError(f"{run_dir} holds a {meta.get('stage')!r} run, not {stage!r}; choose another output folder")
-    diff = _differences(meta.get("train_config", {}), cfg)
+    diff = differences(meta.get("train_config", {}), cfg)
     if diff:
         raise UserError(f"{run_dir} holds a {stage} run with other options ({'; '.join(diff[:3])}); "
                         f"choose another output folder or delete it")
     return "done" if finished(meta, cfg.max_steps) else "resume"
 
 
-def _is_main() -> bool:
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun job, or a single process: the one that prints."""
     return int(os.environ.get("RANK", "0")) == 0
 
 
@@ -106,11 +108,11 @@ def run_stage(name: str, config_file: str | Path | None = None, *, reuse: bool =
             raise UserError("--out is required: the run directory for checkpoints and metrics")
         state = run_state(Path(cfg.out), name, cfg)
         if state == "done":
-            if _is_main():
+            if is_main_process():
                 print(f"== {name}: already done in {cfg.out}, skipping")
             return _reused(Path(cfg.out))
         cfg.resume = state == "resume"
-        if _is_main():
+        if is_main_process():
             limit = f" (at most {cfg.max_minutes:.2g} min)" if cfg.max_minutes else ""
             print(f"== {name}: {cfg.max_steps} steps{limit} -> {cfg.out}" + (" (resuming)" if cfg.resume else ""))
     trainer = Trainer(stage)
