@@ -10,9 +10,6 @@ A new stage therefore needs no CLI code at all. Flags are validated by the confi
 `minimind pretrain --recipe FILE_OR_NAME --out RUN_DIR [--resume] [--data-root DIR] [flags]` runs
 the phases of a multi-phase recipe in one run directory (`minimind.train.phases`); flags given
 on the command line override the recipe's options in every phase.
-
-The training modules (torch) are imported when a command runs, not when the parser is built, so
-`minimind --help` stays fast.
 """
 
 from __future__ import annotations
@@ -26,7 +23,11 @@ from ..devices import pick_device
 from ..errors import UserError
 from ..recipes import read_recipe, shipped_recipes
 from ..train.config import _unwrap_optional, field_type, flag, load_config
-from ..train.stages import stage_registry
+from ..train.phases import run_recipe
+from ..train.plot import plot_run
+from ..train.quickstart import quickstart
+from ..train.recipes import is_main_process, run_stage
+from ..train.stages import get_stage, stage_registry
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
@@ -99,11 +100,6 @@ def _overrides(stage_cls, args: argparse.Namespace) -> dict:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    # torch-heavy: imported when training starts, so `minimind --help` does not load torch
-    from ..train import get_stage
-    from ..train.phases import run_recipe
-    from ..train.recipes import is_main_process, run_stage
-
     stage_cls = get_stage(args.stage_name)
     overrides = _overrides(stage_cls, args)
     if getattr(args, "recipe", None):
@@ -122,16 +118,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from ..train.plot import plot_run  # train.metrics imports torch
-
     for path in plot_run(args.run_dir):
         print(f"wrote {path}")
     return 0
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
-    from ..train.quickstart import quickstart  # torch-heavy, as in cmd_train
-
     pick_device(args.device)  # a bad or absent device fails now, not after the data is prepared
     if not (math.isfinite(args.minutes) and args.minutes > 0):
         raise UserError(f"--minutes must be a positive number, got {args.minutes}")
