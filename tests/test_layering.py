@@ -96,24 +96,13 @@ LAZY_MODULES = {
 # test_imports_are_at_the_top, and an entry that no longer occurs fails
 # test_known_late_imports_are_current (delete it).
 KNOWN_LATE_IMPORTS: set[tuple[str, str]] = {
-    ("minimind.agent", "minimind.tokenizer"),
     ("minimind.cli.train_cmds", "minimind.train"),
     ("minimind.cli.train_cmds", "minimind.train.phases"),
     ("minimind.cli.train_cmds", "minimind.train.plot"),
     ("minimind.cli.train_cmds", "minimind.train.quickstart"),
     ("minimind.cli.train_cmds", "minimind.train.recipes"),
-    ("minimind.devices", "torch"),
     ("minimind.train.config", "minimind.eval.run"),
     ("minimind.train.evaluation", "minimind.infer"),
-    ("minimind.train.stages.agent_rl", "minimind.agent"),
-    ("minimind.train.stages.agent_rl", "minimind.infer"),
-    ("minimind.train.stages.agent_rl", "minimind.tools"),
-    ("minimind.train.stages.agent_rl", "minimind.train.losses"),
-    ("minimind.train.stages.agent_rl", "minimind.train.rewards"),
-    ("minimind.train.stages.agent_rl", "torch"),
-    ("minimind.train.stages.ppo", "minimind.checkpoint"),
-    ("minimind.train.stages.ppo", "minimind.train.losses"),
-    ("minimind.train.stages.ppo", "torch"),
 }
 
 
