@@ -54,9 +54,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         p = sub.add_parser(name, help=stage.help, description=stage.help)
         p.add_argument("--config", metavar="FILE", default=None, help="JSON file of options; flags override it")
         if name == "pretrain":
+            phased = [r for r in shipped_recipes() if "phases" in read_recipe(r)[0]]
             p.add_argument("--recipe", metavar="FILE", default=None,
                            help="run the phases of a multi-phase pretraining recipe (JSON) in --out; flags override "
-                                f"its options. Shipped: {', '.join(shipped_recipes())}")
+                                f"its options. Shipped: {', '.join(phased)}")
             p.add_argument("--data-root", metavar="DIR", default=None,
                            help="--recipe: where its relative data paths start (default: the recipe file's folder)")
         add_config_flags(p, stage.config_class)
