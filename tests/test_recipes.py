@@ -6,7 +6,12 @@ kill between or inside phases to bit-identical weights."""
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -263,3 +268,36 @@ def test_shipped_three_phase_recipe_resolves_for_the_demo_data(tmp_path):
     assert [(cfg.schedule, cfg.decay_frac) for _, cfg in phases] == [("wsd", 0.0), ("wsd", 0.0), ("wsd", 1.0)]
     assert [Path(p).name for p in phases[2][1].data] == ["pretrain.jsonl", "sft.jsonl", "rl.jsonl"]
     assert all(Path(p).parent == tmp_path for _, cfg in phases for p in cfg.data)
+
+
+@pytest.mark.slow
+def test_kill_9_inside_a_phase_then_resume_is_exact(tmp_path, files):
+    """A real kill -9 of `minimind pretrain --recipe`, mid-phase, then --resume: the same weights and losses."""
+    recipe = json.loads(_recipe(tmp_path).read_text())
+    for phase in recipe["phases"]:
+        phase["max_steps"] = 6
+    path = tmp_path / "six.json"
+    path.write_text(json.dumps(recipe))
+    args = ["pretrain", "--recipe", str(path), "--data-root", str(files["a"].parent), "--save-every", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    full, part = tmp_path / "full", tmp_path / "part"
+    subprocess.run([sys.executable, "-m", "minimind", *args, "--out", str(full)], check=True, env=env, capture_output=True)
+    proc = subprocess.Popen([sys.executable, "-m", "minimind", *args, "--out", str(part)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics, killed = part / "metrics.jsonl", False
+    while proc.poll() is None:
+        lines = metrics.read_text().splitlines() if metrics.is_file() else []
+        if len(lines) >= 9:  # inside the second phase, past its first checkpoint
+            proc.send_signal(signal.SIGKILL)
+            killed = True
+            break
+        time.sleep(0.005)
+    proc.wait()
+    assert killed, "the run finished before it could be killed"
+    assert (part / "checkpoints" / "latest").read_text().strip() != "step-0000018"
+    subprocess.run([sys.executable, "-m", "minimind", *args, "--out", str(part), "--resume"], check=True, env=env,
+                   capture_output=True)
+    losses = lambda run: [r["loss"] for r in _records(run) if r["split"] == "train"]  # noqa: E731
+    assert losses(part) == losses(full)
+    a, b = _weights(full, 18), _weights(part, 18)
+    assert all(torch.equal(a[k], b[k]) for k in a)
