@@ -1,8 +1,9 @@
 """Matching a generated answer against a reference: numbers by value, short texts by normal form.
 
-Contract: `extract_final_answer(completion)` takes the text after the last `</think>` (a
-`\\boxed{...}` wins if present); `answers_match(prediction, reference)` compares numbers by value
-(with units) and texts case-, width- and whitespace-insensitively (see its docstring).
+Contract: `extract_final_answer(completion)` takes the answer `chat.split_reasoning` finds (the
+text after the first `</think>`; a `\\boxed{...}` wins if present); `answers_match(prediction,
+reference)` compares numbers by value (with units) and texts case-, width- and
+whitespace-insensitively (see its docstring).
 
 This is the one answer matcher of the project: the GRPO correctness reward
 (`minimind.train.rewards`) imports it from here, so a model is rewarded in training by exactly the
@@ -16,15 +17,7 @@ import re
 import unicodedata
 from fractions import Fraction
 
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
-
-
-def split_think(completion: str) -> tuple[str | None, str]:
-    """Split "<think>r</think>a" into (r, a); no closing tag -> (None, whole text)."""
-    if THINK_CLOSE not in completion:
-        return None, completion
-    head, _, answer = completion.rpartition(THINK_CLOSE)
-    return head.replace(THINK_OPEN, "", 1).strip(), answer
+from ..chat import split_reasoning
 
 
 # A number: optional sign (ASCII or Unicode minus), thousands groups or plain digits, optional
@@ -70,8 +63,8 @@ def normalize_text(text: str) -> str:
 
 
 def extract_final_answer(completion: str) -> str:
-    """The answer part of a completion: after the last </think>; a \\boxed{...} wins if present."""
-    _, answer = split_think(completion)
+    """The answer part of a completion: after the first </think>; a \\boxed{...} wins if present."""
+    _, answer = split_reasoning(completion)
     boxed = _BOXED_RE.findall(answer)
     return boxed[-1] if boxed else answer.strip()
 

@@ -26,7 +26,8 @@ from ..data.formats import RecordError, check_payload
 from ..data.reading import iter_raw
 from ..errors import UserError
 from ..infer import SamplingParams
-from .answers import THINK_OPEN, answers_match, extract_final_answer
+from ..tokenizer import THINK_START
+from .answers import answers_match, extract_final_answer
 
 THINK_MODES = {"off": [False], "on": [True], "both": [False, True]}
 
@@ -87,7 +88,7 @@ def _render(engine, rec: dict, thinking: bool) -> list[int]:
 
 def _judge(text: str, answer: str, thinking: bool) -> bool:
     # With thinking on the prompt supplied "<think>\n"; put it back so the split finds the block.
-    completion = THINK_OPEN + "\n" + text if thinking else text
+    completion = THINK_START + "\n" + text if thinking else text
     return answers_match(extract_final_answer(completion), str(answer))
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...checkpoint import load_model
+from ... import load_model
 from ...errors import UserError
 from ...model.lm_loss import IGNORE_INDEX
 from ..config import knob
