@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch.utils.checkpoint import checkpoint as recompute
 
-from ..checkpoint import load_model
+from .. import load_model
 from ..config import ModelConfig
 from ..errors import UserError
 from ..model import MiniMindLM
