@@ -64,6 +64,10 @@ def hf_architecture(cfg: ModelConfig) -> str:
     )
 
 
+# transformers' own default for a config.json without max_position_embeddings (LlamaConfig uses 2048, most
+# newer architectures 4096 or more): the longer one, since it only sizes RoPE tables and the KV cache bound.
+HF_DEFAULT_CONTEXT = 4096
+
 ARCH_CLASSES = {
     "llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
     "qwen3_moe": "Qwen3MoeForCausalLM", "ernie4_5_moe": "Ernie4_5_MoeForCausalLM",
@@ -238,7 +242,7 @@ def _rope_from_hf(hf: dict[str, Any], source: str) -> tuple[Any, dict[str, Any] 
     scaling = {k: params[k] for k in ("factor", "original_max_position_embeddings", "beta_fast", "beta_slow",
                                       "attention_factor", "truncate") if params.get(k) is not None}
     scaling.setdefault("original_max_position_embeddings", hf.get("original_max_position_embeddings")
-                       or hf.get("max_position_embeddings", 4096))
+                       or hf.get("max_position_embeddings", HF_DEFAULT_CONTEXT))
     for k in ("mscale", "mscale_all_dim"):
         if params.get(k):
             raise ConfigError(f"{source}: YaRN with {k} (DeepSeek style) is not supported")
@@ -267,7 +271,7 @@ def hf_to_config(hf: dict[str, Any], source: str = HF_CONFIG) -> ModelConfig:
         vocab_size=_need(hf, "vocab_size", source), hidden_size=_need(hf, "hidden_size", source),
         num_layers=_need(hf, "num_hidden_layers", source), num_heads=heads,
         num_kv_heads=hf.get("num_key_value_heads") or heads, head_dim=hf.get("head_dim"),
-        intermediate_size=hf.get("intermediate_size"), max_seq_len=hf.get("max_position_embeddings", 4096),
+        intermediate_size=hf.get("intermediate_size"), max_seq_len=hf.get("max_position_embeddings", HF_DEFAULT_CONTEXT),
         rope_theta=theta, rope_scaling=scaling, rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
         qk_norm=arch in ("qwen3", "qwen3_moe"), qkv_bias=arch == "qwen2" or attention_bias,
         o_bias=attention_bias, tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),

@@ -12,11 +12,11 @@ import dataclasses
 import json
 from pathlib import Path
 
-from ..checkpoint import CONFIG_NAME, is_hf_folder, resolve_checkpoint
 from ..config import PRESETS, ModelConfig, count_params, flops_per_token, get_preset, human
 from ..errors import UserError
 from ..gguf import export_gguf, write_modelfile
 from ..interop import export_hf, hf_to_config, import_hf
+from ..locator import CONFIG_NAME, HF_CONFIG, hf_config, resolve_checkpoint
 from ..shapes import ModelOverrides, base_config
 from ..train.config import coerce, field_type, flag
 from ..upstream import UpstreamFlags, import_upstream
@@ -115,9 +115,9 @@ def _show_config(args: argparse.Namespace) -> ModelConfig:
         flags.check_shape_flags(args.preset, None)
         return flags.apply(base_config(args.preset, flags.model_config))
     flags.check_for_init(args.ckpt, source="--ckpt")
-    if is_hf_folder(Path(args.ckpt)):
-        path = Path(args.ckpt) / "config.json"
-        return flags.apply(hf_to_config(json.loads(path.read_text(encoding="utf-8")), source=str(path)))
+    hf = hf_config(args.ckpt)
+    if hf is not None:
+        return flags.apply(hf_to_config(hf, source=str(Path(args.ckpt) / HF_CONFIG)))
     return flags.apply(ModelConfig.load(resolve_checkpoint(args.ckpt) / CONFIG_NAME))
 
 
