@@ -1,6 +1,7 @@
 """Long context: document masking for packed rows (model and loader), activation checkpointing at
 long sequence lengths, and the passkey-retrieval eval."""
 
+import json
 import re
 import warnings
 from types import SimpleNamespace
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from minimind import MiniMindLM, ModelConfig
+from minimind.cli import main
 from minimind.checkpoint import load_model, save_model
 from minimind.data.loader import IGNORE, make_loader
 from minimind.errors import UserError
@@ -311,3 +313,30 @@ def test_passkey_suite_on_a_checkpoint_is_greedy_generation(tmp_path, tok):
     assert report["settings"]["passkey_lengths"] == (128, 256, 512)
     with pytest.raises(UserError, match="no --data"):
         evaluate(ckpt, "passkey", "x.jsonl", s)
+
+def test_cli_suite_passkey_prints_accuracy_by_length(tmp_path, tok, capsys):
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=tok.vocab_size, hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1,
+                      max_seq_len=300)
+    ckpt = save_model(MiniMindLM(cfg).eval(), tmp_path / "m", tokenizer_dir=default_tokenizer_dir())
+    out = tmp_path / "r.json"
+    assert main(["eval", "--ckpt", str(ckpt), "--suite", "passkey", "--lengths", "128,256", "--depths", "0,100",
+                 "--trials", "1", "--json", str(out), "--no-log"]) == 0
+    text = capsys.readouterr().out
+    assert "passkey accuracy by length (tokens) and depth" in text and "accuracy_len_128" in text
+    report = json.loads(out.read_text())
+    assert report["n"] == 4 and report["settings"]["passkey_depths"] == [0.0, 1.0]
+    assert main(["eval", "--ckpt", str(ckpt), "--suite", "passkey", "--data", "x"]) == 2
+
+
+def test_pretrain_document_mask_changes_the_first_step(tmp_path, tok):
+    src = write_jsonl(tmp_path / "pt.jsonl", [{"text": t} for t in texts(60)])
+    losses = {}
+    for flag in ("--no-document-mask", "--document-mask"):
+        run = tmp_path / flag
+        assert main(["pretrain", "--data", str(src), "--out", str(run), "--seq-len", "64", "--batch-size", "2",
+                     "--max-steps", "1", "--device", "cpu", "--eval-batches", "0", "--num-samples", "0",
+                     "--no-progress", flag]) == 0
+        first = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+        losses[flag] = first["loss"]
+    assert losses["--document-mask"] != losses["--no-document-mask"]

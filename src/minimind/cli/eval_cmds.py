@@ -3,6 +3,8 @@
     minimind eval --ckpt CKPT --task ppl|ceval|cmmlu|mcq|gen|toolcall --data PATH [--shots K]
                   [--limit N] [--json OUT] [--skip-bad] [--device DEV] [--batch-size B]
     minimind eval --ckpt CKPT                      # the embedded demo suites (same as --task demo)
+    minimind eval --ckpt CKPT --suite passkey [--lengths 256,1024] [--depths 0,50,100] [--trials N]
+                                                   # passkey retrieval, generated: accuracy by length and depth
     minimind eval --compare A B ... [--task ...]   # checkpoints (evaluated now) or saved reports
 
 The table goes to stdout; progress bars to stderr. `--json OUT` writes every figure with the
@@ -22,6 +24,15 @@ from ..eval.report import append_run_log, format_compare, format_results, load_r
 from ..eval.run import Settings, evaluate
 
 TASK_CHOICES = ("ppl", "ceval", "cmmlu", "mcq", "gen", "toolcall", "demo")
+SUITE_CHOICES = ("demo", "passkey")  # built in: no --data
+
+
+def _numbers(text: str) -> tuple[int, ...]:
+    """"256,1024" -> (256, 1024), for --lengths and --depths."""
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,6 +40,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", help="checkpoint folder, run directory or Hugging Face folder")
     p.add_argument("--task", choices=TASK_CHOICES, default=None, help="what to evaluate (default: the demo suites)")
+    p.add_argument("--suite", choices=SUITE_CHOICES, default=None,
+                   help="a built-in suite instead of --task: demo, or passkey (a key hidden in filler text)")
+    p.add_argument("--lengths", type=_numbers, default=None, help="passkey: prompt lengths in tokens (default 256,512,1024,2048)")
+    p.add_argument("--depths", type=_numbers, default=None,
+                   help="passkey: where the key sits, in percent of the filler (default 0,25,50,75,100)")
+    p.add_argument("--trials", type=int, default=None, help="passkey: prompts per length and depth (default 4)")
     p.add_argument("--data", help="a folder for ceval/cmmlu (val|test/ and dev/ CSVs), a file otherwise")
     p.add_argument("--shots", type=int, default=0, help="few-shot examples per question (default 0)")
     p.add_argument("--limit", type=int, default=None, help="only the first N questions/documents/prompts")
@@ -60,7 +77,18 @@ def _settings(args: argparse.Namespace) -> Settings:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    return Settings(shots=args.shots, limit=args.limit, batch_size=args.batch_size, skip_bad=args.skip_bad,
+    passkey = {}
+    if args.lengths:
+        passkey["passkey_lengths"] = args.lengths
+    if args.depths:
+        if any(not 0 <= d <= 100 for d in args.depths):
+            raise UserError(f"--depths are percentages in [0, 100], got {args.depths}")
+        passkey["passkey_depths"] = tuple(d / 100 for d in args.depths)
+    if args.trials is not None:
+        if args.trials < 1:
+            raise UserError(f"--trials must be >= 1, got {args.trials}")
+        passkey["passkey_trials"] = args.trials
+    return Settings(**passkey, shots=args.shots, limit=args.limit, batch_size=args.batch_size, skip_bad=args.skip_bad,
                     stride=args.stride, max_len=args.max_len, style=args.style, think=args.think,
                     pass_k=args.pass_k, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                     top_p=args.top_p, seed=args.seed, device=args.device, dtype=args.dtype)
@@ -82,8 +110,14 @@ def _write_json(path: str, data: dict) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    if args.task not in (None, "demo") and not args.data:
+    if args.suite is not None:
+        if args.task is not None:
+            raise UserError("give --task or --suite, not both")
+        args.task = args.suite
+    if args.task not in (None, "demo", "passkey") and not args.data:
         raise UserError(f"--task {args.task} needs --data")
+    if args.task == "passkey" and args.data:
+        raise UserError("--suite passkey is generated on the fly; it takes no --data")
     if args.task in (None, "demo") and args.data:
         raise UserError("--data is only used with --task ppl|ceval|cmmlu|mcq|gen|toolcall (the demo suites are built in)")
     settings = _settings(args)

@@ -140,7 +140,7 @@ class Stage:
             raise UserError(f"`minimind {self.name}` needs --data FILE_OR_DIR")
         return make_loader(self.data_kind, cfg.data, ctx.tokenizer, cfg.seq_len, cfg.batch_size,
                            seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size, split=split,
-                           skip_bad=cfg.skip_bad)
+                           skip_bad=cfg.skip_bad, document_ids=cfg.document_mask)
 
     def batch_weight(self, batch: dict[str, Any]) -> float:
         """Loss tokens in this micro-batch: labels[:, 1:] != IGNORE_INDEX (the model shifts labels)."""
@@ -156,7 +156,9 @@ class Stage:
 
         A micro-batch without any loss token (an SFT row cut before its answer) gets the model's
         zero loss, which still touches the graph (DDP needs that); its weight is 0 anyway."""
-        f = forward_with_aux(model, batch["input_ids"], ctx, labels=batch["labels"].to(ctx.device, non_blocking=True))
+        docs = batch.get("doc_ids")  # --document-mask: attend within each packed document only
+        f = forward_with_aux(model, batch["input_ids"], ctx, labels=batch["labels"].to(ctx.device, non_blocking=True),
+                             doc_ids=None if docs is None else docs.to(ctx.device, non_blocking=True))
         return f.out.loss + f.aux, f.metrics
 
     # (d) extra models ------------------------------------------------------------------------
