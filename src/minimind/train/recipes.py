@@ -114,7 +114,8 @@ def run_stage(name: str, config_file: str | Path | None = None, *, reuse: bool =
         cfg.resume = state == "resume"
         if is_main_process():
             limit = f" (at most {cfg.max_minutes:.2g} min)" if cfg.max_minutes else ""
-            print(f"== {name}: {cfg.max_steps} steps{limit} -> {cfg.out}" + (" (resuming)" if cfg.resume else ""))
+            budget = f"{cfg.max_steps} steps" if cfg.max_steps else "its budget"
+            print(f"== {name}: {budget}{limit} -> {cfg.out}" + (" (resuming)" if cfg.resume else ""))
     trainer = Trainer(stage)
     try:
         return trainer.fit()
