@@ -96,11 +96,6 @@ LAZY_MODULES = {
 # test_imports_are_at_the_top, and an entry that no longer occurs fails
 # test_known_late_imports_are_current (delete it).
 KNOWN_LATE_IMPORTS: set[tuple[str, str]] = {
-    ("minimind.cli.train_cmds", "minimind.train"),
-    ("minimind.cli.train_cmds", "minimind.train.phases"),
-    ("minimind.cli.train_cmds", "minimind.train.plot"),
-    ("minimind.cli.train_cmds", "minimind.train.quickstart"),
-    ("minimind.cli.train_cmds", "minimind.train.recipes"),
     ("minimind.train.config", "minimind.eval.run"),
     ("minimind.train.evaluation", "minimind.infer"),
 }
