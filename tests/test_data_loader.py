@@ -8,7 +8,8 @@ import torch
 
 import minimind.data.store as store_mod
 from minimind.chat import render_conversation, render_prompt
-from minimind.data.loader import IGNORE, make_loader
+from minimind.config import IGNORE_INDEX
+from minimind.data.loader import make_loader
 from minimind.data.prepare import prepare
 from minimind.errors import UserError
 from support import write_jsonl
@@ -73,18 +74,18 @@ def test_sft_labels_only_on_assistant_tokens_and_packing(tmp_path, tok):
         exp_ids = sum((rendered[d][0][:T] for d in docs), [])
         exp_mask = sum((rendered[d][1][:T] for d in docs), [])
         assert ids.tolist() == exp_ids and len(ids) <= T
-        assert labels.tolist() == [i if m else IGNORE for i, m in zip(exp_ids, exp_mask)]
+        assert labels.tolist() == [i if m else IGNORE_INDEX for i, m in zip(exp_ids, exp_mask)]
         if 12 in docs:   # the over-long conversation: truncated to its first T tokens, alone in its row
             assert docs == [12] and len(ids) == T
     assert sorted(seen) == list(range(len(convs)))
     # the supervised tokens of a short conversation decode to exactly its answer + <|im_end|>
     ids, labels = loader.row(plan, 0)
     first = plan["order"][0]
-    sup = [i for i, lab in zip(ids.tolist(), labels.tolist()) if lab != IGNORE][:len([m for m in rendered[first][1] if m])]
+    sup = [i for i, lab in zip(ids.tolist(), labels.tolist()) if lab != IGNORE_INDEX][:len([m for m in rendered[first][1] if m])]
     assert tok.decode(sup) == f"<think>\n\n</think>\n\nanswer{first}<|im_end|>"
     batch = next(loader)
     assert batch["input_ids"].shape == batch["labels"].shape and batch["input_ids"].shape[1] <= T
-    pad = batch["labels"] == IGNORE
+    pad = batch["labels"] == IGNORE_INDEX
     assert torch.all((batch["labels"] == batch["input_ids"]) | pad)
 
 
@@ -103,9 +104,9 @@ def test_dpo_pairs_are_padded_alike(tmp_path, tok):
             ids, mask = render_conversation(tok, pairs[pair][side])
             n = len(ids)
             assert batch[f"{side}_input_ids"][row, :n].tolist() == ids
-            assert batch[f"{side}_labels"][row, :n].tolist() == [i if m else IGNORE for i, m in zip(ids, mask)]
+            assert batch[f"{side}_labels"][row, :n].tolist() == [i if m else IGNORE_INDEX for i, m in zip(ids, mask)]
             assert torch.all(batch[f"{side}_input_ids"][row, n:] == tok.pad_id)
-            assert torch.all(batch[f"{side}_labels"][row, n:] == IGNORE)
+            assert torch.all(batch[f"{side}_labels"][row, n:] == IGNORE_INDEX)
 
 
 def test_rl_prompts(tmp_path, tok):

@@ -13,7 +13,8 @@ import torch
 from minimind import MiniMindLM, ModelConfig
 from minimind.cli import main
 from minimind.checkpoint import load_model, save_model
-from minimind.data.loader import IGNORE, make_loader
+from minimind.config import IGNORE_INDEX
+from minimind.data.loader import make_loader
 from minimind.errors import UserError
 from minimind.eval.passkey import DEPTHS, FILLER, INTRO, NEEDLE, QUESTION, correct, evaluate_passkey, make_cases
 from minimind.eval.report import format_results, make_report
@@ -85,7 +86,7 @@ def test_document_masked_loss_and_grads_equal_each_document_alone():
     model = MiniMindLM(tiny(**FAMILIES["qk_norm"])).train()
     docs, row, ids = packed(1)
     labels = row.clone()
-    labels[0, np.cumsum(LENGTHS)[:-1]] = IGNORE  # each later document's first token
+    labels[0, np.cumsum(LENGTHS)[:-1]] = IGNORE_INDEX  # each later document's first token
     model.zero_grad()
     loss = model(row, labels=labels, doc_ids=ids).loss
     loss.backward()
@@ -148,7 +149,7 @@ def test_pretrain_batches_carry_doc_ids_and_unlabel_document_starts(tmp_path, to
         assert torch.equal(docs, eos_before)
         starts = torch.zeros_like(x, dtype=torch.bool)
         starts[:, 1:] = docs[:, 1:] != docs[:, :-1]
-        assert torch.equal(b["labels"], torch.where(starts, IGNORE, x))
+        assert torch.equal(b["labels"], torch.where(starts, IGNORE_INDEX, x))
         assert starts.any()  # these short documents always end inside a 32-token window
     assert plain.state_dict() == masked.state_dict()
 

@@ -19,6 +19,12 @@ from typing import Any
 
 from .errors import UserError
 
+# The label that carries no loss (prompt tokens, padding, tool outputs, a packed document's first token).
+# -100 is PyTorch's cross_entropy default ignore_index and what transformers' collators write, so our
+# batches and theirs mean the same thing. Owned here because both the data (writes it) and the model
+# (skips it) need it, and config is the one module below both.
+IGNORE_INDEX = -100
+
 
 class ConfigError(UserError):
     """A configuration value is invalid; the message says which one and why.

@@ -56,11 +56,11 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from ..config import IGNORE_INDEX
 from ..errors import UserError
 from .formats import check_kind
 from .store import DocStore, open_store
 
-IGNORE = -100
 SPLIT_SEED = 20240601  # fixed: the held-out set must not move when the training seed does
 
 
@@ -181,7 +181,7 @@ class Loader:
         ids = [self.store.ids(int(d))[:self.seq_len] for d in docs]
         masks = [self.store.mask(int(d))[:self.seq_len] for d in docs]
         ids_cat = np.concatenate(ids).astype(np.int64)
-        labels = np.where(np.concatenate(masks) > 0, ids_cat, IGNORE)
+        labels = np.where(np.concatenate(masks) > 0, ids_cat, IGNORE_INDEX)
         return ids_cat, labels
 
     def row_docs(self, plan: dict, k: int) -> np.ndarray:
@@ -192,7 +192,7 @@ class Loader:
 
     def _pair_side(self, d: int) -> tuple[np.ndarray, np.ndarray]:
         ids = self.store.ids(d)[:self.seq_len].astype(np.int64)
-        return ids, np.where(self.store.mask(d)[:self.seq_len] > 0, ids, IGNORE)
+        return ids, np.where(self.store.mask(d)[:self.seq_len] > 0, ids, IGNORE_INDEX)
 
     # ------------------------------------------------------------------ iteration
 
@@ -222,7 +222,7 @@ class Loader:
             return {"input_ids": x, "labels": _unlabel_document_starts(x.clone(), docs), "doc_ids": docs}
         if self.kind == "sft":
             rows = [self.row(p, k) for p, k in units]
-            ids, labels = _pad([r[0] for r in rows], self.store.pad_id), _pad([r[1] for r in rows], IGNORE)
+            ids, labels = _pad([r[0] for r in rows], self.store.pad_id), _pad([r[1] for r in rows], IGNORE_INDEX)
             if not self.document_ids:
                 return {"input_ids": ids, "labels": labels}
             docs = _pad([self.row_docs(p, k) for p, k in units], -1, ids.shape[1])
@@ -234,9 +234,9 @@ class Loader:
             T = max(len(c[0]) for c in chosen + rejected)   # one T for both sides
             return {
                 "chosen_input_ids": _pad([c[0] for c in chosen], self.store.pad_id, T),
-                "chosen_labels": _pad([c[1] for c in chosen], IGNORE, T),
+                "chosen_labels": _pad([c[1] for c in chosen], IGNORE_INDEX, T),
                 "rejected_input_ids": _pad([r[0] for r in rejected], self.store.pad_id, T),
-                "rejected_labels": _pad([r[1] for r in rejected], IGNORE, T),
+                "rejected_labels": _pad([r[1] for r in rejected], IGNORE_INDEX, T),
             }
         docs = [int(p["order"][k]) for p, k in units]
         records = [self.store.record(d) for d in docs]
@@ -260,8 +260,8 @@ class Loader:
 
 
 def _unlabel_document_starts(labels: torch.Tensor, docs: torch.Tensor) -> torch.Tensor:
-    """labels with IGNORE at each document's first token after the row's first (in place)."""
-    labels[:, 1:][docs[:, 1:] != docs[:, :-1]] = IGNORE
+    """labels with IGNORE_INDEX at each document's first token after the row's first (in place)."""
+    labels[:, 1:][docs[:, 1:] != docs[:, :-1]] = IGNORE_INDEX
     return labels
 
 

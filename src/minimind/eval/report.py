@@ -26,8 +26,8 @@ import json
 import time
 from pathlib import Path
 
-from ..checkpoint import resolve_checkpoint
 from ..errors import UserError
+from ..locator import resolve_checkpoint, run_dir_of
 
 PRIMARY = {"ppl": ("loss", "ppl", "bits_per_byte")}
 HEADLINE = {"ppl": "bits_per_byte"}  # the one figure per task of the compact summary (else accuracy)
@@ -156,17 +156,16 @@ def format_summary(labels: list[str], reports: list[dict]) -> str:
     return "\n".join([line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows])
 
 
-def run_dir_of(ckpt: str | Path) -> Path | None:
-    """The run directory a checkpoint belongs to (`<run>/checkpoints/<name>`), or None."""
+def _run_of(ckpt: str | Path) -> Path | None:
+    """The run directory `ckpt` (a checkpoint or run directory) belongs to; None for a Hugging Face folder."""
     try:
-        folder = resolve_checkpoint(ckpt)
+        return run_dir_of(resolve_checkpoint(ckpt))
     except UserError:  # a Hugging Face folder is not a run's checkpoint
         return None
-    return folder.parent.parent if folder.parent.name == "checkpoints" else None
 
 
 def append_run_log(ckpt: str | Path, report: dict) -> Path | None:
-    run = run_dir_of(ckpt)
+    run = _run_of(ckpt)
     if run is None:
         return None
     name = resolve_checkpoint(ckpt).name

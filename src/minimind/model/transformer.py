@@ -34,11 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig
+from ..config import IGNORE_INDEX, ModelConfig
 from .attention import Attention, document_mask, document_positions, use_flex
 from .kv_cache import KVCache
 from .layers import RMSNorm, SwiGLU
-from .lm_loss import IGNORE_INDEX, token_logprobs
+from .lm_loss import token_logprobs
 from .moe import MoE
 from .rope import RotaryTables
 

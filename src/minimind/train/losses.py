@@ -31,8 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from ..config import IGNORE_INDEX
 from ..errors import UserError
-from ..model.lm_loss import IGNORE_INDEX, chunk_rows
+from ..model.lm_loss import chunk_rows
 
 
 class TokenLogprobs(NamedTuple):

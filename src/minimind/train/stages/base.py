@@ -46,10 +46,11 @@ from typing import Any, ClassVar, NamedTuple, Protocol
 import torch
 from torch import nn
 
-from ...checkpoint import WEIGHTS_NAME, CheckpointError, load_weights, read_safetensors, save_model
+from ...checkpoint import load_weights, read_safetensors, save_model
+from ...config import IGNORE_INDEX
 from ...data.loader import make_loader
 from ...errors import UserError
-from ...model.lm_loss import IGNORE_INDEX
+from ...locator import WEIGHTS_NAME, CheckpointError
 from ..config import TrainConfig
 
 

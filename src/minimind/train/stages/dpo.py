@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from ... import load_model
+from ...config import IGNORE_INDEX
 from ...errors import UserError
-from ...model.lm_loss import IGNORE_INDEX
 from ..config import knob
 from ..losses import dpo_loss
 from .base import TrainContext, forward_with_aux, with_defaults

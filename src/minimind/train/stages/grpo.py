@@ -38,10 +38,10 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from ...config import IGNORE_INDEX
 from ...chat import EMPTY_THINK
 from ...errors import UserError
 from ...infer import Engine, SamplingParams
-from ...model.lm_loss import IGNORE_INDEX
 from ...tokenizer import BOS_TOKEN, THINK_START
 from ..config import knob
 from ..losses import group_advantages, grpo_loss

@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...config import IGNORE_INDEX
 from ...errors import UserError
-from ...model.lm_loss import IGNORE_INDEX
 from ...tokenizer import THINK_END, THINK_START
 from ..config import knob
 from .base import DerivedBatches, TrainContext, forward_with_aux, step_seed, with_defaults
