@@ -14,7 +14,7 @@ import torch
 
 from minimind.config import ModelConfig
 from minimind.train.config import TrainConfig
-from minimind.train.stages.base import Stage
+from minimind.train.stages.base import Stage, step_seed
 
 VOCAB = 64
 
@@ -26,7 +26,7 @@ def tiny_config(**kw) -> ModelConfig:
 
 
 def synthetic_row(seed: int, n: int, seq_len: int, masked: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed * 1_000_003 + n)
+    g = torch.Generator().manual_seed(step_seed(seed, n))
     start, stride = torch.randint(0, VOCAB, (2,), generator=g).tolist()
     stride = stride % 5 + 1
     ids = (start + stride * torch.arange(seq_len)) % VOCAB

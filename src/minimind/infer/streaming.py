@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+from ..tokenizer import THINK_END, THINK_START
+
 REPLACEMENT = "\ufffd"  # what a byte-level decoder prints for an incomplete UTF-8 sequence
 
 
@@ -96,7 +98,7 @@ class ReasoningSplitter:
     are dropped and trailing ones held back until something else follows them.
     """
 
-    OPEN, CLOSE = "<think>", "</think>"
+    OPEN, CLOSE = THINK_START, THINK_END
 
     def __init__(self, open: bool) -> None:
         self.kind = "reasoning" if open else "content"

@@ -35,6 +35,7 @@ from ..errors import UserError
 from ..eval.report import HEADLINE, flat_metrics
 from ..eval.run import DEMO_MAX_NEW_TOKENS, DEMO_TASKS, Settings, read_task, run_task
 from ..eval.scorer import Scorer
+from ..infer import Engine, SamplingParams
 from . import checkpointing as ckpt
 from . import distributed as D
 from .stages.base import Stage, TrainContext, step_seed
@@ -71,7 +72,6 @@ class Evaluator:
         cfg, tok = self.cfg, self.ctx.tokenizer
         if tok is None or cfg.num_samples <= 0 or cfg.fsdp or not self.dist.is_main:
             return []
-        from ..infer import SamplingParams
 
         SamplingParams(max_new_tokens=cfg.sample_tokens, seed=cfg.seed, **SAMPLING).validate()
         prompts = self.stage.sample_prompts(self.ctx)[: cfg.num_samples]
@@ -110,7 +110,6 @@ class Evaluator:
         """Rank 0's eval-suite record for this step ([] without --eval-suite or off rank 0)."""
         if not self.suites or not self.dist.is_main:
             return []
-        from ..infer import Engine
 
         rng = ckpt.rng_state(self.ctx.device)  # the scorer draws nothing, but make it a guarantee
         engine = Engine(model, self.ctx.tokenizer, max_batch_size=self.suite_settings.batch_size)
@@ -155,7 +154,6 @@ class Evaluator:
         tok, prompts = self.ctx.tokenizer, self.prompts
         if not prompts:
             return []
-        from ..infer import Engine, SamplingParams
 
         # The inference engine (batched, KV-cached) on the unwrapped model; seeded by the step so
         # samples are reproducible and the training RNG streams are never touched.
