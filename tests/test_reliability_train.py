@@ -30,10 +30,13 @@ import torch
 import torch.multiprocessing as mp
 
 from _train_support import SyntheticStage, run, tiny_config, train_config
+from minimind import locator
 from minimind.cli import main
 from minimind.errors import UserError
 from minimind.model import MiniMindLM
 from minimind.train import checkpointing as ckpt
+from minimind.train.quickstart import quickstart_plan, stage_minutes
+from minimind.train.recipes import finished
 from minimind.train.trainer import Trainer
 
 WORDS = "the cat sat on a mat and the dog ran to the park while birds sang songs of spring".split()
@@ -65,7 +68,7 @@ def test_held_out_split_too_small_skips_evaluation_and_keeps_the_run(tmp_path, p
     printed = capsys.readouterr().out
     assert "warning: no evaluation in this run: too little pretrain data in the 'val' split" in printed
     assert printed.index("warning: no evaluation") < printed.index("pretrain: starting")  # before step 1
-    assert ckpt.latest_checkpoint(out).name == "step-0000002"
+    assert locator.latest_checkpoint(out).name == "step-0000002"
 
 
 def test_loader_refuses_a_split_smaller_than_the_world_when_built(pretrain_data, tok):
@@ -102,9 +105,9 @@ def test_two_process_run_with_one_held_out_window_finishes_with_its_checkpoint(t
     argv = ["pretrain", *TINY, "--seq-len", str(seq_len), "--data", str(pretrain_data), "--out", str(out),
             "--max-steps", "2", "--eval-batches", "1", "--num-samples", "0"]
     mp.spawn(_two_rank_worker, args=(_free_port(), argv), nprocs=2, join=True)
-    final = ckpt.latest_checkpoint(out)
+    final = locator.latest_checkpoint(out)
     assert final.name == "step-0000002" and (final / "model.safetensors").is_file()
-    assert json.loads((final / ckpt.STATE_JSON).read_text())["world_size"] == 2
+    assert json.loads((final / locator.STATE_JSON).read_text())["world_size"] == 2
 
 
 def test_sample_tokens_zero_is_refused_before_any_work(tmp_path, pretrain_data, capsys):
@@ -130,14 +133,14 @@ class FinalEvalFails(SyntheticStage):
 def test_final_checkpoint_is_written_before_evaluation(tmp_path):
     with pytest.raises(RuntimeError, match="evaluation broke"):
         run(FinalEvalFails, tmp_path, max_steps=3, eval_batches=1)
-    assert ckpt.latest_checkpoint(tmp_path).name == "step-0000003"
+    assert locator.latest_checkpoint(tmp_path).name == "step-0000003"
 
 
 def test_val_loss_is_recorded_in_the_checkpoint_after_it_is_saved(tmp_path):
     _, res = run(SyntheticStage, tmp_path, max_steps=4, eval_every=2, save_every=2, keep_last=5)
-    last = json.loads((tmp_path / "checkpoints" / "step-0000004" / ckpt.STATE_JSON).read_text())
+    last = json.loads((tmp_path / "checkpoints" / "step-0000004" / locator.STATE_JSON).read_text())
     assert last["val_loss"] == res.val_loss
-    first = json.loads((tmp_path / "checkpoints" / "step-0000002" / ckpt.STATE_JSON).read_text())
+    first = json.loads((tmp_path / "checkpoints" / "step-0000002" / locator.STATE_JSON).read_text())
     best = "step-0000004" if res.val_loss < first["val_loss"] else "step-0000002"
     assert (tmp_path / "checkpoints" / "best").read_text().strip() == best
     assert last["best_val"] == min(first["val_loss"], res.val_loss)
@@ -321,7 +324,7 @@ def test_a_kill_during_pruning_leaves_no_half_deleted_checkpoint(tmp_path, monke
     monkeypatch.undo()
     steps = sorted((tmp_path / "checkpoints").glob("step-*"))
     assert [s.name for s in steps] == ["step-0000002"]  # no step folder with missing files
-    assert sorted(p.name for p in steps[0].iterdir()) == ["a", "b", "c", ckpt.STATE_JSON]
+    assert sorted(p.name for p in steps[0].iterdir()) == ["a", "b", "c", locator.STATE_JSON]
     ckpt.clean_partial(tmp_path)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step-0000002"]
 
@@ -373,7 +376,7 @@ def test_max_minutes_replans_when_the_machine_slows_down(tmp_path):
     # (t = 26 s, mean 2.4 s) one more step fits, after step 13 (t = 29, mean 2.6) none: the run ends.
     res, clock = _timed_run(tmp_path / "timed", max_minutes=0.5)
     assert res.step == 13 and clock.t == 29.0
-    meta = json.loads((tmp_path / "timed" / "checkpoints" / "step-0000013" / ckpt.STATE_JSON).read_text())
+    meta = json.loads((tmp_path / "timed" / "checkpoints" / "step-0000013" / locator.STATE_JSON).read_text())
     assert meta["total_steps"] == 13
     lrs = [json.loads(x)["lr"] for x in (tmp_path / "timed" / "metrics.jsonl").read_text().splitlines()]
     assert lrs[-1] == pytest.approx(3e-3 * 0.1)  # the cosine still ends at the minimum LR
@@ -383,14 +386,10 @@ def test_max_minutes_replans_when_the_machine_slows_down(tmp_path):
 
 
 def test_quickstart_gives_sft_what_is_left_and_knows_a_clock_shortened_stage_is_done(tmp_path):
-    from minimind.train.quickstart import SHARES, _finished, sft_minutes
-
-    assert sft_minutes(9.0, elapsed=5.4) == pytest.approx(sum(SHARES) * 9 - 5.4)  # pretraining on time
-    assert sft_minutes(9.0, elapsed=8.0) == pytest.approx(0.5 * SHARES[1] * 9)  # late: at least half its share
-    folder = tmp_path / "checkpoints" / "step-0000013"
-    folder.mkdir(parents=True)
-    (tmp_path / "checkpoints" / "latest").write_text("step-0000013\n")
-    (folder / ckpt.STATE_JSON).write_text(json.dumps({"step": 13, "total_steps": 13}))
-    assert _finished(tmp_path, 120)  # planned 120, ended by the clock at 13: do not train it again
-    (folder / ckpt.STATE_JSON).write_text(json.dumps({"step": 10, "total_steps": 13}))
-    assert not _finished(tmp_path, 120)
+    shares = [s["share"] for s in quickstart_plan()["stages"] if "share" in s]  # pretrain, sft
+    assert stage_minutes(0, 9.0, elapsed=1.0) == pytest.approx(shares[0] * 9)  # pretraining: its share
+    assert stage_minutes(1, 9.0, elapsed=5.4) == pytest.approx(sum(shares) * 9 - 5.4)  # pretraining on time
+    assert stage_minutes(1, 9.0, elapsed=8.0) == pytest.approx(0.5 * shares[1] * 9)  # late: at least half its share
+    # planned 120, ended by the clock at 13: do not train it again
+    assert finished({"step": 13, "total_steps": 13}, 120)
+    assert not finished({"step": 10, "total_steps": 13}, 120)

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from _train_support import MaskedStage, SyntheticStage, run, tiny_config, train_config
+from minimind import locator
 from minimind.model import MiniMindLM
 from minimind.train import checkpointing as ckpt
 from minimind.train.optim import lr_at, param_groups
@@ -29,7 +30,7 @@ def test_loss_falls_and_run_dir_is_complete(tmp_path):
     assert [r["loss"] for r in train] == res.losses
     val = [r for r in records if r["split"] == "val"]
     assert val[-1]["ppl"] == pytest.approx(math.exp(val[-1]["loss"]))
-    assert ckpt.latest_checkpoint(tmp_path).name == "step-0000025"
+    assert locator.latest_checkpoint(tmp_path).name == "step-0000025"
 
 
 def test_grad_accumulation_equals_one_big_batch(tmp_path):
@@ -73,7 +74,7 @@ class NaNAtStep3(SyntheticStage):
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     with pytest.raises(TrainingError, match=r"loss became nan at step 3.*step-0000002"):
         run(NaNAtStep3, tmp_path, max_steps=6, save_every=1, eval_batches=0)
-    good = ckpt.latest_checkpoint(tmp_path)
+    good = locator.latest_checkpoint(tmp_path)
     assert good.name == "step-0000002"
     run(SyntheticStage, tmp_path / "ref", max_steps=6, save_every=2, keep_last=5, eval_batches=0)
     ref = load_file(str(tmp_path / "ref" / "checkpoints" / "step-0000002" / "model.safetensors"))
@@ -90,8 +91,8 @@ def test_checkpoint_crash_mid_save_keeps_previous(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         ckpt.save_checkpoint(tmp_path, 2, boom, {}, keep_last=2)
-    assert ckpt.latest_checkpoint(tmp_path).name == "step-0000001"
-    assert (ckpt.latest_checkpoint(tmp_path) / "w").read_text() == "one"
+    assert locator.latest_checkpoint(tmp_path).name == "step-0000001"
+    assert (locator.latest_checkpoint(tmp_path) / "w").read_text() == "one"
     ckpt.clean_partial(tmp_path)
     assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
 

@@ -37,7 +37,6 @@ from ..checkpoint import atomic_write
 from ..errors import UserError
 from ..locator import (BEST, CHECKPOINTS, LATEST, METRICS, STATE_JSON, STATE_PT, TRAIN_CONFIG, CheckpointError,
                        checkpoint_name, checkpoints_dir, read_json, read_pointer)
-from ..locator import latest_checkpoint  # noqa: F401 - tests/test_train_engine.py, test_reliability_train.py read it here
 
 # Leftovers of a killed run, relative to the run directory: hidden temporary folders of saves and
 # prunes, and the temporary files of `atomic_write` (".NAME.tmp-PID") and `truncate_metrics`.
