@@ -1,7 +1,6 @@
 """What a run trains, built from its config: compute dtype, tokenizer and model.
 
 Contract:
-- `resolve_dtype(name, device)`: "auto" is bf16 on CUDA where supported, else fp32; fp16 needs CUDA.
 - `load_tokenizer_for(cfg, init_path)`: --tokenizer, else the one beside the --init checkpoint,
   else the shipped one.
 - `build_model(cfg, init_path, tokenizer)`: the --init checkpoint / HF folder (whose context,
@@ -26,24 +25,12 @@ from torch.utils.checkpoint import checkpoint as recompute
 from .. import load_model
 from ..config import ModelConfig
 from ..errors import UserError
+from ..locator import has_tokenizer
 from ..model import MiniMindLM
 from ..model.rope import RotaryTables
 from ..shapes import base_config
 from ..tokenizer import check_model_fit, load_tokenizer
 from .config import TrainConfig
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    if name == "fp16" and device.type != "cuda":
-        raise UserError("--dtype fp16 needs CUDA (it relies on a gradient scaler); use bf16 or fp32")
-    return DTYPES[name]
-
 
 def enable_activation_checkpointing(model: MiniMindLM) -> None:
     """Recompute each block's forward during backward instead of storing its activations.
@@ -66,7 +53,7 @@ def enable_activation_checkpointing(model: MiniMindLM) -> None:
 def load_tokenizer_for(cfg: TrainConfig, init_path: Path | None) -> Any:
     if cfg.tokenizer:
         return load_tokenizer(cfg.tokenizer)
-    if init_path is not None and (init_path / "tokenizer.json").is_file():
+    if init_path is not None and has_tokenizer(init_path):
         return load_tokenizer(init_path)
     return load_tokenizer(None)
 

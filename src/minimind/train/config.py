@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..devices import check_device_name
+from ..devices import TRAINING_DTYPES, check_device_name
 from ..errors import UserError
 from ..shapes import ModelOverrides
 
@@ -144,8 +144,8 @@ class TrainConfig(ModelOverrides):  # the model shape flags (--hidden-size, ...)
             raise UserError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if not 0 <= self.decay_frac <= 1:
             raise UserError(f"--decay-frac must be in [0, 1], got {self.decay_frac}")
-        if self.dtype not in ("auto", "fp32", "bf16", "fp16"):
-            raise UserError(f"--dtype must be auto, fp32, bf16 or fp16, got {self.dtype!r}")
+        if self.dtype not in ("auto", *TRAINING_DTYPES):
+            raise UserError(f"--dtype must be auto, {', '.join(TRAINING_DTYPES)}; got {self.dtype!r}")
         check_device_name(self.device)
         self.check_shape_flags(self.preset, self.init)
         if self.num_samples > 0 and self.sample_tokens < 1:

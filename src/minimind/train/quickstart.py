@@ -49,7 +49,7 @@ from ..chat import render_prompt, split_reasoning
 from ..config import get_preset
 from ..data.demo import suite_paths, write_demo
 from ..data.prepare import prepare
-from ..devices import pick_device
+from ..devices import pick_device, training_dtype
 from ..errors import UserError
 from ..eval import Settings, run_demo
 from ..eval.report import HEADLINE, append_run_log, format_summary, format_value, make_report
@@ -58,7 +58,6 @@ from ..infer import SamplingParams, load_engine
 from ..locator import resolve_checkpoint
 from ..model import MiniMindLM
 from ..recipes import read_recipe
-from .build import resolve_dtype
 from .recipes import run_stage
 
 
@@ -77,7 +76,7 @@ def probe_tokens_per_second(device: str = "auto", seq_len: int = 256, batch_size
 
     The fastest, because a shared machine slows some steps for reasons that come and go."""
     dev = pick_device(device)
-    dtype = resolve_dtype("auto", dev)
+    dtype = training_dtype(dev, "auto")
     model = MiniMindLM(get_preset("tiny")).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randint(0, model.config.vocab_size, (batch_size, seq_len), device=dev)

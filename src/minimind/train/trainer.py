@@ -54,14 +54,15 @@ import torch
 from ..config import flops_per_token
 from ..data.loader import Prefetcher
 from ..data.mixture import realised_shares
+from ..devices import training_dtype
 from ..errors import UserError
-from ..locator import has_checkpoint, is_hf_folder, latest_checkpoint, resolve_checkpoint
+from ..locator import has_checkpoint, latest_checkpoint, model_folder
 from ..model import MiniMindLM
 from . import checkpointing as ckpt
 from . import distributed as D
 from . import snapshot
 from .budget import WallClock, planned_steps
-from .build import build_model, check_vocabulary, enable_activation_checkpointing, load_tokenizer_for, resolve_dtype
+from .build import build_model, check_vocabulary, enable_activation_checkpointing, load_tokenizer_for
 from .evaluation import Evaluator
 from .metrics import MetricsLogger, Progress, check_optional_loggers, model_flops_utilization, peak_flops
 from .optim import lr_at, make_optimizer, set_lr
@@ -129,14 +130,13 @@ class Trainer:
         self.main = self.dist.is_main
         self.device = self.dist.device
         self.run_dir = Path(cfg.out)
-        self.dtype = resolve_dtype(cfg.dtype, self.device)
+        self.dtype = training_dtype(self.device, cfg.dtype)
         check_optional_loggers(cfg.tensorboard, cfg.wandb)
         self._claim_run_dir()
 
         init_path = None
         if cfg.init:
-            p = Path(cfg.init)
-            init_path = p if (p.is_dir() and is_hf_folder(p)) else resolve_checkpoint(p)
+            init_path = model_folder(cfg.init)
         tokenizer = load_tokenizer_for(cfg, init_path) if self._given_tokenizer == "auto" else self._given_tokenizer
         self.ctx = TrainContext(config=cfg, device=self.device, rank=self.dist.rank,
                                 world_size=self.dist.world_size, tokenizer=tokenizer, run_dir=self.run_dir,
