@@ -37,9 +37,9 @@ import time
 from pathlib import Path
 
 from minimind.chat import render_prompt
-from minimind.checkpoint import resolve_checkpoint
 from minimind.infer import SamplingParams
 from minimind.infer.loading import load_engine
+from minimind.locator import METRICS, resolve_checkpoint
 from minimind.train.metrics import read_metrics
 from minimind.train.plot import plot_run
 from minimind.train.recipes import run_stage
@@ -116,7 +116,7 @@ def accuracy(ckpt: Path, triples: list[tuple], max_new_tokens: int, temperature:
 def reward_curve(run_dir: Path) -> list[float]:
     """Per-step mean reward from metrics.jsonl; `minimind plot` draws it to run_dir/reward.png."""
     plot_run(run_dir)
-    return [r["reward"] for r in read_metrics(run_dir / "metrics.jsonl") if r.get("split") == "train" and "reward" in r]
+    return [r["reward"] for r in read_metrics(run_dir / METRICS) if r.get("split") == "train" and "reward" in r]
 
 
 def _parse_args() -> argparse.Namespace:

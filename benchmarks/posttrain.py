@@ -30,12 +30,13 @@ from pathlib import Path
 
 import torch
 
+from minimind import load_model
 from minimind.chat import render_conversation, render_prompt
-from minimind.checkpoint import load_model, resolve_checkpoint
 from minimind.data.demo import write_demo
 from minimind.data.formats import iter_examples
 from minimind.infer import SamplingParams
 from minimind.infer.loading import load_engine
+from minimind.locator import METRICS, resolve_checkpoint
 from minimind.tokenizer import load_tokenizer
 from minimind.train.losses import distill_loss, sequence_logprobs
 from minimind.train.metrics import read_metrics
@@ -116,7 +117,7 @@ def accuracy(ckpt: Path, tasks: list[tuple[str, str]], max_new_tokens: int) -> f
 def reward_curve(run_dir: Path) -> list[tuple[int, float]]:
     """(step, mean reward) from metrics.jsonl; `minimind plot` draws it to run_dir/reward.png."""
     plot_run(run_dir)
-    return [(r["step"], r["reward"]) for r in read_metrics(run_dir / "metrics.jsonl")
+    return [(r["step"], r["reward"]) for r in read_metrics(run_dir / METRICS)
             if r.get("split") == "train" and "reward" in r]
 
 

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from ..errors import UserError
+from ..locator import METRICS
 
 # Dense bf16 tensor-core peaks per GPU (no sparsity), FLOP/s, from the vendors' data sheets. fp32
 # peaks are far lower; we only use this table for bf16/fp16 runs and measure otherwise. Keys are
@@ -107,7 +108,7 @@ def check_optional_loggers(tensorboard: bool, wandb_project: str | None) -> None
 class MetricsLogger:
     def __init__(self, run_dir: Path, tensorboard: bool = False, wandb_project: str | None = None,
                  config: dict[str, Any] | None = None, tags: dict[str, Any] | None = None) -> None:
-        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path = Path(run_dir) / METRICS
         self.tags = dict(tags or {})
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a", encoding="utf-8")

@@ -37,7 +37,7 @@ from typing import Any
 
 from ..data.mixture import check_weights, open_mixture
 from ..errors import UserError
-from ..locator import has_checkpoint, latest_checkpoint
+from ..locator import METRICS, has_checkpoint, latest_checkpoint
 from ..recipes import read_recipe
 from . import distributed as D
 from .config import TrainConfig, knob
@@ -145,7 +145,7 @@ def locate(run_dir: Path, phases: list[tuple[str, PhaseConfig]]) -> tuple[int, P
 def mixture_table(run_dir: Path, phases: list[tuple[str, PhaseConfig]]) -> str:
     """Markdown: per phase and source, the weight asked for and the realised share of rows."""
     last: dict[str, dict] = {}
-    for record in read_metrics(Path(run_dir) / "metrics.jsonl"):
+    for record in read_metrics(Path(run_dir) / METRICS):
         if record.get("split") == "train" and "phase" in record:
             last[record["phase"]] = record
     lines = ["| phase | seq_len | steps | source | weight | realised |", "|---|---|---|---|---|---|"]
