@@ -32,6 +32,7 @@ from ..shapes import base_config
 from ..tokenizer import check_model_fit, load_tokenizer
 from .config import TrainConfig
 
+
 def enable_activation_checkpointing(model: MiniMindLM) -> None:
     """Recompute each block's forward during backward instead of storing its activations.
 
@@ -67,8 +68,10 @@ def build_model(cfg: TrainConfig, init_path: Path | None, tokenizer: Any) -> Min
         model.train()
         return model
     config = base_config(cfg.preset, cfg.model_config)
-    if tokenizer is not None:  # replace() re-validates; a --vocab-size below the tokenizer's: check_vocabulary
-        config = dataclasses.replace(config, vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_id,
+    if tokenizer is not None:  # --vocab-size may add spare rows, never fewer: checked before replace() re-validates
+        vocab = cfg.vocab_size or tokenizer.vocab_size
+        check_model_fit(tokenizer, vocab)
+        config = dataclasses.replace(config, vocab_size=vocab, pad_token_id=tokenizer.pad_id,
                                      bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id)
     config = cfg.overrides().apply(config)
     check_context(cfg.seq_len, config)
