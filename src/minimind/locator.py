@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
-from .tokenizer import TOKENIZER_FILES
+from .tokenizer import TOKENIZER_FILES, TOKENIZER_JSON
 
 CONFIG_NAME = "model_config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -65,7 +65,6 @@ RUN_TOKENIZER = "tokenizer"
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 BEST = "best"
-TOKENIZER_JSON = TOKENIZER_FILES[0]  # the file that makes a folder a tokenizer folder
 
 # The loaders of foreign folders: model_type -> load(folder) -> MiniMindLM, with the key None for
 # "any other model_type". Filled by the converter modules when they are imported (see the module

@@ -50,7 +50,8 @@ THINK_START, THINK_END = "<think>", "</think>"
 TOOL_CALL_START, TOOL_CALL_END = "<tool_call>", "</tool_call>"
 TOOL_RESPONSE_START, TOOL_RESPONSE_END = "<tool_response>", "</tool_response>"
 # The files of a tokenizer folder in Hugging Face format: what is copied beside weights and shards.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+TOKENIZER_JSON = "tokenizer.json"  # the file that makes a folder a tokenizer folder
+TOKENIZER_FILES = (TOKENIZER_JSON, "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 NUM_RESERVED = 7  # spare tokens: 9 named + 7 reserved = 16 ids set aside before the learned vocabulary
 
 # "special=True" tokens are control tokens: skip_special_tokens removes them when decoding.
@@ -269,7 +270,7 @@ def load_tokenizer(path: str | Path | None = None) -> Tokenizer:
     <|endoftext|>. An EOS is required: generation and packing cannot work without one.
     """
     folder = Path(path) if path is not None else default_tokenizer_dir()
-    file = folder if folder.is_file() else folder / "tokenizer.json"
+    file = folder if folder.is_file() else folder / TOKENIZER_JSON
     if not file.is_file():
         raise UserError(f"{folder}: no tokenizer.json there (expected a Hugging Face tokenizer folder)")
     folder = file.parent

@@ -44,7 +44,8 @@ from tokenizers import Tokenizer as _HFTokenizer
 
 from .chat import CHAT_TEMPLATE
 from .errors import UserError
-from .tokenizer import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, SPECIAL_TOKENS, SPLIT_PATTERN, Tokenizer, load_tokenizer
+from .tokenizer import (BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, SPECIAL_TOKENS, SPLIT_PATTERN, TOKENIZER_JSON, Tokenizer,
+                        load_tokenizer)
 
 MAX_WORDS = 500_000     # distinct words kept: the trainer needs ~4 KB per 12-character Chinese word
 MAX_LINE = 1 << 20      # characters per piece of a plain-text line (a file without newlines streams too)
@@ -208,7 +209,7 @@ def train(files, vocab_size: int, out_dir, max_words: int = MAX_WORDS, progress:
     flags = dict(SPECIAL_TOKENS)
     for entry in data["added_tokens"]:
         entry["special"] = flags.get(entry["content"], entry["special"])
-    (out / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
+    (out / TOKENIZER_JSON).write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
     write_tokenizer_config(out)
     loaded = load_tokenizer(out)
     return TrainResult(loaded, len(counts), dropped, max(0, vocab_size - loaded.vocab_size))
