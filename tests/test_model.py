@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from minimind import MiniMindLM, ModelConfig
+from minimind.model import attention
+from minimind.model.attention import decode_attend
 from minimind.model.moe import MoE
 from minimind.model.rope import apply_rope, rope_inv_freq
 
@@ -239,3 +241,40 @@ def test_shifted_and_compacted_cache_decodes_the_same():
         got = model(x[[2, 1], 8:], kv_cache=view).logits
     torch.testing.assert_close(got, expect[[2, 1]], rtol=0, atol=1e-4)
     assert moved.valid[:2, :4].sum() == 0 and moved.valid[:2, 4:12].all()
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (8, 2), (6, 1)])
+@pytest.mark.parametrize("masked", [False, True])
+def test_grouped_decode_attention_equals_sdpa(heads, kv_heads, masked):
+    # One query per row against S cached keys; rows 1.. have leading padding slots (left padding).
+    torch.manual_seed(0)
+    B, S, D = 3, 11, 16
+    q, k, v = torch.randn(B, heads, 1, D), torch.randn(B, kv_heads, S, D), torch.randn(B, kv_heads, S, D)
+    mask = None
+    if masked:
+        mask = torch.ones(B, 1, 1, S, dtype=torch.bool)
+        mask[1, ..., :4] = False
+        mask[2, ..., :10] = False  # only the query's own slot remains
+    got = decode_attend(q, k, v, mask)
+    G = heads // kv_heads  # query head h reads K/V head h // G
+    ref = F.scaled_dot_product_attention(q, k.repeat_interleave(G, 1), v.repeat_interleave(G, 1), attn_mask=mask)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    # and by hand for one head of the padded row: softmax over its real keys only
+    h = heads - 1
+    keys = slice(4, S) if masked else slice(0, S)
+    w = torch.softmax(k[1, h // G, keys] @ q[1, h, 0] / math.sqrt(D), -1)
+    torch.testing.assert_close(got[1, h, 0], w @ v[1, h // G, keys], rtol=1e-5, atol=1e-6)
+
+
+def test_decode_step_dispatches_to_grouped_attention(monkeypatch):
+    # The model's decode step (T == 1) takes the grouped path, and SDPA is not called at all.
+    model = make({})
+    x = torch.randint(3, V, (2, 6))
+    calls, sdpa = [], F.scaled_dot_product_attention
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", lambda *a, **kw: calls.append(1) or sdpa(*a, **kw))
+    with torch.no_grad():
+        cache = model.new_kv_cache(2, max_len=8)
+        model(x[:, :5], kv_cache=cache)
+        prefill_calls = len(calls)
+        model(x[:, 5:], kv_cache=cache)
+    assert prefill_calls == model.config.num_layers and len(calls) == prefill_calls

@@ -22,6 +22,11 @@ repeat K/V to the query heads (a copy of the keys, far smaller than T x T scores
 without it, which lets the memory-efficient kernel run. Unmasked bf16/fp16 keeps `enable_gqa`
 (flash). Elsewhere (CPU, MPS) the native path is kept: their kernels take the flag with a mask.
 Both calls compute the same attention (tests/test_gpu_paths.py checks it on the CPU).
+
+Decoding (one query per row, `T == 1`, no dropout) skips SDPA: `decode_attend` views the H query
+heads as [Hkv, G] groups and does two small batched matmuls against the un-repeated K/V heads.
+One query needs no causal mask and no tiling, and SDPA's fixed cost per call (kernel selection,
+its own GQA broadcast) is larger than the work at these sizes.
 """
 
 from __future__ import annotations
@@ -102,11 +107,25 @@ def document_mask(doc_ids: torch.Tensor, key_valid: torch.Tensor | None = None, 
     return allowed.unsqueeze(1)
 
 
+def decode_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Attention of one query per row: q [B, H, 1, D], k, v [B, Hkv, S, D], mask None or bool
+    [B, 1, 1, S] (True = may attend). The G = H / Hkv query heads of a group share one K/V head,
+    so they become the rows of one [G, D] @ [D, S] product: no copy of K/V per query head."""
+    B, H, _, D = q.shape
+    Hkv, S = k.shape[1], k.shape[2]
+    scores = torch.matmul(q.view(B, Hkv, H // Hkv, D) * D ** -0.5, k.transpose(-1, -2))  # [B, Hkv, G, S]
+    if mask is not None:
+        scores = scores.masked_fill(~mask.reshape(-1, 1, 1, S), float("-inf"))
+    return torch.matmul(scores.softmax(-1), v).view(B, H, 1, D)
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, causal: bool,
            dropout: float, native: bool) -> torch.Tensor:
     """SDPA over q [B, H, T, D] and k, v [B, Hkv, S, D]; `native` picks how GQA is done (see above).
     A `BlockMask` goes to flex attention (which broadcasts the K/V heads itself)."""
     groups = q.shape[1] // k.shape[1]
+    if q.shape[2] == 1 and dropout == 0.0 and (mask is None or isinstance(mask, torch.Tensor)):
+        return decode_attend(q, k, v, mask)
     if BlockMask is not None and isinstance(mask, BlockMask):
         flex = _compiled_flex() if q.device.type == "cuda" else flex_attention
         return flex(q, k, v, block_mask=mask, enable_gqa=groups > 1)
