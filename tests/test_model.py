@@ -10,7 +10,8 @@ from minimind import MiniMindLM, ModelConfig
 from minimind.model import attention
 from minimind.model.attention import decode_attend
 from minimind.model.moe import MoE
-from minimind.model.rope import apply_rope, rope_inv_freq
+from minimind.model.layers import RMSNorm
+from minimind.model.rope import RotaryTables, apply_rope, rope_inv_freq, rotate, rotate_half
 
 V = 101
 
@@ -278,3 +279,29 @@ def test_decode_step_dispatches_to_grouped_attention(monkeypatch):
         prefill_calls = len(calls)
         model(x[:, 5:], kv_cache=cache)
     assert prefill_calls == model.config.num_layers and len(calls) == prefill_calls
+
+
+def test_rope_rotate_equals_rotate_half_formula_exactly():
+    # The model's roll + signed-sin rotation is the textbook rotate-half product, bit for bit.
+
+    tables = RotaryTables(16, 32, 10000.0)
+    pos = torch.tensor([[0, 5, 31], [2, 2, 7]])
+    cos, signed_sin = tables(pos, torch.float32)
+    x = torch.randn(2, 3, 3, 16)
+    plain_cos, plain_sin = tables.cos[pos].unsqueeze(1), tables.sin[pos].unsqueeze(1)
+    expect = x * plain_cos + rotate_half(x) * plain_sin
+    assert torch.equal(rotate(x, cos, signed_sin), expect)
+    assert torch.equal(apply_rope(x, plain_cos, plain_sin), expect)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rmsnorm_equals_hand_formula(dtype):
+    norm = RMSNorm(48, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(48))
+    x = torch.randn(3, 5, 48).to(dtype)
+    xf = x.float()
+    expect = norm.weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-6)).to(dtype)
+    got = norm(x)
+    assert got.dtype == expect.dtype
+    torch.testing.assert_close(got, expect, rtol=1e-6, atol=1e-6)

@@ -1,6 +1,7 @@
 """Grouped-query self-attention with RoPE, optional QK-norm and a KV cache.
 
-Contract: `Attention(config)(x, cos, sin, mask, layer_idx, cache)` maps [B, T, h] -> [B, T, h].
+Contract: `Attention(config)(x, cos, sin, mask, layer_idx, cache)` maps [B, T, h] -> [B, T, h]
+(cos and sin as `RotaryTables` returns them: sin signed for `rope.rotate`).
 `mask` is None for plain causal attention, else a boolean [B, 1, T, S] (True = may attend) or a
 flex-attention `BlockMask`, built once per forward by the model and shared by all layers.
 
@@ -45,7 +46,7 @@ except ImportError:  # pragma: no cover - depends on the installed PyTorch
 from ..config import ModelConfig
 from .kv_cache import KVCache
 from .layers import RMSNorm
-from .rope import apply_rope
+from .rope import rotate
 
 
 def native_gqa(device_type: str, dtype: torch.dtype, masked: bool) -> bool:
@@ -160,7 +161,7 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k = rotate(q, cos, sin), rotate(k, cos, sin)  # sin: the tables' signed sin
         if cache is not None:
             k, v = cache.update(layer_idx, k, v)  # now [B, Hkv, S, D] with S = past + T
         # One new token may see every cached one, so only T > 1 needs the causal mask. Written as

@@ -5,8 +5,11 @@ Contract:
   attention factor that scales cos/sin; `scaling` uses the keys and semantics of transformers'
   `rope_scaling={"rope_type": "yarn", ...}` so exported models behave identically there.
 - `RotaryTables` precomputes cos/sin for every position up to `max_seq_len` once; the model
-  gathers rows by position id, so sequences in a batch may sit at different positions.
-- `apply_rope(x, cos, sin)` rotates q or k of shape [B, H, T, D].
+  gathers rows by position id, so sequences in a batch may sit at different positions. Its
+  forward returns cos and the *signed* sin (first half negated, see `rotate`), cast once per
+  forward to the compute dtype, for all layers.
+- `apply_rope(x, cos, sin)` rotates q or k of shape [B, H, T, D] given plain cos/sin;
+  `rotate(x, cos, signed_sin)` is the same rotation given the tables' signed sin (the model's path).
 
 The idea: split each head vector into D/2 pairs and rotate pair i by angle pos * f_i. A dot
 product q.k then depends only on the *difference* of the two positions. We use the
@@ -79,6 +82,7 @@ class RotaryTables(nn.Module):
         # Not saved in checkpoints: they are a pure function of the config.
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
+        self.register_buffer("signed_sin", signed(sin), persistent=False)
 
     def _tables(self) -> tuple[torch.Tensor, torch.Tensor]:
         inv_freq, scale = rope_inv_freq(self.head_dim, self.theta, self.scaling)
@@ -91,10 +95,18 @@ class RotaryTables(nn.Module):
         """Recompute the tables (after `to_empty()` on a meta-device model, for instance)."""
         cos, sin = self._tables()
         self.cos, self.sin = cos.to(self.cos.device), sin.to(self.sin.device)
+        self.signed_sin = signed(self.sin)
 
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """position_ids [B, T] -> cos, sin of shape [B, 1, T, D] (broadcast over heads)."""
-        return self.cos[position_ids].unsqueeze(1).to(dtype), self.sin[position_ids].unsqueeze(1).to(dtype)
+        """position_ids [B, T] -> cos, signed sin of shape [B, 1, T, D] (broadcast over heads)."""
+        cos, sin = self.cos[position_ids].unsqueeze(1), self.signed_sin[position_ids].unsqueeze(1)
+        return (cos, sin) if cos.dtype == dtype else (cos.to(dtype), sin.to(dtype))
+
+
+def signed(sin: torch.Tensor) -> torch.Tensor:
+    """sin with its first half (over the last dim) negated: the sign of rotate-half folded in."""
+    half = sin.shape[-1] // 2
+    return torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -103,12 +115,20 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([-x2, x1], dim=-1)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
     """Rotate each pair (a, b) by angle t: (a cos t - b sin t, b cos t + a sin t).
 
-    The result keeps x's dtype: under autocast q and k come out of their projections in bf16 while
-    the tables follow the fp32 residual stream, and mixing them would upcast q and k (and with them
-    the KV cache) to fp32.
+    `x.roll(D/2)` swaps the halves, (a, b) -> (b, a), and the signed sin (-sin, +sin) supplies the
+    minus: the same products as `rotate_half(x) * sin`, bit for bit, in one op instead of three
+    (chunk, neg, cat). The result keeps x's dtype: under autocast q and k come out of their
+    projections in bf16 while the tables follow the fp32 residual stream, and mixing them would
+    upcast q and k (and with them the KV cache) to fp32.
     """
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return x * cos + rotate_half(x) * sin
+    if cos.dtype != x.dtype:  # a Python check: no cast op at all in the common case
+        cos, signed_sin = cos.to(x.dtype), signed_sin.to(x.dtype)
+    return x * cos + x.roll(x.shape[-1] // 2, -1) * signed_sin
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """`rotate` given the plain sin (for callers holding their own cos/sin)."""
+    return rotate(x, cos, signed(sin))
