@@ -303,7 +303,8 @@ def test_checker_finds_a_cycle_a_layering_violation_and_late_imports(tmp_path):
         "pkg/e.py": "from . import f\n",                       # e <-> f only for annotations: no cycle
         "pkg/f.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from . import e\n",
         "pkg/model/__init__.py": "",
-        "pkg/model/core.py": "from ..serve.app import run\n",  # the model reaching up into serving
+        "pkg/model/core.py": ("from ..serve.app import run\n"  # the model reaching up into serving
+                              "\n\ndef g():\n    from .. import a\n"),  # late, but still against the layering
         "pkg/serve/__init__.py": "",
         "pkg/serve/app.py": ("import json\n\n\ndef run():\n"
                              "    import tqdm\n    import json\n    from ..model.core import x\n"
@@ -314,12 +315,13 @@ def test_checker_finds_a_cycle_a_layering_violation_and_late_imports(tmp_path):
     layers = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": {"f"}, "f": {"e"}, "model": set(),
               "serve": {"model"}}
     assert layering_violations(imports, "pkg", layers) == [
-        "pkg.model.core:1 imports pkg.serve.app (model may not import serve)"]
+        "pkg.model.core:1 imports pkg.serve.app (model may not import serve)",
+        "pkg.model.core:5 imports pkg.a (model may not import a)"]
     assert late_imports(imports, "pkg", optional={"tqdm": ""}, lazy={}) == {
-        ("pkg.d", "pkg.a"), ("pkg.serve.app", "json"), ("pkg.serve.app", "pkg.model.core"),
+        ("pkg.d", "pkg.a"), ("pkg.model.core", "pkg.a"), ("pkg.serve.app", "json"), ("pkg.serve.app", "pkg.model.core"),
         ("pkg.serve.app", "<dynamic>"), ("pkg.serve.app", "importlib")}
     assert late_imports(imports, "pkg", optional={"tqdm": ""}, lazy={"pkg.serve.app": ""}) == {
-        ("pkg.serve.app", "json"), ("pkg.serve.app", "importlib"), ("pkg.d", "pkg.a")}
+        ("pkg.serve.app", "json"), ("pkg.serve.app", "importlib"), ("pkg.d", "pkg.a"), ("pkg.model.core", "pkg.a")}
 
 
 def test_checker_flags_a_layer_missing_from_the_table(tmp_path):
