@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from minimind import MiniMindLM, ModelConfig
-from minimind.model import attention
+from minimind.model import KVCache, attention
 from minimind.model.attention import decode_attend
 from minimind.model.moe import MoE
 from minimind.model.layers import RMSNorm
@@ -305,3 +305,35 @@ def test_rmsnorm_equals_hand_formula(dtype):
     got = norm(x)
     assert got.dtype == expect.dtype
     torch.testing.assert_close(got, expect, rtol=1e-6, atol=1e-6)
+
+
+def test_position_counter_equals_cumsum_positions_across_staggered_rows():
+    # Positions = real tokens before each slot in its own row (the cumsum definition), kept by a
+    # per-row counter through padded prefills, decode steps, shifts, row moves, views and a write
+    # into `valid` from outside (as eval's shared-prefix scoring does).
+    cache = KVCache(tiny(), batch_size=3, max_len=24)
+
+    def check(c, T, mask=None):
+        pos = c.begin(T, mask)
+        end = c.length + T
+        valid = c.key_valid(end)  # read without marking the counts for a recount
+        ref = (valid.long().cumsum(-1) - 1).clamp(min=0)[:, c.length:end]
+        assert torch.equal(pos, ref)
+        assert torch.equal(c.count, valid.sum(-1))
+        c.commit(T)
+
+    mask = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1], [0, 0, 0, 0, 1]])
+    check(cache, 5, mask)
+    for _ in range(3):
+        check(cache, 1)
+    check(cache, 2, torch.tensor([[1, 1], [0, 1], [1, 1]]))
+    cache.shift(rows=3, length=10, delta=3)  # three invalid slots in front of every row
+    cache.length = 13
+    check(cache, 1)
+    cache.move_row(src=2, dst=0, length=14)
+    view = cache.view(0, 2, length=14, padded=True)
+    check(view, 1)  # writes through to rows 0 and 1 of the cache
+    cache.valid[2, :14] = True  # an outside write: row 2's count must follow it
+    cache.length = 15
+    check(cache, 1)
+    assert cache.count[2] == 15

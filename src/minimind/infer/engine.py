@@ -142,7 +142,7 @@ class BatchRunner:
         self.seqs = keep
         if not keep:
             self.length = 0
-            self.cache.valid.zero_()
+            self.cache.clear_rows(0, self.capacity)
 
     def room_for(self, prompt_len: int) -> bool:
         """Could a prompt of this length join now (a free row, and slots after compaction)?"""
@@ -178,7 +178,7 @@ class BatchRunner:
             if s.params.repetition_penalty != 1.0:  # other rows never read their `seen` row
                 self.seen[n + i] = False
                 self.seen[n + i, torch.tensor(s.prompt_ids, device=self.device)] = True
-        self.cache.valid[n:n + m] = False
+        self.cache.clear_rows(n, n + m)
         self.seqs.extend(new)
         view = self._view(n, n + m, L - P)
         # Equal-length prompts in an empty cache need no mask: plain causal attention (faster).

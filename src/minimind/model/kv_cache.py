@@ -5,8 +5,8 @@ Contract:
   decoding never reallocates or concatenates.
 - All rows of a batch share one write position (`length`): prompts of different lengths are
   *left-padded*, and `valid[b, s]` records which slots hold real tokens. The model turns that
-  into an attention mask and into per-row position ids (`position_ids`), so a padded row sees
-  exactly what it would see alone.
+  into an attention mask, and `count[b]` (real tokens so far) into per-row position ids, so a
+  padded row sees exactly what it would see alone.
 - The model calls `begin(...)` once per forward, `update(layer, k, v)` in each layer, and
   `commit(T)` at the end. A generation engine only creates the cache and passes it along.
 """
@@ -24,30 +24,62 @@ class KVCache:
         shape = (config.num_layers, batch_size, config.num_kv_heads, max_len, config.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.valid = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)
+        self._valid = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)
+        # count[b]: real tokens of row b before `length`, i.e. the position of its next token.
+        self.count = torch.zeros(batch_size, dtype=torch.long, device=device)
+        # [True] once `valid` was handed out for writing: counts are then recomputed at the next
+        # `begin`. One list shared by this cache and its views (they share the storage).
+        self._stale = [False]
+        self._root = True  # False for a view over some rows
         self.max_len = max_len
         self.length = 0  # slots written so far, identical for every row
         self.padded = False  # True once any padding was written: then a mask is always needed
 
     @property
+    def valid(self) -> torch.Tensor:
+        """[B, max_len] bool, True where a slot holds a real token. Writing into it directly is
+        allowed (eval's shared-prefix scoring does): the per-row counts are then recounted."""
+        self._stale[0] = True
+        return self._valid
+
+    @property
     def batch_size(self) -> int:
-        return self.valid.shape[0]
+        return self._valid.shape[0]
+
+    def key_valid(self, end: int) -> torch.Tensor:
+        """valid[:, :end], for the attention mask (read-only use: counts stay as they are)."""
+        return self._valid[:, :end]
 
     def begin(self, num_new: int, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """Reserve slots [length, length + num_new) and return their position ids [B, T].
 
         A token's position is the number of real tokens before it in its own row, so left
-        padding does not shift positions.
+        padding does not shift positions. Kept as a per-row counter (`count`), so a decode
+        step costs O(B), not a cumulative sum over every slot of the cache.
         """
         end = self.length + num_new
         if end > self.max_len:
             raise ValueError(f"KV cache is full: {end} tokens requested, capacity {self.max_len}")
+        if self._stale[0]:
+            self._recount(self.length)
         if attention_mask is None:
-            self.valid[:, self.length:end] = True
-        else:
-            self.valid[:, self.length:end] = attention_mask.bool()
-            self.padded = True
-        return (self.valid[:, :end].long().cumsum(-1) - 1).clamp(min=0)[:, self.length:end]
+            self._valid[:, self.length:end] = True
+            pos = (self.count[:, None].clone() if num_new == 1
+                   else self.count[:, None] + torch.arange(num_new, device=self.count.device))
+            self.count += num_new
+            return pos
+        real = attention_mask.bool()
+        self._valid[:, self.length:end] = real
+        self.padded = True
+        pos = (self.count[:, None] + real.long().cumsum(-1) - 1).clamp(min=0)  # padding: clamped to 0
+        self.count += real.sum(-1)
+        return pos
+
+    def _recount(self, length: int) -> None:
+        """count = real slots before `length`, from `valid` (after outside writes or row surgery)."""
+        self.count.copy_(self._valid[:, :length].sum(-1))
+        if self._root:  # a view recounts only its rows: the others stay marked for their own recount
+            self._stale[0] = False
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v [B, Hkv, T, D] at the reserved slots; return all keys/values so far."""
@@ -66,7 +98,8 @@ class KVCache:
         """
         other = object.__new__(KVCache)
         other.k, other.v = self.k[:, lo:hi], self.v[:, lo:hi]
-        other.valid, other.max_len = self.valid[lo:hi], self.max_len
+        other._valid, other.count, other.max_len = self._valid[lo:hi], self.count[lo:hi], self.max_len
+        other._stale, other._root = self._stale, False
         other.length, other.padded = length, padded
         return other
 
@@ -83,21 +116,29 @@ class KVCache:
             src, dst = slice(-delta, length), slice(0, length + delta)
         for t in (self.k, self.v):
             t[:, :rows, :, dst] = t[:, :rows, :, src].clone()  # clone: source and target overlap
-        self.valid[:rows, dst] = self.valid[:rows, src].clone()
+        self._valid[:rows, dst] = self._valid[:rows, src].clone()
         if delta > 0:
-            self.valid[:rows, :delta] = False
+            self._valid[:rows, :delta] = False
         else:
-            self.valid[:rows, length + delta:] = False
+            self._valid[:rows, length + delta:] = False
+        # Real slots only move (a left shift drops invalid ones), but recount to be safe: rare.
+        self.count[:rows] = self._valid[:rows, :length + delta].sum(-1)
 
     def move_row(self, src: int, dst: int, length: int) -> None:
         """Copy row `src`'s first `length` slots onto row `dst` (compacting finished rows away)."""
         self.k[:, dst, :, :length] = self.k[:, src, :, :length]
         self.v[:, dst, :, :length] = self.v[:, src, :, :length]
-        self.valid[dst] = self.valid[src]
+        self._valid[dst] = self._valid[src]
+        self.count[dst] = self.count[src]
+
+    def clear_rows(self, lo: int, hi: int) -> None:
+        """Mark every slot of rows [lo, hi) invalid (rows about to take new prompts, or all freed)."""
+        self._valid[lo:hi] = False
+        self.count[lo:hi] = 0
 
     def commit(self, num_new: int) -> None:
         self.length += num_new
 
     def reset(self) -> None:
         self.length, self.padded = 0, False
-        self.valid.zero_()
+        self.clear_rows(0, self.batch_size)

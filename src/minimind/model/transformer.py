@@ -164,7 +164,7 @@ class MiniMindLM(nn.Module):
             cache_pos = kv_cache.begin(T, attention_mask)
             position_ids = cache_pos if position_ids is None else position_ids
             need_mask = kv_cache.padded or (past > 0 and T > 1)
-            return (self._mask(kv_cache.valid[:, : past + T], past, T) if need_mask else None), position_ids
+            return (self._mask(kv_cache.key_valid(past + T), past, T) if need_mask else None), position_ids
         if position_ids is None:
             if attention_mask is None:
                 position_ids = torch.arange(T, device=input_ids.device).expand(B, T)
