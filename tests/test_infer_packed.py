@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from infer_support import tiny_model
 
+from minimind import MiniMindLM, ModelConfig
 from minimind.infer import Engine, SamplingParams
 from minimind.infer.packed_linear import PackedLinears
 
@@ -85,3 +86,70 @@ def test_engine_reused_after_training_step_sees_new_weights():
             p.add_(torch.randn_like(p) * 0.2)
     assert greedy(model, prompts, engine=engine) == greedy(model, prompts, engine=Engine(model))
     assert greedy(model, prompts, engine=engine) != first
+
+
+def linear_calls(fn) -> int:
+    """oneDNN linear calls while `fn` runs (each packed matmul is one)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(e.count for e in prof.key_averages() if e.key == "mkldnn::_linear_pointwise")
+
+
+FUSED_FAMILIES = {
+    "dense": {},
+    "qkv_bias_qk_norm": dict(qkv_bias=True, qk_norm=True),
+    "moe": dict(num_experts=4, num_experts_per_tok=2, num_shared_experts=1, moe_intermediate_size=32),
+}
+
+
+@pytest.mark.parametrize("kw", FUSED_FAMILIES.values(), ids=FUSED_FAMILIES.keys())
+def test_fused_projections_equal_the_plain_model(kw):
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=97, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, max_seq_len=64,
+                      **kw)
+    model = MiniMindLM(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # biases and norm weights away from their 0/1 init
+            p.add_(torch.randn_like(p) * 0.05)
+    packed = PackedLinears(model)
+    x = torch.randint(0, 97, (3, 9))
+    mask = torch.ones_like(x)
+    mask[1, :4] = 0
+    with torch.inference_mode():
+        plain = model(x, attention_mask=mask).logits
+        plain_step = model(x[:, :8], kv_cache=(c := model.new_kv_cache(3, 16))).logits, model(x[:, 8:], kv_cache=c).logits
+        with packed.active():
+            fused = model(x, attention_mask=mask).logits
+            c = model.new_kv_cache(3, 16)
+            fused_step = model(x[:, :8], kv_cache=c).logits, model(x[:, 8:], kv_cache=c).logits
+            calls = linear_calls(lambda: model(x))
+    torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-4)
+    for a, b in zip(fused_step, plain_step):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    # Per layer: q/k/v as one matmul, o, gate/up as one (the dense MLP or the shared expert), down;
+    # then the head (unfused it would be 7 per layer + 1). The MoE router computes in fp32 itself.
+    assert calls == cfg.num_layers * 4 + 1
+
+
+def test_fused_weights_follow_updates_and_hooks_unfuse():
+    model = tiny_model()
+    packed = PackedLinears(model)
+    x = torch.tensor([[3, 4, 5, 6]])
+    attn = model.layers[0].self_attn
+    with torch.inference_mode(), packed.active():
+        model(x)  # packs the fused weights
+    with torch.no_grad():
+        attn.k_proj.weight.mul_(-1.5)  # one member of the fused q/k/v group changes in place
+        model.layers[1].mlp.up_proj.weight.mul_(0.5)
+    with torch.inference_mode():
+        plain = model(x).logits
+        with packed.active():
+            torch.testing.assert_close(model(x).logits, plain, rtol=1e-4, atol=1e-4)
+    seen = []
+    attn.v_proj.register_forward_hook(lambda m, i, o: seen.append(o.shape) or o * 2)  # LoRA-like hook
+    with torch.inference_mode():
+        plain = model(x).logits
+        with packed.active():
+            got = model(x).logits
+    torch.testing.assert_close(got, plain, rtol=1e-4, atol=1e-4)
+    assert len(seen) == 2  # the hook ran in the packed forward too: that layer's q/k/v ran unfused
