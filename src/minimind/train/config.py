@@ -18,6 +18,7 @@ Contract:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import types
@@ -192,7 +193,15 @@ def flag(name: str) -> str:
 
 
 def field_type(cls: type, name: str) -> Any:
-    return typing.get_type_hints(cls)[name]
+    """The resolved type of a config field (`int | None`, `list[str]`, ...)."""
+    return _type_hints(cls)[name]
+
+
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    # get_type_hints evaluates every annotation string of the class and its bases: ~1 ms per call,
+    # and the CLI asks once per flag of every stage (hundreds of times), so resolve each class once.
+    return typing.get_type_hints(cls)
 
 
 def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
