@@ -137,7 +137,7 @@ def run_summary(run: Path) -> dict:
             "reward_last_20pct": sum(rewards[-n:]) / n if rewards else None}
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", required=True, help="the quick start's SFT checkpoint or run dir, model (a)")
     ap.add_argument("--out", default="runs/tool_rl")
@@ -159,7 +159,11 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=64, help="per reply, in RL and in the agent eval")
     ap.add_argument("--control", action=argparse.BooleanOptionalAction, default=True,
                     help="also train the equal-compute SFT control per seed")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     out = Path(args.out)
     data = write_data(out / "data")
     taken = {normalise(m["content"]) for name in ("sft.jsonl", "agent_rl.jsonl", "eval/toolcall.jsonl")

@@ -276,21 +276,9 @@ def _unit_call(rng: random.Random, zh: bool) -> tuple[Call, str, str, Any]:
     return _call("convert_units", value=value, from_unit=f, to_unit=t), f, t, value
 
 
-def make_tool_task(rng: random.Random, lang: str, kind: str | None = None) -> ToolTask:
-    kind = kind or rng.choice(TOOL_KINDS)
+def _lookup_task(rng: random.Random, lang: str, kind: str) -> ToolTask:
+    """The date, capital and text-length tasks: one call whose result is the answer."""
     zh = lang == "zh"
-    end = "。" if zh else "."
-    if kind == "calc":
-        expr = _expression(rng)
-        call = _call("calculator", expression=expr)
-        q = rng.choice((f"帮我算一下 {expr}。", f"{expr} 等于多少？") if zh else
-                       (f"What is {expr}?", f"Please compute {expr}.", f"Use the calculator: {expr} = ?"))
-        return ToolTask(kind, lang, q, [[call]], f"{expr} = {call[2]}{end}", _num(call[2]))
-    if kind == "unit":
-        call, f, t, value = _unit_call(rng, zh)
-        q = rng.choice((f"{value} {f}等于多少{t}？", f"把 {value} {f}换算成{t}。") if zh else
-                       (f"How many {t} are in {value} {f}?", f"Convert {value} {f} to {t}."))
-        return ToolTask(kind, lang, q, [[call]], f"{value} {f} = {call[2]} {t}{end}", _num(call[2]))
     if kind == "add_days":
         date, days = _date(rng), rng.randint(10, 400)
         call = _call("add_days", date=date, days=days)
@@ -325,6 +313,26 @@ def make_tool_task(rng: random.Random, lang: str, kind: str | None = None) -> To
         q = f"“{text}”有多少个字符？" if zh else f"How many characters are in the text '{text}'?"
         return ToolTask(kind, lang, q, [[call]], f"“{text}”有 {n} 个字符。" if zh else f"'{text}' has {n} characters.",
                         _num(n))
+    raise ValueError(kind)
+
+
+def make_tool_task(rng: random.Random, lang: str, kind: str | None = None) -> ToolTask:
+    kind = kind or rng.choice(TOOL_KINDS)
+    zh = lang == "zh"
+    end = "。" if zh else "."
+    if kind == "calc":
+        expr = _expression(rng)
+        call = _call("calculator", expression=expr)
+        q = rng.choice((f"帮我算一下 {expr}。", f"{expr} 等于多少？") if zh else
+                       (f"What is {expr}?", f"Please compute {expr}.", f"Use the calculator: {expr} = ?"))
+        return ToolTask(kind, lang, q, [[call]], f"{expr} = {call[2]}{end}", _num(call[2]))
+    if kind == "unit":
+        call, f, t, value = _unit_call(rng, zh)
+        q = rng.choice((f"{value} {f}等于多少{t}？", f"把 {value} {f}换算成{t}。") if zh else
+                       (f"How many {t} are in {value} {f}?", f"Convert {value} {f} to {t}."))
+        return ToolTask(kind, lang, q, [[call]], f"{value} {f} = {call[2]} {t}{end}", _num(call[2]))
+    if kind in ("add_days", "days_between", "weekday", "capital", "length"):
+        return _lookup_task(rng, lang, kind)
     if kind == "calc2":  # one reply, two calls
         e1, e2 = _expression(rng), _expression(rng)
         c1, c2 = _call("calculator", expression=e1), _call("calculator", expression=e2)
