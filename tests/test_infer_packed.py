@@ -129,6 +129,10 @@ def test_fused_projections_equal_the_plain_model(kw):
     # Per layer: q/k/v as one matmul, o, gate/up as one (the dense MLP or the shared expert), down;
     # then the head (unfused it would be 7 per layer + 1). The MoE router computes in fp32 itself.
     assert calls == cfg.num_layers * 4 + 1
+    # A prefill of more than 64 rows runs unfused: there the fused matmul is no faster and the
+    # elementwise ops on its strided halves are slower.
+    with torch.inference_mode(), packed.active():
+        assert linear_calls(lambda: model(torch.randint(0, 97, (2, 40)))) == cfg.num_layers * 7 + 1
 
 
 def test_fused_weights_follow_updates_and_hooks_unfuse():

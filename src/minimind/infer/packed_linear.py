@@ -36,6 +36,9 @@ from ..model.layers import SwiGLU
 
 # oneDNN picks the packed layout for a typical number of rows; any other row count still works.
 _PACK_ROWS_HINT = 16
+# Fuse projections only up to this many rows (decoding). For a prefill the fused matmul is no
+# faster, and SiLU and the gate * up product on the strided halves of its output are slower.
+_FUSE_MAX_ROWS = 64
 
 
 def _ops_available() -> bool:
@@ -61,10 +64,9 @@ class PackedLinears:
 
     def _weight(self, key: int, group: tuple[nn.Linear, ...]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The packed weight (and bias) of `group`'s Linears stacked along the output dim."""
-        weights = tuple(lin.weight for lin in group)
         entry = self._packed.get(key)
-        if (entry is None or any(a is not b for a, b in zip(entry[0], weights))
-                or entry[1] != tuple(w._version for w in weights)):
+        if entry is None or not _fresh(entry, group):
+            weights = tuple(lin.weight for lin in group)
             with torch.no_grad():
                 w = weights[0].detach() if len(group) == 1 else torch.cat([w.detach() for w in weights])
                 packed = torch.ops.mkldnn._reorder_linear_weight(w, _PACK_ROWS_HINT)
@@ -75,6 +77,9 @@ class PackedLinears:
 
     def _usable(self, x: torch.Tensor) -> bool:
         return x.numel() > 0 and x.is_cpu and x.dtype == torch.float32 and not torch.is_grad_enabled()
+
+    def _fusable(self, x: torch.Tensor, group: tuple[nn.Linear, ...]) -> bool:
+        return x.numel() <= _FUSE_MAX_ROWS * x.shape[-1] and self._usable(x) and not _hooked(group)
 
     def _matmul(self, x: torch.Tensor, key: int, group: tuple[nn.Linear, ...]) -> torch.Tensor:
         """x [..., in] @ [W_1; W_2; ...]^T + b on oneDNN: [..., sum of out_features]."""
@@ -98,7 +103,7 @@ class PackedLinears:
         unfused = type(attn).project_qkv.__get__(attn)
 
         def project_qkv(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            if not self._usable(x) or _hooked(group):
+            if not self._fusable(x, group):
                 return unfused(x)
             return self._matmul(x, id(attn), group).split(sizes, dim=-1)  # views, no copies
         return project_qkv
@@ -108,7 +113,7 @@ class PackedLinears:
         unfused = type(mlp).forward.__get__(mlp)
 
         def forward(x: torch.Tensor) -> torch.Tensor:
-            if not self._usable(x) or _hooked(group):
+            if not self._fusable(x, group):
                 return unfused(x)
             gate, up = self._matmul(x, id(mlp), group).chunk(2, dim=-1)
             return mlp.down_proj(F.silu(gate) * up)
@@ -129,6 +134,15 @@ class PackedLinears:
         finally:
             for module, name, _ in self._overrides:
                 module.__dict__.pop(name, None)
+
+
+def _fresh(entry: tuple, group: tuple[nn.Linear, ...]) -> bool:
+    """Whether a packed entry still matches its Linears' weights: same tensors, same versions
+    (a plain loop: this runs for every matmul of every decode step)."""
+    for lin, w, version in zip(group, entry[0], entry[1]):
+        if lin.weight is not w or w._version != version:
+            return False
+    return True
 
 
 def _hooked(group: tuple[nn.Linear, ...]) -> bool:

@@ -111,13 +111,16 @@ def document_mask(doc_ids: torch.Tensor, key_valid: torch.Tensor | None = None, 
 def decode_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Attention of one query per row: q [B, H, 1, D], k, v [B, Hkv, S, D], mask None or bool
     [B, 1, 1, S] (True = may attend). The G = H / Hkv query heads of a group share one K/V head,
-    so they become the rows of one [G, D] @ [D, S] product: no copy of K/V per query head."""
+    so they become the rows of one [G, D] @ [D, S] product: no copy of K/V per query head.
+    Written with `bmm` on [B * Hkv, ...] (views of the cache: its row and head dims merge)."""
     B, H, _, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
-    scores = torch.matmul(q.view(B, Hkv, H // Hkv, D) * D ** -0.5, k.transpose(-1, -2))  # [B, Hkv, G, S]
+    G = H // Hkv
+    scores = torch.bmm(q.reshape(B * Hkv, G, D) * D ** -0.5, k.reshape(B * Hkv, S, D).transpose(1, 2))
     if mask is not None:
-        scores = scores.masked_fill(~mask.reshape(-1, 1, 1, S), float("-inf"))
-    return torch.matmul(scores.softmax(-1), v).view(B, H, 1, D)
+        scores = scores.view(B, Hkv * G, S).masked_fill(~mask.reshape(-1, 1, S), float("-inf"))
+    probs = scores.softmax(-1).view(B * Hkv, G, S)
+    return torch.bmm(probs, v.reshape(B * Hkv, S, D)).view(B, H, 1, D)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, causal: bool,
