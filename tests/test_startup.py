@@ -135,6 +135,26 @@ def test_a_damaged_entry_is_a_miss_and_is_replaced(tmp_path, tok, counted):
     assert not list(cache.cache_dir().glob(".*.tmp"))  # no temporary file left behind
 
 
+def test_an_unwritable_cache_is_a_note_and_the_data_is_still_right(tmp_path, tok, counted, monkeypatch, capsys):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("")
+    monkeypatch.setenv("MINIMIND_CACHE", str(blocker))  # the cache folder cannot be created under a file
+    path = _pretrain_file(tmp_path / "p.jsonl")
+    reference, _ = _uncached("pretrain", [path], tok)
+    store, _ = _via_cache("pretrain", [path], tok)
+    assert "not cached" in capsys.readouterr().err
+    assert np.array_equal(store.ids(5), reference.ids(5)) and len(store) == len(reference)
+
+
+def test_old_entries_are_pruned(tmp_path, tok, counted, monkeypatch):
+    monkeypatch.setattr(cache, "KEEP", 2)
+    for i in range(3):
+        _via_cache("pretrain", [_pretrain_file(tmp_path / f"p{i}.jsonl")], tok)
+    assert len(list(cache.cache_dir().glob("*.npz"))) == 2
+    _via_cache("pretrain", [tmp_path / "p2.jsonl"], tok)  # the newest is still there
+    assert len(counted) == 3
+
+
 def test_bad_input_raises_and_caches_nothing(tmp_path, tok, counted):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"text": "fine"}\nnot json\n')

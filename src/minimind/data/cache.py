@@ -23,6 +23,7 @@ Contract:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -102,9 +103,10 @@ def _load(path: Path) -> dict[str, np.ndarray] | None:
     try:
         with np.load(path, allow_pickle=False) as npz:
             entry = {name: npz[name] for name in npz.files}
-        os.utime(path)  # mark as recently used (pruning keeps the newest)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None  # missing or damaged: a miss
+    with contextlib.suppress(OSError):  # a read-only cache still serves hits
+        os.utime(path)  # mark as recently used (pruning keeps the newest)
     return entry if {"tokens", "lengths", "meta"} <= entry.keys() else None
 
 
@@ -127,9 +129,10 @@ def _save(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def _prune(folder: Path) -> None:
-    entries = sorted(folder.glob("*.npz"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
-    for old in entries[KEEP:]:
-        old.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # another process may be pruning too: a vanished entry is fine
+        entries = sorted(folder.glob("*.npz"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+        for old in entries[KEEP:]:
+            old.unlink(missing_ok=True)
 
 
 def cached_chunks(kind: str, files: list[Path], tok: Tokenizer, skip_bad: bool, stats: ReadStats) -> list[Encoded]:
