@@ -40,7 +40,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/ppo_vs_grpo")
     ap.add_argument("--seed", type=int, nargs="+", default=[0])
     ap.add_argument("--warmup-steps", type=int, default=250,
-                    help="warm-up SFT steps: 150 leaves 7% sampled accuracy, 400 gives 90%; RL needs groups that disagree")
+                    help="warm-up SFT steps: 150 leaves 7%% sampled accuracy, 400 gives 90%%; RL needs groups that disagree")
     ap.add_argument("--steps", type=int, default=30, help="RL optimizer steps of each method")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--prompts", type=int, default=32)
