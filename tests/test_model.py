@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from minimind import MiniMindLM, ModelConfig
 from minimind.model import KVCache, attention
 from minimind.model.attention import decode_attend
-from minimind.model.moe import MoE
 from minimind.model.layers import RMSNorm
+from minimind.model.moe import MoE
 from minimind.model.rope import RotaryTables, apply_rope, rope_inv_freq, rotate, rotate_half
 
 V = 101
@@ -283,7 +283,6 @@ def test_decode_step_dispatches_to_grouped_attention(monkeypatch):
 
 def test_rope_rotate_equals_rotate_half_formula_exactly():
     # The model's roll + signed-sin rotation is the textbook rotate-half product, bit for bit.
-
     tables = RotaryTables(16, 32, 10000.0)
     pos = torch.tensor([[0, 5, 31], [2, 2, 7]])
     cos, signed_sin = tables(pos, torch.float32)
