@@ -336,3 +336,21 @@ def test_position_counter_equals_cumsum_positions_across_staggered_rows():
     cache.length = 15
     check(cache, 1)
     assert cache.count[2] == 15
+
+
+def test_cache_stores_keys_transposed_and_returns_what_was_written():
+    # Keys live as [..., head_dim, slots] (rows of K^T contiguous for the decode matmul); `k` and
+    # what `update` returns are [..., slots, head_dim] views that read back exactly what was written.
+    cfg = tiny()
+    cache = KVCache(cfg, batch_size=2, max_len=10)
+    assert cache.k.shape == cache.v.shape == (cfg.num_layers, 2, cfg.num_kv_heads, 10, cfg.head_dim)
+    assert cache.k.stride(-2) == 1 and cache.v.stride(-1) == 1
+    k1, v1 = torch.randn(2, cfg.num_kv_heads, 3, cfg.head_dim), torch.randn(2, cfg.num_kv_heads, 3, cfg.head_dim)
+    cache.begin(3, None)
+    keys, values = cache.update(1, k1, v1)
+    cache.commit(3)
+    assert torch.equal(keys, k1) and torch.equal(values, v1)
+    k2 = torch.randn(2, cfg.num_kv_heads, 1, cfg.head_dim)
+    cache.begin(1, None)
+    keys, _ = cache.update(1, k2, k2)
+    assert torch.equal(keys, torch.cat([k1, k2], dim=2))

@@ -130,6 +130,10 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, causal: bool
     groups = q.shape[1] // k.shape[1]
     if q.shape[2] == 1 and dropout == 0.0 and (mask is None or isinstance(mask, torch.Tensor)):
         return decode_attend(q, k, v, mask)
+    if k.stride(-1) != 1:
+        # Keys straight from the KV cache (stored transposed, kv_cache.py): the fused SDPA kernels
+        # want a contiguous last dim, and without one CUDA would fall back to the O(T^2) math kernel.
+        k = k.contiguous()
     if BlockMask is not None and isinstance(mask, BlockMask):
         flex = _compiled_flex() if q.device.type == "cuda" else flex_attention
         return flex(q, k, v, block_mask=mask, enable_gqa=groups > 1)
