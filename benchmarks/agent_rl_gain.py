@@ -1,0 +1,181 @@
+"""Agent RL gain on CPU: held-out task success of short calculator questions before and after agent RL,
+next to an equal-compute SFT control, on several seeds.
+
+    python benchmarks/agent_rl_gain.py --base CKPT --out OUT [--seed 0 1]
+
+The tiny quick-start model cannot copy multi-digit numbers into a tool call, so agent RL on the demo
+calc task sees no success and learns nothing (benchmarks/tool_rl.py). Here the task family is made
+easy enough for the start to succeed sometimes: "What is a OP b?" with 1-2 digit operands and one
+operator (+, -, ×), English, the calculator the only tool offered. Steps:
+  (s)  --base (a checkpoint that already writes `<tool_call>` blocks, e.g. tool_rl.py's focus_sft)
+       after --sft-steps of SFT on --sizes SFT such conversations (call, tool result, final reply);
+       the agent-RL start, which should succeed on 10-60% of held-out questions;
+  (r)  per --seed, (s) after --rl-steps of `agent-rl` (G rollouts per prompt, rule rewards);
+  (c)  per --seed, the control: (s) after more SFT on the same conversations for as many training
+       tokens as that seed's agent-RL run used.
+Each is scored greedily through the agent loop (`evaluate_agent`) on the same --sizes EVAL held-out
+questions; SFT, RL and eval questions are disjoint expressions. Writes OUT/results.json (finished
+stages and evaluations are reused) and prints a table with binomial standard errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+from minimind.checkpoint import resolve_checkpoint
+from minimind.data.demo import conversations as C
+from minimind.eval.toolcall import evaluate_agent, read_agent_cases
+from minimind.infer.loading import load_engine
+from minimind.tools import builtin_tools, calculate
+from minimind.train.metrics import read_metrics
+from minimind.train.recipes import run_stage
+
+OPS = ("+", "-", "×")
+PHRASES = ("What is {e}?", "Please compute {e}.", "Use the calculator: {e} = ?")
+
+
+def expressions(seed: int) -> list[str]:
+    """Every `a OP b` with 1-2 digit operands (a >= b for "-" so results stay non-negative), shuffled."""
+    exprs = [f"{a} {op} {b}" for a in range(1, 100) for b in range(1, 100) for op in OPS if op != "-" or a >= b]
+    random.Random(seed).shuffle(exprs)
+    return exprs
+
+
+def conversation(expr: str, phrase: str) -> tuple[list[dict], str]:
+    """system (calculator only) + user + the reference tool round trip and final reply; and the answer."""
+    result = calculate(expr)
+    system = {"role": "system", "content": C.TOOL_SYSTEM["en"], "tools": [C.TOOLS["calculator"]]}
+    user = {"role": "user", "content": phrase.format(e=expr)}
+    call = {"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "function": {"name": "calculator", "arguments": {"expression": expr}}}]}
+    tool = {"role": "tool", "content": json.dumps({"result": result})}
+    return [system, user, call, tool, {"role": "assistant", "content": f"{expr} = {result}."}], str(result)
+
+
+def write_data(out: Path, n_sft: int, n_rl: int, n_eval: int) -> dict[str, Path]:
+    """SFT conversations (both wire shapes), RL prompts and held-out eval prompts with `gt`, over
+    disjoint expressions. Deterministic."""
+    exprs, rng = expressions(1234), random.Random(1234)
+    split = {"eval": exprs[:n_eval], "rl": exprs[n_eval:n_eval + n_rl], "sft": exprs[n_eval + n_rl:]}
+    rows: dict[str, list[dict]] = {"eval": [], "rl": [], "sft": []}
+    for name in ("eval", "rl"):
+        for e in split[name]:
+            conv, answer = conversation(e, rng.choice(PHRASES))
+            rows[name].append({"conversations": C.upstream_shape(conv[:2]), "gt": [answer]})
+    for i in range(n_sft):  # SFT may see an expression in several phrasings
+        conv, _ = conversation(split["sft"][i % len(split["sft"])], rng.choice(PHRASES))
+        rows["sft"].append({"conversations": C.upstream_shape(conv) if i % 2 else C.openai_shape(conv)})
+    out.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for name, recs in rows.items():
+        files[name] = out / f"calc_short_{name}.jsonl"
+        files[name].write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs), encoding="utf-8")
+    return files
+
+
+def evaluate(ckpt: Path, cases: Path, cache: Path, max_turns: int, max_new_tokens: int) -> dict:
+    """Greedy task success through the agent loop on the held-out questions (cached in `cache`)."""
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    t = time.perf_counter()
+    engine = load_engine(ckpt, max_batch_size=64)
+    res = evaluate_agent(engine, read_agent_cases(cases), builtin_tools(), max_turns, max_new_tokens)
+    preds = res.pop("predictions")
+    res.update(ckpt=str(ckpt), stderr=math.sqrt(res["success"] * (1 - res["success"]) / res["n"]),
+               examples=[p["transcript"] for p in preds[:3]], seconds=time.perf_counter() - t)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(res, indent=1, ensure_ascii=False) + "\n")
+    print(f"   {cache.stem}: success {res['success']:.3f} ± {res['stderr']:.3f}, called a tool "
+          f"{res['called_tool']:.3f} ({res['seconds']:.0f} s)", flush=True)
+    return res
+
+
+def run_summary(run: Path) -> dict:
+    """Tokens trained and the reward curve (first vs last 20% of logged steps) of an RL run."""
+    rows = [r for r in read_metrics(run / "metrics.jsonl") if r.get("split") == "train"]
+    rewards = [r["reward"] for r in rows if "reward" in r]
+    correct = [r["reward/correct"] for r in rows if "reward/correct" in r]
+    n = max(1, len(rewards) // 5)
+
+    def mean(xs: list[float]) -> float | None:
+        return sum(xs) / len(xs) if xs else None
+    return {"tokens": rows[-1]["tokens"], "steps": rows[-1]["step"],
+            "reward_first_20pct": mean(rewards[:n]), "reward_last_20pct": mean(rewards[-n:]),
+            "correct_first_20pct": mean(correct[:n]), "correct_last_20pct": mean(correct[-n:])}
+
+
+def train(stage: str, out: Path, **options) -> Path:
+    """One stage through `run_stage` (a finished run is reused); its final checkpoint."""
+    t = time.perf_counter()
+    run_stage(stage, out=str(out), progress=False, num_samples=0, eval_batches=0, save_every=0, log_every=5,
+              **options)
+    print(f"== {stage}: {out} ({time.perf_counter() - t:.0f} s)", flush=True)
+    return resolve_checkpoint(out)
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--base", default="/tmp/h2/tools/bench/focus_sft",
+                    help="a checkpoint (or run dir) that already writes tool calls")
+    ap.add_argument("--out", default="/tmp/h2/agentrl2/run")
+    ap.add_argument("--seed", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--sizes", type=int, nargs=3, default=(4000, 1000, 200), metavar=("SFT", "RL", "EVAL"))
+    ap.add_argument("--sft-steps", type=int, default=150)
+    ap.add_argument("--sft-lr", type=float, default=1e-3)
+    ap.add_argument("--rl-steps", type=int, default=15)
+    ap.add_argument("--rl-lr", type=float, default=1e-4)
+    ap.add_argument("--prompts", type=int, default=8, help="prompts per step, each rolled out --group-size times")
+    ap.add_argument("--group-size", type=int, default=4)
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--rewards", default="correct:1,wellformed:0.2,valid:0.2,unfinished:0.5,repetition:0.5")
+    ap.add_argument("--max-turns", type=int, default=2)
+    ap.add_argument("--max-new-tokens", type=int, default=48, help="per reply, in RL and in the eval")
+    ap.add_argument("--stop-after-sft", action="store_true", help="only train and score the RL start")
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    out = Path(args.out)
+    data = write_data(out / "data", *args.sizes)
+    results_path = out / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    results["config"] = vars(args)
+
+    def score(ckpt: Path, name: str) -> dict:
+        results[name] = evaluate(ckpt, data["eval"], out / "evals" / f"{name}.json", args.max_turns,
+                                 args.max_new_tokens)
+        results_path.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
+        return results[name]
+
+    sft_opts = dict(batch_size=16, seq_len=512, warmup_steps=10)
+    start = train("sft", out / "sft", init=str(resolve_checkpoint(args.base)), data=[str(data["sft"])],
+                  max_steps=args.sft_steps, lr=args.sft_lr, seed=0, **sft_opts)
+    score(start, "s_start")
+    if args.stop_after_sft:
+        return
+    for seed in args.seed:
+        rl = train("agent-rl", out / f"seed{seed}" / "agent_rl", init=str(start), data=[str(data["rl"])],
+                   max_steps=args.rl_steps, batch_size=args.prompts, group_size=args.group_size,
+                   temperature=args.temperature, lr=args.rl_lr, warmup_steps=2, beta_kl=0.0,
+                   freeze_embeddings=True, scale_advantages=False, rewards=args.rewards, max_turns=args.max_turns,
+                   max_new_tokens=args.max_new_tokens, seq_len=512, seed=seed)
+        results[f"seed{seed}_rl_run"] = run_summary(out / f"seed{seed}" / "agent_rl")
+        score(rl, f"r_agent_rl_seed{seed}")
+        ctrl = train("sft", out / f"seed{seed}" / "sft_control", init=str(start), data=[str(data["sft"])],
+                     max_tokens=results[f"seed{seed}_rl_run"]["tokens"], lr=args.rl_lr, seed=seed,
+                     **{**sft_opts, "warmup_steps": 2})
+        score(ctrl, f"c_sft_control_seed{seed}")
+    print("\n| model | task success (held-out, greedy) | ± s.e. | called a tool |\n|---|---|---|---|")
+    for k in (k for k in results if k[:2] in ("s_", "r_", "c_")):
+        r = results[k]
+        print(f"| {k} | {r['success']:.3f} | {r['stderr']:.3f} | {r['called_tool']:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
