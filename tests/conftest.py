@@ -5,7 +5,13 @@ workers on a 2-core machine oversubscribe it and tiny-model tests slow down many
 One thread per worker keeps the suite fast and its timings stable.
 
 Fixtures every module may ask for: `tok`, the shipped default tokenizer (loaded once).
+
+minimind caches tokenised data under $MINIMIND_CACHE (default ~/.cache/minimind); the suite points
+it at a fresh temporary folder so tests never read or fill a user's cache.
 """
+
+import os
+import tempfile
 
 import pytest
 import torch
@@ -13,6 +19,7 @@ import torch
 from minimind.tokenizer import load_tokenizer
 
 torch.set_num_threads(1)
+os.environ.setdefault("MINIMIND_CACHE", tempfile.mkdtemp(prefix="minimind-cache-"))
 
 
 @pytest.fixture(scope="session")

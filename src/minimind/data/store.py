@@ -18,7 +18,6 @@ Contract:
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from .cache import cache_root, cached_chunks
 from .formats import ReadStats, check_kind
 from .reading import check_files
-from .prepare import (Encoded, checked_chunks, config_hash, prepare, read_meta, source_info,
+from .prepare import (Encoded, config_hash, prepare, read_meta, source_info,
                       token_dtype, tokenizer_hash)
 
 IN_MEMORY_LIMIT = 64 << 20  # bytes of raw input tokenised in RAM; above this, prepare into the cache
@@ -140,11 +140,6 @@ class DocStore:
         return cls(kind, [sh], eos_id, pad_id, skipped, source)
 
 
-def cache_root() -> Path:
-    env = os.environ.get("MINIMIND_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "minimind"
-
-
 def open_store(kind: str, data, tok, skip_bad: bool = False) -> DocStore:
     """A DocStore from a prepared directory or raw files (see the module docstring)."""
     check_kind(kind)
@@ -167,7 +162,7 @@ def open_store(kind: str, data, tok, skip_bad: bool = False) -> DocStore:
         _report_skipped(res.meta.get("skipped", 0), res.meta.get("skipped_examples", []))
         return DocStore.open(res.path, tok, kind)
     stats = ReadStats()
-    chunks = [enc for _, enc in checked_chunks(kind, files, tok, 1, skip_bad, stats)]
+    chunks = cached_chunks(kind, files, tok, skip_bad, stats)
     _report_skipped(stats.skipped, stats.examples)
     return DocStore.from_chunks(kind, chunks, token_dtype(tok.vocab_size), tok.eos_id, tok.pad_id,
                                 stats.skipped, ", ".join(str(f) for f in files))
