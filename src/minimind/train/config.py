@@ -29,6 +29,7 @@ from typing import Any
 
 from ..devices import TRAINING_DTYPES, check_device_name
 from ..errors import UserError
+from ..eval.run import DEMO_TASKS, TASKS
 from ..shapes import ModelOverrides
 
 
@@ -159,7 +160,6 @@ class TrainConfig(ModelOverrides):  # the model shape flags (--hidden-size, ...)
 
     def _validate_eval_suite(self) -> None:
         """--eval-suite/--eval-data/--eval-limit; the file's records are checked when the run opens it."""
-        from ..eval.run import DEMO_TASKS, TASKS  # heavy (torch): only when validating
 
         if self.eval_suite is None:
             if self.eval_data is not None or self.eval_limit is not None:
