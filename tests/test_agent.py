@@ -113,7 +113,7 @@ def test_finish_reasons_batched():
 
 
 def test_real_engine_runs_the_loop(tmp_path_factory):
-    engine = load_engine(tool_checkpoint(tmp_path_factory), max_batch_size=4, max_len=512)
+    engine = load_engine(tool_checkpoint(tmp_path_factory), max_batch_size=4, max_seq_len=512)
     convs = [TOOL_CONV[:2], TOOL_CONV[:2], [TOOL_CONV[1]]]
     runs = run_agents(engine_model(engine, SamplingParams(max_new_tokens=40, temperature=0)), convs, builtin_tools())
     for run in runs[:2]:  # the overfit model calls the tool, reads its real result, answers
@@ -126,7 +126,7 @@ def test_real_engine_runs_the_loop(tmp_path_factory):
 
 
 def test_context_full_ends_the_run(tmp_path_factory):
-    engine = load_engine(tool_checkpoint(tmp_path_factory), max_batch_size=2, max_len=64)
+    engine = load_engine(tool_checkpoint(tmp_path_factory), max_batch_size=2, max_seq_len=64)
     (run,) = run_agents(engine_model(engine, SamplingParams(max_new_tokens=8, temperature=0)), [TOOL_CONV[:2]],
                         builtin_tools())
     assert run.finish == "context" and run.messages == TOOL_CONV[:2]
@@ -174,11 +174,11 @@ def test_token_segments_concatenate_to_the_render_and_mask_observations(tok):
 def test_token_runs_end_on_turn_limit_and_context(tok):
     from minimind.agent import scripted_token_model
 
-    looping = scripted_token_model(tok, lambda p: call("calculator", expression="1+1"), context_len=10_000)
+    looping = scripted_token_model(tok, lambda p: call("calculator", expression="1+1"), max_seq_len=10_000)
     conv = [{"role": "user", "content": "loop"}]
     (run,) = run_agents(looping, [conv], builtin_tools(), max_turns=3)
     assert run.finish == "turn_limit" and run.turns == 3 and [t for _, t in run.segments] == [0, 1, 0, 1, 0, 1]
-    tiny = scripted_token_model(tok, lambda p: call("calculator", expression="1+1"), context_len=60)
+    tiny = scripted_token_model(tok, lambda p: call("calculator", expression="1+1"), max_seq_len=60)
     (run,) = run_agents(tiny, [conv], builtin_tools(), max_turns=5)
     assert run.finish == "context" and run.turns >= 2 and run.segments[-1][1] == 0  # ended on an observation
 
@@ -186,7 +186,7 @@ def test_token_runs_end_on_turn_limit_and_context(tok):
 def test_engine_token_model_continues_from_its_own_ids(tmp_path_factory):
     from minimind.agent import engine_token_model
 
-    engine = load_engine(tool_checkpoint(tmp_path_factory), max_batch_size=4, max_len=512)
+    engine = load_engine(tool_checkpoint(tmp_path_factory), max_batch_size=4, max_seq_len=512)
     model = engine_token_model(engine, lambda i, turn: SamplingParams(max_new_tokens=40, temperature=0))
     runs = run_agents(model, [TOOL_CONV[:2], TOOL_CONV[:2]], builtin_tools())
     for run in runs:  # same transcript as the text-level loop, and the generated ids are the engine's

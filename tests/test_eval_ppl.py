@@ -65,7 +65,7 @@ def test_sliding_window_scores_each_token_once_with_the_documented_context(model
             start = max(0, end - context - 1)
             assert j - start >= context - stride  # the documented minimum context
         nll -= token_logprob(model, ids[start:j], ids[j])
-    scorer = Scorer(model, tok, max_length=context)
+    scorer = Scorer(model, tok, max_seq_len=context)
     res = evaluate_ppl(scorer, Documents([scorer.encode(text)], [len(text.encode("utf-8"))]), stride)
     assert res["tokens"] == len(ids) - 1
     assert res["loss"] * res["tokens"] == pytest.approx(nll, rel=1e-5)

@@ -99,7 +99,7 @@ def test_encode_pair_follows_lm_eval(scorer):
 
 
 def test_long_inputs_are_cut_on_the_left(model):
-    s = Scorer(model, shipped_tokenizer(), max_length=8)
+    s = Scorer(model, shipped_tokenizer(), max_seq_len=8)
     ctx, cont = list(range(100, 120)), [7, 8]
     (ll, _), = s.loglikelihood([(ctx, cont)])
     kept = (ctx + cont)[-9:]

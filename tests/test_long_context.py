@@ -220,8 +220,8 @@ class ScriptedEngine:
     """Stands in for the inference engine: reads the key from the prompt and answers it right only
     when the needle starts in the first 40% of the prompt, in one of several phrasings."""
 
-    def __init__(self, tok, context_len=4096):
-        self.tokenizer, self.context_len, self.prompts = tok, context_len, []
+    def __init__(self, tok, max_seq_len=4096):
+        self.tokenizer, self.max_seq_len, self.prompts = tok, max_seq_len, []
 
     def new_sequence(self, prompt_ids, params):
         assert params.temperature == 0.0  # greedy
@@ -269,7 +269,7 @@ def test_passkey_scoring_by_hand():
 
 
 def test_passkey_accuracy_by_length_and_depth(tok):
-    engine = ScriptedEngine(tok, context_len=1030)  # 1024 + 8 new tokens does not fit: skipped
+    engine = ScriptedEngine(tok, max_seq_len=1030)  # 1024 + 8 new tokens does not fit: skipped
     cases = make_cases(tok, lengths=(256, 512, 1024), depths=DEPTHS, trials=2)
     res = evaluate_passkey(engine, cases, max_new_tokens=8)
     # needle position / length: depth 0 and 25% are < 0.4 at both lengths, 50% and beyond are not
@@ -287,7 +287,7 @@ def test_passkey_accuracy_by_length_and_depth(tok):
     assert grid[4].split() == ["512", "40%", "100%", "100%", "0%", "0%", "0%"]
     assert grid[5] == "skipped (longer than the context): 1024"
     with pytest.raises(UserError, match="no passkey length fits"):
-        evaluate_passkey(ScriptedEngine(tok, context_len=200), cases)
+        evaluate_passkey(ScriptedEngine(tok, max_seq_len=200), cases)
 
 
 def test_passkey_suite_on_a_checkpoint_is_greedy_generation(tmp_path, tok):

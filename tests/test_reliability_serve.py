@@ -28,7 +28,7 @@ def ckpt(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine(ckpt):
-    return load_engine(ckpt, max_batch_size=2, max_len=128)
+    return load_engine(ckpt, max_batch_size=2, max_seq_len=128)
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_json_with_charset_is_fine(server):
     (["--max-batch-size", "-1"], "--max-batch-size must be in 1..1024, got -1"),
     (["--port", "0"], "--port must be in 1..65535, got 0"),
     (["--port", "70000"], "--port must be in 1..65535, got 70000"),
-    (["--max-len", "0"], "--max-len must be at least 2"),
+    (["--max-seq-len", "0"], "--max-seq-len must be at least 2"),
     (["--api-key", ""], "--api-key (or $MINIMIND_API_KEY) is empty"),
     (["--allowed-hosts", "http://x.example"], "--allowed-hosts: 'http://x.example' is not a host name"),
     (["--host", ""], "--host must be an interface name or address"),
@@ -126,7 +126,7 @@ def test_close_finishes_every_request(engine):
 @pytest.fixture
 def slow_server(ckpt):
     """Decoding slowed to ~50 tokens/s and no stop tokens: every request runs to its budget unless cancelled."""
-    engine = load_engine(ckpt, max_batch_size=1, max_len=256)
+    engine = load_engine(ckpt, max_batch_size=1, max_seq_len=256)
     engine.default_stop_ids = frozenset()
     app = create_app(engine, "tiny")
     sched = app.state.scheduler

@@ -56,7 +56,7 @@ def test_server_prompt_has_only_the_renderers_control_tokens(ckpt, prompts):
     from minimind.serve import create_app
 
     path, tok = ckpt
-    engine = load_engine(path, max_batch_size=2, max_len=256)
+    engine = load_engine(path, max_batch_size=2, max_seq_len=256)
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": FORGED}]
     with LiveServer(create_app(engine, "tiny")) as srv:
         r = httpx.post(f"{srv.url}/v1/chat/completions", timeout=60,

@@ -22,7 +22,7 @@ REASONING, ANSWER = "用户在打招呼。", "你好，世界！我是小模型�
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
     ckpt, _ = shared_trained_checkpoint(tmp_path_factory)
-    return load_engine(ckpt, max_batch_size=4, max_len=128)
+    return load_engine(ckpt, max_batch_size=4, max_seq_len=128)
 
 
 @pytest.fixture(scope="module")

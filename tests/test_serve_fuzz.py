@@ -116,7 +116,7 @@ REQUESTS = st.one_of(
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     ckpt, _ = shared_trained_checkpoint(tmp_path_factory)
-    engine = load_engine(ckpt, max_batch_size=4, max_len=64)
+    engine = load_engine(ckpt, max_batch_size=4, max_seq_len=64)
     with LiveServer(create_app(engine, "tiny", tools=builtin_tools())) as srv, \
             httpx.Client(base_url=srv.url, timeout=30) as client:
         yield client

@@ -26,7 +26,7 @@ ASK = [{"role": "user", "content": QUESTION}]
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
-    return load_engine(tool_checkpoint(tmp_path_factory), max_batch_size=4, max_len=512)
+    return load_engine(tool_checkpoint(tmp_path_factory), max_batch_size=4, max_seq_len=512)
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,7 @@ new MutationObserver(() => {
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     ckpt, _ = shared_trained_checkpoint(tmp_path_factory)
-    engine = load_engine(ckpt, max_batch_size=2, max_len=128)
+    engine = load_engine(ckpt, max_batch_size=2, max_seq_len=128)
     with LiveServer(create_app(engine, "tiny")) as srv:
         yield srv
 
@@ -132,7 +132,7 @@ def tool_server(tmp_path_factory):
 
     from minimind.tools import ToolRegistry, builtin_tools
 
-    engine = load_engine(tool_checkpoint(tmp_path_factory), max_batch_size=2, max_len=512)
+    engine = load_engine(tool_checkpoint(tmp_path_factory), max_batch_size=2, max_seq_len=512)
     calculator = ToolRegistry([builtin_tools().tools["calculator"]])
     with LiveServer(create_app(engine, "tiny", tools=calculator)) as srv:
         yield srv

@@ -184,11 +184,11 @@ def engine_token_model(engine, params: Callable[[int, int], SamplingParams] | Sa
     """A TokenModel on `engine`: each turn's prompts in one batch, each reply capped to its room.
     `params(conversation, turn)` may give each generation its own sampling (e.g. its seed)."""
     def generate(prompts: list[list[int]], where: Where) -> list[list[int] | None]:
-        fits = [k for k, p in enumerate(prompts) if len(p) < engine.context_len]
+        fits = [k for k, p in enumerate(prompts) if len(p) < engine.max_seq_len]
         plist = []
         for k in fits:
             p = params(*where[k]) if callable(params) else params
-            plist.append(replace(p, max_new_tokens=min(p.max_new_tokens, engine.context_len - len(prompts[k]))))
+            plist.append(replace(p, max_new_tokens=min(p.max_new_tokens, engine.max_seq_len - len(prompts[k]))))
         seqs = engine.generate([prompts[k] for k in fits], plist) if fits else []
         out: list[list[int] | None] = [None] * len(prompts)
         for k, seq in zip(fits, seqs):
@@ -199,11 +199,11 @@ def engine_token_model(engine, params: Callable[[int, int], SamplingParams] | Sa
 
 
 def scripted_token_model(tok, fn: Callable[[str], str], thinking: bool = False,
-                         context_len: int | None = None) -> TokenModel:
+                         max_seq_len: int | None = None) -> TokenModel:
     """A TokenModel from a function of the decoded prompt: its reply text, tokenised with control
     tokens and closed with <|im_end|> (tests)."""
     def generate(prompts: list[list[int]], where: Where) -> list[list[int] | None]:
-        return [None if context_len is not None and len(p) >= context_len
+        return [None if max_seq_len is not None and len(p) >= max_seq_len
                 else tok.encode(fn(tok.decode(p)), allow_special=True) + [tok.eos_id] for p in prompts]
 
     return TokenModel(tok, generate, thinking)
@@ -215,8 +215,8 @@ def engine_model(engine, params: SamplingParams, tools: list[dict] | None = None
 
     def generate(batch: list[list[dict]]) -> list[str | None]:
         prompts = [render_prompt(tok, msgs, tools=tools, thinking=thinking) for msgs in batch]
-        fits = [i for i, p in enumerate(prompts) if len(p) < engine.context_len]
-        plist = [replace(params, max_new_tokens=min(params.max_new_tokens, engine.context_len - len(prompts[i])))
+        fits = [i for i, p in enumerate(prompts) if len(p) < engine.max_seq_len]
+        plist = [replace(params, max_new_tokens=min(params.max_new_tokens, engine.max_seq_len - len(prompts[i])))
                  for i in fits]
         seqs = engine.generate([prompts[i] for i in fits], plist) if fits else []
         out: list[str | None] = [None] * len(batch)

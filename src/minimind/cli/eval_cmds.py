@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                    help="compute dtype (default: as stored)")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per forward (default 16)")
-    p.add_argument("--max-len", type=int, default=None, help="context length for scoring (default: the model's)")
+    p.add_argument("--max-seq-len", "--max-len", dest="max_seq_len", type=int, default=None, help="context length for scoring (default: the model's)")
     p.add_argument("--stride", type=int, default=None, help="ppl: sliding-window stride (default: half the context)")
     p.add_argument("--choices", dest="style", choices=["letters", "text"], default="letters",
                    help="mcq JSONL: score choice letters (C-Eval layout) or full choice texts")
@@ -73,7 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    for name in ("batch_size", "limit", "max_len", "stride", "max_new_tokens"):
+    for name in ("batch_size", "limit", "max_seq_len", "stride", "max_new_tokens"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -89,7 +89,7 @@ def _settings(args: argparse.Namespace) -> Settings:
             raise UserError(f"--trials must be >= 1, got {args.trials}")
         passkey["passkey_trials"] = args.trials
     return Settings(**passkey, shots=args.shots, limit=args.limit, batch_size=args.batch_size, skip_bad=args.skip_bad,
-                    stride=args.stride, max_len=args.max_len, style=args.style, think=args.think,
+                    stride=args.stride, max_seq_len=args.max_seq_len, style=args.style, think=args.think,
                     pass_k=args.pass_k, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                     top_p=args.top_p, seed=args.seed, device=args.device, dtype=args.dtype)
 

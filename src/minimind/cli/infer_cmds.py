@@ -48,7 +48,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default auto: CUDA if present)")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
                    help="compute dtype (default auto: bf16 on a GPU, as stored on the CPU)")
-    p.add_argument("--max-len", type=int, default=None,
+    p.add_argument("--max-seq-len", "--max-len", dest="max_seq_len", type=int, default=None,
                    help=f"context length in tokens (default: the model's, at most {SERVE_MAX_SEQ_LEN} for serve)")
     p.add_argument("--compile", action="store_true", help="torch.compile the decode step")
     p.add_argument("--tools", nargs="?", const="all", default=None, metavar="NAMES",
@@ -118,8 +118,8 @@ def _registry(args: argparse.Namespace) -> ToolRegistry | None:
 def _check_model_flags(args: argparse.Namespace) -> None:
     """Flags shared by generate/chat/serve, checked before anything loads."""
     _registry(args)
-    if args.max_len is not None and args.max_len < 2:
-        raise UserError(f"--max-len must be at least 2 (one prompt token and one generated), got {args.max_len}")
+    if args.max_seq_len is not None and args.max_seq_len < 2:
+        raise UserError(f"--max-seq-len must be at least 2 (one prompt token and one generated), got {args.max_seq_len}")
     pick_device(args.device)  # a bad or absent device fails now, before the model loads
     for spec in args.lora:
         name, sep, folder = spec.partition("=")
@@ -152,7 +152,7 @@ def _allowed_hosts(args: argparse.Namespace) -> list[str]:
 
 def _engine(args: argparse.Namespace, default_max_seq_len: int | None = None) -> Engine:
     engine = load_engine(args.ckpt, max_batch_size=getattr(args, "max_batch_size", 1),
-                         max_len=args.max_len or default_max_seq_len, device=args.device, dtype=args.dtype,
+                         max_seq_len=args.max_seq_len or default_max_seq_len, device=args.device, dtype=args.dtype,
                          compile=args.compile)
     for spec in args.lora:
         name, sep, folder = spec.partition("=")

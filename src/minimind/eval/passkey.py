@@ -99,7 +99,7 @@ def evaluate_passkey(engine, cases: list[Case], max_new_tokens: int = MAX_NEW_TO
                      progress: Callable[[int], None] | None = None) -> dict:
     """Greedy generation on every case that fits the engine's context; accuracy overall, per
     length, per depth and per (length, depth)."""
-    context = engine.context_len
+    context = engine.max_seq_len
     fits = [c for c in cases if c.length + max_new_tokens <= context]
     skipped = sorted({c.length for c in cases} - {c.length for c in fits})
     if not fits:

@@ -11,7 +11,7 @@ Contract:
   `doc EOS doc EOS ...` (`minimind.data.loader`), so EOS is what comes before a document's first
   token; there is no BOS. Every token of the document is scored exactly once; the trailing EOS is
   not (it has no bytes, and lm-eval's rolling log-likelihood leaves it out too).
-- Documents longer than the context C (`scorer.max_length`) are scored with a sliding window of
+- Documents longer than the context C (`scorer.max_seq_len`) are scored with a sliding window of
   stride S (default C // 2): the first window scores its C tokens, each later window moves S
   tokens on and scores only those S new tokens, seeing the C - S tokens before them as context
   (so every token after the first window has at least C - S tokens of context). S = C gives
@@ -82,7 +82,7 @@ def windows(ids: list[int], prefix: int, context: int, stride: int) -> list[Pair
 
 def evaluate_ppl(scorer: Scorer, docs: Documents, stride: int | None = None,
                  progress: Callable[[int], None] | None = None) -> dict:
-    C = scorer.max_length
+    C = scorer.max_seq_len
     stride = stride or max(1, C // 2)
     prefix = scorer.tok.eos_id
     pairs = [w for ids in docs.ids for w in windows(ids, prefix, C, stride)]

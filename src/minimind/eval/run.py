@@ -53,7 +53,7 @@ class Settings:
     batch_size: int = 16
     skip_bad: bool = False
     stride: int | None = None  # ppl sliding window (default: half the context)
-    max_len: int | None = None  # context used for scoring (default: the model's)
+    max_seq_len: int | None = None  # context used for scoring (default: the model's)
     style: str = "letters"  # generic mcq: lettered choices or full-text continuations
     think: str = "off"  # gen: off, on or both
     pass_k: int = 0  # gen: samples per prompt for pass@k (0: greedy only)
@@ -70,7 +70,7 @@ class Settings:
 
 def load(ckpt: str | Path, s: Settings):
     dtype = getattr(torch, s.dtype) if s.dtype else None
-    return load_engine(ckpt, max_batch_size=s.batch_size, max_len=s.max_len, device=s.device, dtype=dtype)
+    return load_engine(ckpt, max_batch_size=s.batch_size, max_seq_len=s.max_seq_len, device=s.device, dtype=dtype)
 
 
 def _bar(desc: str, total: int | None):
@@ -80,10 +80,10 @@ def _bar(desc: str, total: int | None):
 
 
 def _settings_for(task: str, s: Settings) -> dict:
-    keys = {"ppl": ("limit", "stride", "max_len"), "gen": ("limit", "think", "pass_k", "max_new_tokens",
+    keys = {"ppl": ("limit", "stride", "max_seq_len"), "gen": ("limit", "think", "pass_k", "max_new_tokens",
                                                             "temperature", "top_p", "seed"),
             "toolcall": ("limit", "max_new_tokens"),
-            "passkey": ("passkey_lengths", "passkey_depths", "passkey_trials", "seed", "max_new_tokens")}.get(task, ("limit", "shots", "style", "max_len"))
+            "passkey": ("passkey_lengths", "passkey_depths", "passkey_trials", "seed", "max_new_tokens")}.get(task, ("limit", "shots", "style", "max_seq_len"))
     return {k: v for k, v in asdict(s).items() if k in keys + ("batch_size", "skip_bad", "device", "dtype")}
 
 
@@ -102,7 +102,7 @@ def read_task(task: str, data: str | Path, scorer: Scorer, s: Settings):
 
 
 def run_task(engine, task: str, data: str | Path, s: Settings) -> dict:
-    scorer = Scorer(engine.model, engine.tokenizer, s.batch_size, s.max_len)
+    scorer = Scorer(engine.model, engine.tokenizer, s.batch_size, s.max_seq_len)
     s = replace(s, max_new_tokens=s.max_new_tokens or MAX_NEW_TOKENS)
     start = time.perf_counter()
     read = read_task(task, data, scorer, s)

@@ -1,7 +1,7 @@
 """The one scorer every log-likelihood task shares: log P(continuation | context), batched.
 
 Contract (the semantics of lm-evaluation-harness's `loglikelihood`, so numbers are comparable):
-- `Scorer(model, tokenizer, batch_size, max_length)`; `max_length` defaults to the model's context.
+- `Scorer(model, tokenizer, batch_size, max_seq_len)`; `max_seq_len` defaults to the model's context.
 - `scorer.encode_pair(context, continuation) -> (context_ids, continuation_ids)` splits text the
   way lm-eval's HF model does (`lm_eval/api/model.py: _encode_pair`): trailing whitespace of the
   context moves to the start of the continuation, then context + continuation is encoded as ONE
@@ -9,7 +9,7 @@ Contract (the semantics of lm-evaluation-harness's `loglikelihood`, so numbers a
   `encode_pairs(context, continuations)` does the same for several continuations of one context.
 - `scorer.loglikelihood(pairs, progress=None) -> [(logprob, is_greedy)]` for token-id pairs:
   `logprob` is the sum of log-softmax scores of the continuation tokens, `is_greedy` is True when
-  every continuation token is the argmax at its position. Inputs longer than `max_length + 1`
+  every continuation token is the argmax at its position. Inputs longer than `max_seq_len + 1`
   tokens lose tokens on the left (as lm-eval does); `scorer.truncated` counts such requests.
 - Text that the tokenizer cannot encode (no ids for non-empty text, or its unknown token) raises
   `UserError`: a silent 0 would look like a real score.
@@ -37,14 +37,14 @@ MAX_BATCH_TOKENS = 16384
 
 
 class Scorer:
-    def __init__(self, model, tokenizer, batch_size: int = 16, max_length: int | None = None,
+    def __init__(self, model, tokenizer, batch_size: int = 16, max_seq_len: int | None = None,
                  max_batch_tokens: int = MAX_BATCH_TOKENS) -> None:
         if batch_size < 1:
             raise UserError(f"--batch-size must be >= 1, got {batch_size}")
         model.eval()
         self.model, self.tok, self.batch_size = model, tokenizer, batch_size
         self.max_batch_tokens = max_batch_tokens
-        self.max_length = min(max_length or model.config.max_seq_len, model.config.max_seq_len)
+        self.max_seq_len = min(max_seq_len or model.config.max_seq_len, model.config.max_seq_len)
         self.device = model.embed_tokens.weight.device
         self.pad_id = tokenizer.pad_id
         self.truncated = 0
@@ -101,11 +101,11 @@ class Scorer:
         for i, (ctx, cont) in enumerate(pairs):
             if not ctx or not cont:
                 raise ValueError("context and continuation must both be non-empty token lists")
-            if len(cont) > self.max_length:
+            if len(cont) > self.max_seq_len:
                 raise UserError(f"a continuation of {len(cont)} tokens does not fit the context of "
-                                f"{self.max_length} tokens")
-            full = (ctx + cont)[-(self.max_length + 1):]
-            self.truncated += len(ctx) + len(cont) > self.max_length + 1
+                                f"{self.max_seq_len} tokens")
+            full = (ctx + cont)[-(self.max_seq_len + 1):]
+            self.truncated += len(ctx) + len(cont) > self.max_seq_len + 1
             groups.setdefault(tuple(full[:-1]), []).append(i)
         # In token order, rows that share a prefix (the same few-shot examples) sit in one batch,
         # which then computes that prefix once (`_forward_shared`). Longest first (lm-eval's order)

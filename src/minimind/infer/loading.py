@@ -23,7 +23,7 @@ from ..tokenizer import load_tokenizer
 from .engine import Engine
 
 
-def load_engine(ckpt: str | Path, max_batch_size: int = 16, max_len: int | None = None,
+def load_engine(ckpt: str | Path, max_batch_size: int = 16, max_seq_len: int | None = None,
                 device: str = "auto", dtype: torch.dtype | str | None = "auto", compile: bool = False) -> Engine:
     """`dtype`: a torch dtype, a name ("auto", "float32", "bfloat16", "float16") or None (as stored)."""
     device = pick_device(str(device))
@@ -35,4 +35,4 @@ def load_engine(ckpt: str | Path, max_batch_size: int = 16, max_len: int | None 
     if tok.vocab_size > model.config.vocab_size:
         raise UserError(f"{ckpt}: the tokenizer has {tok.vocab_size} tokens but the model only "
                         f"{model.config.vocab_size}; pass the checkpoint the tokenizer was trained with")
-    return Engine(model, tok, max_batch_size=max_batch_size, max_len=max_len, compile=compile)
+    return Engine(model, tok, max_batch_size=max_batch_size, max_seq_len=max_seq_len, compile=compile)
