@@ -24,12 +24,12 @@ from pathlib import Path
 from grpo_arith import accuracy, arithmetic_split, write_data
 from tool_rl import train
 
-from minimind.checkpoint import resolve_checkpoint
+from minimind.locator import METRICS, resolve_checkpoint
 from minimind.train.metrics import read_metrics
 
 
 def reward_curve(run: Path) -> tuple[float, float]:
-    rewards = [r["reward"] for r in read_metrics(run / "metrics.jsonl") if r.get("split") == "train" and "reward" in r]
+    rewards = [r["reward"] for r in read_metrics(run / METRICS) if r.get("split") == "train" and "reward" in r]
     n = max(1, len(rewards) // 5)
     return sum(rewards[:n]) / n, sum(rewards[-n:]) / n
 

@@ -30,13 +30,13 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from minimind.checkpoint import resolve_checkpoint
 from minimind.data.demo import conversations as C
 from minimind.data.demo import write_demo
 from minimind.data.demo.evalsets import normalise
 from minimind.data.demo.tasks import make_tool_task
 from minimind.eval.toolcall import evaluate_agent, evaluate_toolcall, read_agent_cases, read_cases
 from minimind.infer.loading import load_engine
+from minimind.locator import METRICS, resolve_checkpoint
 from minimind.tools import builtin_tools
 from minimind.train.metrics import read_metrics
 from minimind.train.stages import get_stage
@@ -129,7 +129,7 @@ def evaluate(ckpt: Path, cases: Path, focus: Path, cache: Path, max_turns: int, 
 
 def run_summary(run: Path) -> dict:
     """Tokens trained and the reward curve (first vs last 20% of steps) of an RL run."""
-    rows = [r for r in read_metrics(run / "metrics.jsonl") if r.get("split") == "train"]
+    rows = [r for r in read_metrics(run / METRICS) if r.get("split") == "train"]
     rewards = [r["reward"] for r in rows if "reward" in r]
     n = max(1, len(rewards) // 5)
     return {"tokens": rows[-1]["tokens"], "steps": rows[-1]["step"],

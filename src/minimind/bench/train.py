@@ -27,12 +27,11 @@ from pathlib import Path
 import torch
 
 from ..chat import render_conversation
-from ..config import flops_per_token, get_preset
+from ..config import IGNORE_INDEX, flops_per_token, get_preset
 from ..data.demo import write_demo
 from ..data.loader import make_loader
 from ..devices import pick_device
 from ..model import MiniMindLM
-from ..model.lm_loss import IGNORE_INDEX
 from ..tokenizer import load_tokenizer
 from ..train.metrics import measured_matmul_flops, peak_flops
 

@@ -29,9 +29,9 @@ from typing import Any
 import torch
 
 from ...agent import AgentRun, engine_token_model, run_agents
+from ...config import IGNORE_INDEX
 from ...errors import UserError
 from ...infer import Engine, SamplingParams
-from ...model.lm_loss import IGNORE_INDEX
 from ...tools import ToolRegistry, builtin_tools
 from ..config import knob
 from ..losses import group_advantages

@@ -32,10 +32,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...checkpoint import (WEIGHTS_NAME, CheckpointError, atomic_write, load_weights, read_safetensors,
-                           write_safetensors)
+from ...checkpoint import atomic_write, load_weights, read_safetensors, write_safetensors
+from ...config import IGNORE_INDEX
 from ...errors import UserError
-from ...model.lm_loss import IGNORE_INDEX
+from ...locator import WEIGHTS_NAME, CheckpointError
 from ..config import knob
 from ..losses import gae, masked_mean, ppo_policy_loss, ppo_value_loss
 from .base import TrainContext
