@@ -23,8 +23,8 @@ from ..errors import UserError
 from ..eval.report import append_run_log, format_compare, format_results, load_report
 from ..eval.run import Settings, evaluate
 
-TASK_CHOICES = ("ppl", "ceval", "cmmlu", "mcq", "gen", "toolcall", "demo")
-SUITE_CHOICES = ("demo", "passkey")  # built in: no --data
+TASK_CHOICES = ("ppl", "ceval", "cmmlu", "mcq", "gen", "toolcall", "demo", "passkey")
+SUITE_CHOICES = ("demo", "passkey")  # the built-in tasks (no --data): --suite X is --task X
 
 
 def _numbers(text: str) -> tuple[int, ...]:
@@ -55,7 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                    help="compute dtype (default: as stored)")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per forward (default 16)")
-    p.add_argument("--max-seq-len", "--max-len", dest="max_seq_len", type=int, default=None, help="context length for scoring (default: the model's)")
+    p.add_argument("--max-seq-len", "--max-len", dest="max_seq_len", type=int, default=None,
+                   help="context length for scoring (default: the model's)")
     p.add_argument("--stride", type=int, default=None, help="ppl: sliding-window stride (default: half the context)")
     p.add_argument("--choices", dest="style", choices=["letters", "text"], default="letters",
                    help="mcq JSONL: score choice letters (C-Eval layout) or full choice texts")
