@@ -40,7 +40,7 @@ def test_continuous_batching_with_shifts_equals_single_runs(model):
     """2 rows, a 30-slot cache and staggered arrivals force right shifts, row moves and left shifts."""
     engine = Engine(model)
     alone = {i: naive_greedy(model, p, 10) for i, p in enumerate(PROMPTS)}
-    runner = engine.runner(capacity=2, max_len=30)
+    runner = engine.runner(capacity=2, max_seq_len=30)
     waiting = [engine.new_sequence(p, greedy(10)) for p in PROMPTS]
     seqs = list(waiting)
     steps = 0
@@ -90,7 +90,7 @@ def test_seeded_sampling_is_independent_of_the_batch():
 
 def test_cancel_frees_the_row(model):
     engine = Engine(model)
-    runner = engine.runner(capacity=2, max_len=64)
+    runner = engine.runner(capacity=2, max_seq_len=64)
     a, b = (engine.new_sequence(p, greedy(20)) for p in PROMPTS[:2])
     runner.admit([a, b])
     runner.step()
@@ -107,7 +107,7 @@ def test_cancel_frees_the_row(model):
 
 
 def test_context_limit(model):
-    engine = Engine(model, max_len=20)
+    engine = Engine(model, max_seq_len=20)
     with pytest.raises(InvalidParams, match="context length is 20"):
         engine.new_sequence(list(range(20)), greedy(5))
     s = engine.generate([list(range(1, 16))], greedy(50))[0]
@@ -158,7 +158,7 @@ def test_repetition_penalty_rows_mixed_with_plain_rows_equal_recomputation(model
 
     params = [greedy(14, repetition_penalty=10.0) if i % 2 == 0 else greedy(14) for i in range(len(PROMPTS))]
     engine = Engine(model)
-    runner = engine.runner(capacity=2, max_len=32)  # staggered rows: moves and shifts carry `seen` along
+    runner = engine.runner(capacity=2, max_seq_len=32)  # staggered rows: moves and shifts carry `seen` along
     waiting = [engine.new_sequence(p, sp) for p, sp in zip(PROMPTS, params)]
     seqs = list(waiting)
     while waiting or runner.seqs:

@@ -52,7 +52,7 @@ def test_incremental_decoding_equals_full_forward(kw):
     x = torch.randint(0, V, (2, 20))
     with torch.no_grad():
         full = model(x).logits
-        cache = model.new_kv_cache(2, max_len=32)
+        cache = model.new_kv_cache(2, max_seq_len=32)
         steps = [model(x[:, :8], kv_cache=cache).logits]  # prefill 8, then one token at a time
         steps += [model(x[:, t:t + 1], kv_cache=cache).logits for t in range(8, 20)]
     torch.testing.assert_close(torch.cat(steps, 1), full, rtol=0, atol=1e-4)
@@ -70,7 +70,7 @@ def test_batched_left_padded_decoding_equals_each_sequence_alone(kw):
     for i, (s, n) in enumerate(zip(seqs, lengths)):
         ids[i, T - n:], mask[i, T - n:] = s[:n], 1
     with torch.no_grad():
-        cache = model.new_kv_cache(3, max_len=T + new)
+        cache = model.new_kv_cache(3, max_seq_len=T + new)
         out = [model(ids, attention_mask=mask, kv_cache=cache).logits[:, -1:]]
         for t in range(new - 1):
             step = torch.stack([s[n + t] for s, n in zip(seqs, lengths)]).view(3, 1)
@@ -93,7 +93,7 @@ def test_padded_forward_without_cache_matches_unpadded():
 
 def test_cache_overflow_and_context_limit_raise():
     model = make({})
-    cache = model.new_kv_cache(1, max_len=4)
+    cache = model.new_kv_cache(1, max_seq_len=4)
     with pytest.raises(ValueError, match="KV cache is full"):
         model(torch.zeros(1, 5, dtype=torch.long), kv_cache=cache)
     with pytest.raises(ValueError, match="exceeds max_seq_len"):
@@ -230,11 +230,11 @@ def test_shifted_and_compacted_cache_decodes_the_same():
     model = make({})
     x = torch.randint(3, V, (3, 9))
     with torch.no_grad():
-        plain = model.new_kv_cache(3, max_len=16)
+        plain = model.new_kv_cache(3, max_seq_len=16)
         model(x[:, :8], kv_cache=plain)
         expect = model(x[:, 8:], kv_cache=plain).logits
 
-        moved = model.new_kv_cache(3, max_len=16)
+        moved = model.new_kv_cache(3, max_seq_len=16)
         model(x[:, :8], kv_cache=moved)
         moved.shift(rows=3, length=8, delta=4)  # slots 0..3 become invalid padding
         moved.move_row(src=2, dst=0, length=12)  # row 0 now holds row 2's history
@@ -274,7 +274,7 @@ def test_decode_step_dispatches_to_grouped_attention(monkeypatch):
     calls, sdpa = [], F.scaled_dot_product_attention
     monkeypatch.setattr(attention.F, "scaled_dot_product_attention", lambda *a, **kw: calls.append(1) or sdpa(*a, **kw))
     with torch.no_grad():
-        cache = model.new_kv_cache(2, max_len=8)
+        cache = model.new_kv_cache(2, max_seq_len=8)
         model(x[:, :5], kv_cache=cache)
         prefill_calls = len(calls)
         model(x[:, 5:], kv_cache=cache)
@@ -310,7 +310,7 @@ def test_position_counter_equals_cumsum_positions_across_staggered_rows():
     # Positions = real tokens before each slot in its own row (the cumsum definition), kept by a
     # per-row counter through padded prefills, decode steps, shifts, row moves, views and a write
     # into `valid` from outside (as eval's shared-prefix scoring does).
-    cache = KVCache(tiny(), batch_size=3, max_len=24)
+    cache = KVCache(tiny(), batch_size=3, max_seq_len=24)
 
     def check(c, T, mask=None):
         pos = c.begin(T, mask)
@@ -342,7 +342,7 @@ def test_cache_stores_keys_transposed_and_returns_what_was_written():
     # Keys live as [..., head_dim, slots] (rows of K^T contiguous for the decode matmul); `k` and
     # what `update` returns are [..., slots, head_dim] views that read back exactly what was written.
     cfg = tiny()
-    cache = KVCache(cfg, batch_size=2, max_len=10)
+    cache = KVCache(cfg, batch_size=2, max_seq_len=10)
     assert cache.k.shape == cache.v.shape == (cfg.num_layers, 2, cfg.num_kv_heads, 10, cfg.head_dim)
     assert cache.k.stride(-2) == 1 and cache.v.stride(-1) == 1
     k1, v1 = torch.randn(2, cfg.num_kv_heads, 3, cfg.head_dim), torch.randn(2, cfg.num_kv_heads, 3, cfg.head_dim)

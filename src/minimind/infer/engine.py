@@ -2,7 +2,7 @@
 
 Contract (token ids in, token ids and text out; nothing here knows about HTTP):
 - `Engine(model, tokenizer=None, max_batch_size=16, max_seq_len=None)`: `engine.max_seq_len` is the
-  context it serves, the model's or a smaller one (`max_len`/`context_len`: old names, kept for callers).
+  context it serves, the model's or a smaller one.
   `engine.generate(prompts, params) -> list[Sequence]` runs a list of prompts (lists of ids)
   to completion; `engine.stream(prompt, params)` yields text pieces as they are produced.
   Without a tokenizer only ids come out (`Sequence.output_ids`); stop strings need one.
@@ -297,12 +297,11 @@ class Engine:
     """Owns a model (and optionally its tokenizer) and runs generation on it."""
 
     def __init__(self, model: MiniMindLM, tokenizer=None, max_batch_size: int = 16,
-                 max_seq_len: int | None = None, compile: bool = False, max_len: int | None = None) -> None:
+                 max_seq_len: int | None = None, compile: bool = False) -> None:
         model.eval()
         self.model, self.tokenizer = model, tokenizer
         cfg = model.config
-        cap = max_seq_len or max_len  # max_len: the old name
-        self.max_seq_len = min(cap or cfg.max_seq_len, cfg.max_seq_len)
+        self.max_seq_len = min(max_seq_len or cfg.max_seq_len, cfg.max_seq_len)
         self.max_batch_size = max_batch_size
         if tokenizer is not None:
             self.pad_id = tokenizer.pad_id
@@ -353,12 +352,10 @@ class Engine:
             s.decoder, s.stopper = IncrementalDecoder(self._decode), StopMatcher(params.stop)
         return s
 
-    context_len = property(lambda self: self.max_seq_len, doc="The old name of `max_seq_len`.")
 
-    def runner(self, capacity: int | None = None, max_seq_len: int | None = None,
-               max_len: int | None = None) -> BatchRunner:
-        """A batch loop of `capacity` rows of `max_seq_len` slots (at most the engine's; max_len: old name)."""
-        slots = min(max_seq_len or max_len or self.max_seq_len, self.max_seq_len)
+    def runner(self, capacity: int | None = None, max_seq_len: int | None = None) -> BatchRunner:
+        """A batch loop of `capacity` rows of `max_seq_len` slots (at most the engine's)."""
+        slots = min(max_seq_len or self.max_seq_len, self.max_seq_len)
         return BatchRunner(self.model, capacity or self.max_batch_size, slots,
                            pad_id=self.pad_id, decode_model=self.decode_model, adapters=self.adapters,
                            packed=self.packed)

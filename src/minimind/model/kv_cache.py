@@ -1,7 +1,7 @@
 """A preallocated key/value cache for incremental decoding.
 
 Contract:
-- `KVCache(config, batch_size, max_len)` allocates keys and values for every layer once;
+- `KVCache(config, batch_size, max_seq_len)` allocates keys and values for every layer once;
   decoding never reallocates or concatenates.
 - All rows of a batch share one write position (`length`): prompts of different lengths are
   *left-padded*, and `valid[b, s]` records which slots hold real tokens. The model turns that
@@ -19,29 +19,29 @@ from ..config import ModelConfig
 
 
 class KVCache:
-    def __init__(self, config: ModelConfig, batch_size: int, max_len: int,
+    def __init__(self, config: ModelConfig, batch_size: int, max_seq_len: int,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
-        shape = (config.num_layers, batch_size, config.num_kv_heads, max_len, config.head_dim)
-        # Keys are STORED transposed, [..., head_dim, max_len], and `k` is a [..., max_len, head_dim]
+        shape = (config.num_layers, batch_size, config.num_kv_heads, max_seq_len, config.head_dim)
+        # Keys are STORED transposed, [..., head_dim, max_seq_len], and `k` is a [..., max_seq_len, head_dim]
         # view of that storage (indexed exactly like `v`). Decoding computes q @ K^T, and with this
         # layout K^T's rows are contiguous: a plain matmul instead of a transposed one, ~17% faster
         # on the CPU when the cache comes from memory. Writes (one slot per step) are strided.
         self.k = torch.zeros(shape[:3] + shape[:2:-1], device=device, dtype=dtype).transpose(-1, -2)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self._valid = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)
+        self._valid = torch.zeros(batch_size, max_seq_len, dtype=torch.bool, device=device)
         # count[b]: real tokens of row b before `length`, i.e. the position of its next token.
         self.count = torch.zeros(batch_size, dtype=torch.long, device=device)
         # [True] once `valid` was handed out for writing: counts are then recomputed at the next
         # `begin`. One list shared by this cache and its views (they share the storage).
         self._stale = [False]
         self._root = True  # False for a view over some rows
-        self.max_len = max_len
+        self.max_seq_len = max_seq_len
         self.length = 0  # slots written so far, identical for every row
         self.padded = False  # True once any padding was written: then a mask is always needed
 
     @property
     def valid(self) -> torch.Tensor:
-        """[B, max_len] bool, True where a slot holds a real token. Writing into it directly is
+        """[B, max_seq_len] bool, True where a slot holds a real token. Writing into it directly is
         allowed (eval's shared-prefix scoring does): the per-row counts are then recounted."""
         self._stale[0] = True
         return self._valid
@@ -62,8 +62,8 @@ class KVCache:
         step costs O(B), not a cumulative sum over every slot of the cache.
         """
         end = self.length + num_new
-        if end > self.max_len:
-            raise ValueError(f"KV cache is full: {end} tokens requested, capacity {self.max_len}")
+        if end > self.max_seq_len:
+            raise ValueError(f"KV cache is full: {end} tokens requested, capacity {self.max_seq_len}")
         if self._stale[0]:
             self._recount(self.length)
         if attention_mask is None:
@@ -102,7 +102,7 @@ class KVCache:
         """
         other = object.__new__(KVCache)
         other.k, other.v = self.k[:, lo:hi], self.v[:, lo:hi]
-        other._valid, other.count, other.max_len = self._valid[lo:hi], self.count[lo:hi], self.max_len
+        other._valid, other.count, other.max_seq_len = self._valid[lo:hi], self.count[lo:hi], self.max_seq_len
         other._stale, other._root = self._stale, False
         other.length, other.padded = length, padded
         return other

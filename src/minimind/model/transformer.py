@@ -102,8 +102,8 @@ class MiniMindLM(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def new_kv_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
-        """A cache for `batch_size` rows of up to `max_len` tokens, on the model's device.
+    def new_kv_cache(self, batch_size: int, max_seq_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
+        """A cache for `batch_size` rows of up to `max_seq_len` tokens, on the model's device.
 
         Its dtype is `dtype`, else the autocast dtype when autocast is on (k and v then arrive in
         bf16/fp16: an fp32 cache would double its memory and recast every step), else the weights'."""
@@ -111,7 +111,7 @@ class MiniMindLM(nn.Module):
         if dtype is None:
             on = torch.is_autocast_enabled(w.device.type)
             dtype = torch.get_autocast_dtype(w.device.type) if on else w.dtype
-        return KVCache(self.config, batch_size, max_len or self.config.max_seq_len, w.device, dtype)
+        return KVCache(self.config, batch_size, max_seq_len or self.config.max_seq_len, w.device, dtype)
 
     def forward(
         self,
