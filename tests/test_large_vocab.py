@@ -1,7 +1,9 @@
 """Large vocabularies (issue 13): streamed, bounded tokenizer training; a 152k-id tokenizer from
 tokenizer to shards to training to export; the tokenizer/model fit check; chunked CE at 152k."""
 
+import gc
 import json
+import warnings
 from collections import Counter
 
 import numpy as np
@@ -13,14 +15,16 @@ from tokenizers import Tokenizer as HFTokenizer
 
 from minimind import tokenizer_train
 from minimind.cli import main
-from minimind.config import get_preset
+from minimind.config import ModelConfig, get_preset
 from minimind.data.loader import make_loader
 from minimind.data.store import DocStore
 from minimind.errors import UserError
-from minimind.model.lm_loss import logit_chunks, token_logprobs
+from minimind.model import MiniMindLM
+from minimind.model.lm_loss import CHUNK_ELEMENTS, logit_chunks, token_logprobs
 from minimind.tokenizer import (SPECIAL_TOKENS, SPLIT_PATTERN, check_model_fit, default_tokenizer_dir,
                                 load_tokenizer)
 from minimind.tokenizer_train import count_words, iter_texts, train
+from minimind.train.losses import _distill_terms, distill_loss, distill_loss_from_hidden
 
 BIG = 152_000  # ids of the test tokenizer: Qwen3-sized (151,669), past uint16
 LEARNED_AT = 100_000  # where its learned merges start: every merged token has an id > 65535
@@ -237,8 +241,6 @@ def saved_bytes(fn):
 
 
 def test_distillation_terms_from_hidden_states_equal_the_full_logits_path():
-    from minimind.train.losses import _distill_terms
-
     torch.manual_seed(0)
     V, H, N, T = 151_936, 8, 100, 1.7
     s_h = torch.randn(N, H, requires_grad=True)
@@ -263,3 +265,60 @@ def test_distillation_terms_from_hidden_states_equal_the_full_logits_path():
         torch.testing.assert_close(g, r)
     logits_bytes = N * V * 4
     assert ref_saved >= 3 * logits_bytes and saved < logits_bytes / 10, (ref_saved, saved)
+
+
+def live_tensors() -> dict[int, torch.Tensor]:
+    gc.collect()
+    with warnings.catch_warnings():  # isinstance on some torch module objects warns of deprecations
+        warnings.simplefilter("ignore")
+        return {id(o): o for o in gc.get_objects() if isinstance(o, torch.Tensor)}
+
+
+def largest_kept_for_backward(fn):
+    """fn()'s result and the element count of the largest tensor kept for its backward: those
+    autograd saves (saved_tensors_hooks) and those fn left alive (gc: an activation checkpoint
+    holds its inputs, not saved tensors)."""
+    largest = [0]
+
+    def pack(t):
+        largest[0] = max(largest[0], t.numel())
+        return t
+
+    before = live_tensors()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    alive = [t.numel() for i, t in live_tensors().items() if i not in before]
+    return out, max([largest[0], *alive])
+
+
+def test_distillation_of_two_models_at_50k_saves_no_logits_for_backward():
+    # What `minimind distill` runs: both forwards with labels (hidden states, no logits), then the
+    # chunked loss; a teacher of another width. Reference: today's loss on full [B, T, V] logits.
+    V, T = 50_000, 96
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=V, num_layers=1, num_heads=2, num_kv_heads=1, max_seq_len=T)
+    student = MiniMindLM(ModelConfig(hidden_size=16, **cfg))
+    teacher = MiniMindLM(ModelConfig(hidden_size=24, **cfg)).requires_grad_(False)
+    ids = torch.randint(0, V, (4, T))
+    labels = ids.clone()
+    labels[:, :6] = -100
+    n_rows = int((labels[:, 1:] != -100).sum())
+    assert n_rows > CHUNK_ELEMENTS // V  # several chunks
+
+    def full():
+        return distill_loss(student(ids).logits, teacher(ids).logits, labels, temperature=2.0, alpha=0.5)[0]
+
+    def chunked():
+        with torch.no_grad():
+            t_hidden = teacher(ids, labels=labels).hidden
+        return distill_loss_from_hidden(student(ids, labels=labels).hidden, student.head_operands, t_hidden,
+                                        teacher.head_operands, labels, temperature=2.0, alpha=0.5)[0]
+
+    ref, ref_largest = largest_kept_for_backward(full)
+    ref_grads = torch.autograd.grad(ref, list(student.parameters()))
+    out, largest = largest_kept_for_backward(chunked)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    for g, r in zip(torch.autograd.grad(out, list(student.parameters())), ref_grads):
+        torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-5)
+    assert ref_largest >= n_rows * V  # the plain path keeps [N, V] logits (and more) for its backward
+    assert largest <= V * 24, (largest, n_rows * V)  # here: nothing larger than a head weight

@@ -6,12 +6,13 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from _train_support import SyntheticBatches, tiny_config
 from minimind.model import MiniMindLM
 from minimind.train.lora import (
-    add_lora, adapter_state_dict, freeze_base, load_adapter, lora_target_names, merge_lora, save_adapter,
+    adapters, add_lora, adapter_state_dict, freeze_base, load_adapter, lora_target_names, merge_lora, save_adapter,
     unmerge_lora,
 )
 from minimind.train.stages.lora import LoRAConfig, LoRAStage
@@ -126,3 +127,60 @@ def test_freeze_base_leaves_only_adapters():
     assert trainable and all(".lora." in n for n in trainable)
     with pytest.raises(ValueError, match="match no Linear"):
         add_lora(MiniMindLM(tiny_config()), "*.nothing")
+
+
+class LambdaDropout(torch.nn.Module):
+    def __init__(self, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.mask = mask
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.mask
+
+
+def _plain_head_loss(model, ids, labels):
+    """The reference: full float32 logits through the hooked head, then plain cross-entropy."""
+    logits = model(ids).logits.float()
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+
+
+@pytest.mark.parametrize("dropout", [False, True])
+def test_lora_on_lm_head_keeps_the_chunked_loss_with_equal_loss_and_gradients(dropout, monkeypatch):
+    torch.manual_seed(0)
+    model = MiniMindLM(tiny_config(tie_word_embeddings=False))
+    add_lora(model, "lm_head,*.q_proj", rank=4, alpha=8.0)
+    if dropout:  # a fixed per-feature "dropout" mask: it must hit the adapter branch only, in both paths
+        mask = (torch.rand(model.config.hidden_size) > 0.3) / 0.7
+        model.lm_head.lora.dropout = LambdaDropout(mask)
+    freeze_base(model)
+    for _, adapter in adapters(model):
+        torch.nn.init.normal_(adapter.B, std=0.1)  # B = 0 would hide a missing adapter term
+    ids = torch.randint(0, model.config.vocab_size, (2, 12))
+    labels = ids.clone()
+    labels[0, :4] = -100
+    head = model.lm_head.lora
+    params = [head.A, head.B, model.layers[0].self_attn.q_proj.lora.A]
+
+    ref = _plain_head_loss(model, ids, labels)
+    ref_grads = torch.autograd.grad(ref, params)
+    # The head must not be run on [B, T, V]: a chunked forward never calls lm_head's hook.
+    monkeypatch.setattr(model.lm_head, "forward", lambda *a: pytest.fail("lm_head built full logits"))
+    out = model(ids, labels=labels)
+    assert out.logits is None
+    torch.testing.assert_close(out.loss, ref, atol=1e-5, rtol=1e-5)
+    for g, r in zip(torch.autograd.grad(out.loss, params), ref_grads):
+        torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-5)
+
+
+def test_merged_lora_head_uses_the_base_weight_alone():
+    torch.manual_seed(0)
+    model = MiniMindLM(tiny_config(tie_word_embeddings=False))
+    add_lora(model, "lm_head", rank=2, alpha=2.0)
+    torch.nn.init.normal_(model.lm_head.lora.B)
+    x = torch.randn(5, model.config.hidden_size)
+    unmerged = model.head_operands(x)
+    torch.testing.assert_close(unmerged[0] @ unmerged[1].t(), model.lm_head(x))
+    merge_lora(model)
+    merged = model.head_operands(x)
+    assert merged[0] is x and merged[1] is model.lm_head.weight
+    torch.testing.assert_close(merged[0] @ merged[1].t(), unmerged[0] @ unmerged[1].t(), atol=1e-5, rtol=1e-5)

@@ -7,9 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from minimind.config import ModelConfig
 from minimind.errors import UserError
+from minimind.model import MiniMindLM
 from minimind.train.losses import (
     distill_loss,
+    distill_loss_from_hidden,
     dpo_loss,
     group_advantages,
     grpo_loss,
@@ -210,6 +213,58 @@ def test_distill_gradient_reaches_only_the_student():
 def test_distill_vocab_mismatch_is_user_error():
     with pytest.raises(UserError, match="same vocabulary.*6400.*32000"):
         distill_loss(torch.zeros(1, 3, 6400), torch.zeros(1, 3, 32000), torch.zeros(1, 3, dtype=torch.long))
+
+
+def _student_and_teacher(vocab=97):
+    """A student and a teacher of different hidden sizes and depths, one vocabulary."""
+    torch.manual_seed(0)
+    student = MiniMindLM(ModelConfig(vocab_size=vocab, hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1,
+                                     max_seq_len=64))
+    teacher = MiniMindLM(ModelConfig(vocab_size=vocab, hidden_size=48, num_layers=3, num_heads=4, num_kv_heads=2,
+                                     max_seq_len=64, tie_word_embeddings=False)).requires_grad_(False)
+    ids = torch.randint(0, vocab, (3, 16))
+    labels = ids.clone()
+    labels[:, :5] = -100  # a prompt
+    labels[1, 9:] = -100  # padding
+    return student, teacher, ids, labels
+
+
+@pytest.mark.parametrize("rows", [None, 7])  # one chunk, and several (checkpointed) chunks
+def test_distill_from_hidden_states_equals_the_full_logits_loss(rows, monkeypatch):
+    student, teacher, ids, labels = _student_and_teacher()
+    ref, ref_m = distill_loss(student(ids).logits, teacher(ids).logits, labels, temperature=1.7, alpha=0.4)
+    ref_grads = torch.autograd.grad(ref, list(student.parameters()))
+    if rows:
+        monkeypatch.setattr("minimind.model.lm_loss.CHUNK_ELEMENTS", rows * 97)
+    out = student(ids, labels=labels)
+    with torch.no_grad():
+        t_hidden = teacher(ids, labels=labels).hidden
+    assert out.logits is None and out.hidden.shape == (3, 16, 32) and t_hidden.shape == (3, 16, 48)
+    loss, m = distill_loss_from_hidden(out.hidden, student.head_operands, t_hidden, teacher.head_operands, labels,
+                                       temperature=1.7, alpha=0.4)
+    torch.testing.assert_close(loss, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(m["kl"], ref_m["kl"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(m["ce"], ref_m["ce"], atol=1e-5, rtol=1e-5)
+    for g, r in zip(torch.autograd.grad(loss, list(student.parameters())), ref_grads):
+        torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-5)
+
+
+def test_distill_from_hidden_without_supervised_tokens_is_a_differentiable_zero():
+    student, teacher, ids, _ = _student_and_teacher()
+    labels = torch.full_like(ids, -100)
+    out = student(ids, labels=labels)
+    t_hidden = teacher(ids, labels=labels).hidden
+    loss, m = distill_loss_from_hidden(out.hidden, student.head_operands, t_hidden, teacher.head_operands, labels)
+    assert loss.item() == 0.0 and m["kl"].item() == 0.0
+    loss.backward()
+    assert student.lm_head.weight.grad is not None
+
+
+def test_distill_from_hidden_vocab_mismatch_is_user_error():
+    h = torch.zeros(1, 3, 4)
+    labels = torch.ones(1, 3, dtype=torch.long)
+    with pytest.raises(UserError, match="same vocabulary.*6400.*32000"):
+        distill_loss_from_hidden(h, lambda x: (x, torch.zeros(6400, 4)), h, lambda x: (x, torch.zeros(32000, 4)), labels)
 
 
 # ----------------------------------------------------------------------------- GRPO

@@ -91,6 +91,30 @@ def test_distill_cli_student_equal_to_teacher_has_zero_kl(files, tmp_path):
     assert recs[0]["ce"] > 0  # reported even with alpha = 1
 
 
+def test_distill_cli_wider_teacher_never_builds_full_logits(files, tmp_path, tok, monkeypatch):
+    # A teacher of another width and depth; neither model may be run without labels (that is the
+    # path that returns [B, T, V] logits): the loss comes from hidden states, chunk by chunk.
+    cfg = ModelConfig(vocab_size=tok.vocab_size, hidden_size=48, num_layers=3, num_heads=4, num_kv_heads=2,
+                      max_seq_len=256)
+    torch.manual_seed(1)
+    teacher = tmp_path / "wide_teacher"
+    save_model(MiniMindLM(cfg), teacher, tokenizer_dir=tok.path)
+    forward, widths = MiniMindLM.forward, []
+
+    def labelled_only(self, input_ids, labels=None, **kw):
+        assert labels is not None, "a training forward without labels builds [B, T, V] logits"
+        widths.append(self.config.hidden_size)
+        return forward(self, input_ids, labels=labels, **kw)
+
+    monkeypatch.setattr(MiniMindLM, "forward", labelled_only)
+    out = tmp_path / "distill"
+    _run(["distill", "--teacher", str(teacher), "--init", files["init"], "--data", files["sft"], "--out", str(out),
+          *COMMON])
+    recs = _train_records(out)
+    assert {32, 48} <= set(widths)
+    assert len(recs) == 3 and all(r["kl"] > 0 and math.isfinite(r["loss"]) for r in recs)
+
+
 def test_distill_init_preset_starts_fresh_with_teacher_tokenizer(files):
     from minimind.train.stages.distill import DistillConfig
 

@@ -8,8 +8,14 @@ Contract:
 - With `labels` (aligned with input_ids, or with the kept positions, and shifted inside as in
   transformers) it returns instead `.loss`, the mean next-token cross-entropy over labels != -100
   (0, still differentiable, when there are none), and `.token_logps` [B, T-1] (log p of each next
-  label, 0 where it is -100), and `.logits` is None: the loss comes from the hidden states in
-  chunks (`lm_loss.token_logprobs`), so the full-vocabulary logits never exist at once.
+  label, 0 where it is -100), and `.hidden` [B, T, h] (the final normalised hidden states, for
+  losses that need whole logit rows, such as distillation), and `.logits` is None: the loss comes
+  from the hidden states in chunks (`lm_loss.token_logprobs`), so the full-vocabulary logits never
+  exist at once.
+- `model.head_operands(x)` -> (x', W') with lm_head(x) == x' @ W'^T, the head as one matmul for
+  chunked losses. A head with a LoRA adapter (`lm_head.lora`, see `train.lora`) folds it in: the
+  adapter provides `head_operands(x, W)`. Any other hook on the head returns None (the forward then
+  falls back to full logits).
 - `doc_ids` [B, T] (document masking for packed rows, training and scoring only: no KV cache):
   a token attends only to earlier tokens of its own document (a run of equal ids), and its RoPE
   position restarts at 0 with each document unless `position_ids` are given. Each document's
@@ -49,6 +55,7 @@ class CausalLMOutput:
     loss: torch.Tensor | None = None
     aux_loss: torch.Tensor | None = None
     token_logps: torch.Tensor | None = None
+    hidden: torch.Tensor | None = None
 
 
 class Block(nn.Module):
@@ -149,16 +156,26 @@ class MiniMindLM(nn.Module):
             return CausalLMOutput(logits=self.lm_head(x), aux_loss=aux_loss)
         # Position t predicts token t+1: drop the last hidden state and the first label.
         targets = labels[:, -x.shape[1]:][:, 1:]
-        if self.lm_head._forward_hooks or self.lm_head._forward_pre_hooks:
-            # The head's output is changed by a hook (a LoRA adapter on lm_head): go through it.
+        operands = self.head_operands(x[:, :-1].flatten(0, 1))
+        if operands is None:  # a hook we cannot fold changes the head's output: go through it
             logits = self.lm_head(x[:, :-1]).float()
             token_logps = -F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
                                            reduction="none")
         else:
-            token_logps = token_logprobs(x[:, :-1].flatten(0, 1), self.lm_head.weight, targets.flatten())
+            token_logps = token_logprobs(*operands, targets.flatten())
         token_logps = token_logps.view_as(targets)
         loss = -token_logps.sum() / (targets != IGNORE_INDEX).sum().clamp(min=1)
-        return CausalLMOutput(logits=None, loss=loss, aux_loss=aux_loss, token_logps=token_logps)
+        return CausalLMOutput(logits=None, loss=loss, aux_loss=aux_loss, token_logps=token_logps, hidden=x)
+
+    def head_operands(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(x', W') with lm_head(x) == x' @ W'^T, or None when a hook on the head cannot be folded."""
+        head = self.lm_head
+        if not (head._forward_hooks or head._forward_pre_hooks):
+            return x, head.weight
+        fold = getattr(getattr(head, "lora", None), "head_operands", None)
+        if fold is None or head._forward_pre_hooks or len(head._forward_hooks) != 1:
+            return None
+        return fold(x, head.weight)
 
     def _mask_and_positions(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                             position_ids: torch.Tensor | None, kv_cache: KVCache | None):

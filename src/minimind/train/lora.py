@@ -18,6 +18,8 @@ Contract:
   folder's layout, and how a run directory leads to it, is `minimind.locator`'s).
 - `merge_lora(model)` folds B A * scale into W (then the adapter is skipped);
   `unmerge_lora(model)` subtracts it again. A merged model's output equals base + adapter.
+- `LoRAAdapter.head_operands(x, W)` writes the adapted Linear as one matmul, so a LoRA `lm_head`
+  keeps the model's chunked loss (no [N, V] logits; `MiniMindLM.head_operands` calls it).
 """
 
 from __future__ import annotations
@@ -55,6 +57,18 @@ class LoRAAdapter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (self.dropout(x) @ self.A.t().to(x.dtype)) @ self.B.t().to(x.dtype) * self.scale
+
+    def head_operands(self, x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x', W') with x' @ W'^T == x @ W^T + this adapter's output: the wrapped Linear as one matmul.
+
+        W x + s B A drop(x) = [W | B] [x ; s A drop(x)]: append the r adapter activations to the
+        input and B's r columns to the weight. The model's chunked loss (`model.lm_loss`) then never
+        builds [N, V] logits for a LoRA head, dropout included; A gets its gradient through x', B
+        through W' (no V x h merged copy of W + s B A needed, only the r extra columns)."""
+        if self.merged:
+            return x, weight
+        low_rank = (self.dropout(x) @ self.A.t().to(x.dtype)) * self.scale  # [N, r]
+        return torch.cat([x, low_rank], dim=-1), torch.cat([weight, self.B.to(weight.dtype)], dim=-1)
 
 
 def _hook(module: nn.Linear, inputs: tuple[torch.Tensor], output: torch.Tensor) -> torch.Tensor:

@@ -10,8 +10,10 @@ Contract:
 - Log-probabilities are always computed in float32, whatever the logits' dtype.
 - Token losses never hold float32 copies of the whole [N, V] logits: the stages get per-token
   log-probs from the model's chunked head (`model.lm_loss`, via `model(ids, labels=...)`), and
-  `distill_loss` works through chunks of rows (`_chunked_distill_terms`, eager: the trainer
-  compiles the model, not the loss).
+  distillation uses `distill_loss_from_hidden`: the student's and the teacher's final hidden
+  states (`.hidden` of a forward with labels) and their heads, turned into logits a chunk of
+  rows at a time (`lm_loss.logit_chunks`), so no [B, T, V] logits exist. `distill_loss` (from
+  given logits) is the same loss, kept as the readable reference and for callers holding logits.
 
 The math, in one line each (pi = policy, ref = frozen reference, y_w/y_l = chosen/rejected):
 - DPO (sigmoid):  -log sigmoid(beta * [(log pi(y_w) - log ref(y_w)) - (log pi(y_l) - log ref(y_l))])
@@ -25,6 +27,7 @@ The math, in one line each (pi = policy, ref = frozen reference, y_w/y_l = chose
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -33,7 +36,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..config import IGNORE_INDEX
 from ..errors import UserError
-from ..model.lm_loss import chunk_rows
+from ..model.lm_loss import chunk_rows, logit_chunks
 
 
 class TokenLogprobs(NamedTuple):
@@ -120,6 +123,24 @@ def dpo_loss(
 # ----------------------------------------------------------------------------- distillation
 
 
+def _check_distill(student_vocab: int, teacher_vocab: int, temperature: float, alpha: float) -> None:
+    if student_vocab != teacher_vocab:
+        raise UserError(
+            f"distillation needs the same vocabulary: student has {student_vocab} tokens, "
+            f"teacher has {teacher_vocab}; train both with the same tokenizer"
+        )
+    if temperature <= 0:
+        raise UserError(f"distill temperature must be > 0, got {temperature}")
+    if not 0.0 <= alpha <= 1.0:
+        raise UserError(f"distill alpha must be in [0, 1], got {alpha}")
+
+
+def _combine(kl: torch.Tensor, ce: torch.Tensor, temperature: float, alpha: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    kl, ce = kl.mean(), ce.mean()
+    loss = alpha * temperature**2 * kl + (1 - alpha) * ce
+    return loss, {"kl": kl.detach(), "ce": ce.detach()}
+
+
 def distill_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -134,17 +155,9 @@ def distill_loss(
     al.); the scaling keeps the balance with the CE term independent of T. The teacher gets no
     gradient: its logits are detached here, so callers may pass them straight from a forward.
     """
-    if student_logits.shape[-1] != teacher_logits.shape[-1]:
-        raise UserError(
-            f"distillation needs the same vocabulary: student has {student_logits.shape[-1]} tokens, "
-            f"teacher has {teacher_logits.shape[-1]}; train both with the same tokenizer"
-        )
+    _check_distill(student_logits.shape[-1], teacher_logits.shape[-1], temperature, alpha)
     if student_logits.shape[:2] != teacher_logits.shape[:2]:
         raise ValueError(f"student/teacher logits differ in [B,T]: {tuple(student_logits.shape)} vs {tuple(teacher_logits.shape)}")
-    if temperature <= 0:
-        raise UserError(f"distill temperature must be > 0, got {temperature}")
-    if not 0.0 <= alpha <= 1.0:
-        raise UserError(f"distill alpha must be in [0, 1], got {alpha}")
     mask = labels[:, 1:] != IGNORE_INDEX
     # Select the counted positions first: everything below then costs [N, V], not [B, T, V].
     s = student_logits[:, :-1][mask]  # [N, V] in the logits' dtype
@@ -153,10 +166,47 @@ def distill_loss(
     if s.shape[0] == 0:  # no supervised token in the batch: a zero that still has a graph
         zero = student_logits.sum() * 0.0
         return zero, {"kl": zero.detach(), "ce": zero.detach()}
-    kl, ce = _chunked_distill_terms(s, t, targets, temperature)
-    kl, ce = kl.mean(), ce.mean()
-    loss = alpha * temperature**2 * kl + (1 - alpha) * ce
-    return loss, {"kl": kl.detach(), "ce": ce.detach()}
+    return _combine(*_chunked_distill_terms(s, t, targets, temperature), temperature, alpha)
+
+
+HeadOperands = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]  # MiniMindLM.head_operands
+
+
+def distill_loss_from_hidden(
+    student_hidden: torch.Tensor,
+    student_head: HeadOperands,
+    teacher_hidden: torch.Tensor,
+    teacher_head: HeadOperands,
+    labels: torch.Tensor,
+    temperature: float = 1.0,
+    alpha: float = 0.5,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """`distill_loss` from final hidden states [B, T, h] instead of logits: same value and gradients.
+
+    `*_head(rows [N, h]) -> (x', W' [V, h'])` gives each model's logits as x' @ W'^T
+    (`MiniMindLM.head_operands`: the plain head, or a LoRA head folded in). The two models may
+    differ in hidden size; only the vocabulary must match. Rows without a label are dropped
+    before any logit exists, and the supervised rows go through `logit_chunks`: autograd keeps
+    the [N, h] rows and the head weights, and each chunk's [C, V] logits and float32
+    log-softmaxes live only while that chunk is computed (once forward, once in the backward).
+    The teacher is detached.
+    """
+    if student_hidden.shape[:2] != teacher_hidden.shape[:2]:
+        raise ValueError(f"student/teacher hidden states differ in [B,T]: {tuple(student_hidden.shape)} "
+                         f"vs {tuple(teacher_hidden.shape)}")
+    mask = labels[:, 1:] != IGNORE_INDEX
+    student = student_head(student_hidden[:, :-1][mask])
+    teacher = teacher_head(teacher_hidden[:, :-1][mask].detach())
+    if student is None or teacher is None:
+        raise ValueError("a hook on the head cannot be folded into one matmul: use distill_loss on full logits")
+    teacher = (teacher[0].detach(), teacher[1].detach())
+    _check_distill(student[1].shape[0], teacher[1].shape[0], temperature, alpha)
+    targets = labels[:, 1:][mask]
+    if targets.numel() == 0:  # no supervised token in the batch: a zero that still has a graph
+        zero = student_hidden.sum() * 0.0 + student[1].sum() * 0.0
+        return zero, {"kl": zero.detach(), "ce": zero.detach()}
+    kl, ce = logit_chunks(lambda s, t, y: _distill_terms(s, t, y, temperature), [student, teacher], targets)
+    return _combine(kl, ce, temperature, alpha)
 
 
 def _distill_terms(s: torch.Tensor, t: torch.Tensor, targets: torch.Tensor,

@@ -11,7 +11,8 @@ What this stage supplies to the one loop:
 (a) parameters: the whole student. `--init` is a checkpoint OR a preset name (`--init tiny`):
     a preset starts the student from scratch, with the teacher's tokenizer;
 (c) loss: student forward (trained, plus its MoE balance loss) + teacher forward (no_grad) on
-    the same batch;
+    the same batch, both with labels so they return final hidden states, not [B, T, V] logits;
+    the loss turns the supervised rows into logits chunk by chunk (`losses.distill_loss_from_hidden`);
 (d) extra models: the frozen teacher from `--teacher`.
 
 Black-box distillation (SFT on teacher-written answers) needs no stage of its own:
@@ -40,7 +41,7 @@ from ...infer.loading import load_engine
 from ...locator import tokenizer_beside
 from ...tokenizer import THINK_START
 from ..config import knob
-from ..losses import distill_loss
+from ..losses import distill_loss_from_hidden
 from .base import TrainContext, forward_with_aux, step_seed, with_defaults
 from .dpo import load_frozen
 from .sft import SFTConfig, SFTStage
@@ -117,10 +118,15 @@ class DistillStage(SFTStage):
     def loss(self, model: nn.Module, batch: dict[str, Any], ctx: TrainContext) -> tuple[torch.Tensor, dict[str, Any]]:
         ids = batch["input_ids"].to(ctx.device, non_blocking=True)
         labels = batch["labels"].to(ctx.device, non_blocking=True)
-        f = forward_with_aux(model, ids, ctx)
+        f = forward_with_aux(model, ids, ctx, labels=labels)
+        teacher = ctx.extra["teacher"]
         with torch.no_grad():
-            teacher_logits = ctx.extra["teacher"](ids).logits
-        loss, metrics = distill_loss(f.out.logits, teacher_logits, labels, self.config.temperature, self.config.alpha)
+            teacher_hidden = teacher(ids, labels=labels).hidden
+        # ctx.model: the unwrapped student (model may be a DDP/compiled wrapper); under FSDP2 the
+        # root's head weight stays gathered after the forward, so reading it here is safe.
+        loss, metrics = distill_loss_from_hidden(f.out.hidden, ctx.model.head_operands, teacher_hidden,
+                                                 teacher.head_operands, labels, self.config.temperature,
+                                                 self.config.alpha)
         return loss + f.aux, {**metrics, **f.metrics}
 
 
