@@ -52,6 +52,7 @@ BASE_WINDOW, LONG_WINDOW = 256, 1024
 BASE_DOCS = {128: 0.6, 256: 0.4}
 LONG_DOCS = {256: 0.25, 512: 0.35, 1024: 0.4}
 DOC_COUNTS = {128: 12000, 256: 5000, 512: 2000, 1024: 1000}
+HELDOUT = "pk1023_heldout.jsonl"  # 100 documents of 1024 tokens (seed 999) for perplexity only
 TRAIN_SEED_OFFSET = 1000  # training keys: default_rng([1000 + seed, ...]); the eval's: default_rng([0, L, d, t])
 
 
@@ -91,8 +92,8 @@ def passkey_docs(path: Path, n: int, length: int, seed: int, banned: set[str]) -
 
 
 def write_recipe(path: Path, name: str, data: dict[str, float], seq_len: int, batch: int, steps: int,
-                 lr: float, warmup: int, seed: int, shape: dict) -> Path:
-    recipe = {"seed": seed, **shape, "lr": lr, "schedule": "cosine", "min_lr_ratio": 0.1,
+                 lr: float, warmup: int, seed: int, shape: dict, schedule: str = "cosine") -> Path:
+    recipe = {"seed": seed, **shape, "lr": lr, "schedule": schedule, "min_lr_ratio": 0.1,
               "eval_batches": 2, "num_samples": 0, "save_every": 100, "keep_last": 1,
               "phases": [{"name": name, "data": data, "seq_len": seq_len, "batch_size": batch,
                           "max_steps": steps, "warmup_steps": warmup}]}
@@ -157,12 +158,25 @@ def evaluate(ckpt: Path, out: Path, trials: int, log_lines: list[str]) -> dict:
         run([*minimind_cmd(), "eval", "--ckpt", str(ckpt), "--suite", "passkey",
              "--lengths", ",".join(map(str, EVAL_LENGTHS)), "--depths", ",".join(map(str, EVAL_DEPTHS)),
              "--trials", str(trials), "--json", str(out), "--no-log"], out.with_suffix(".log"), log_lines)
-    return json.loads(out.read_text())
+    report = json.loads(out.read_text())
+    data = out.parent.parent / "data"
+    # Perplexity with windows of 256 vs 1024 tokens (no overlap: positions 0..window-1) on held-out
+    # prose and held-out 1024-token passkey documents: does the model break beyond position 256?
+    for name, file in (("prose", data / "pretrain_eval.jsonl"), ("passkey", data / HELDOUT)):
+        for window in (BASE_WINDOW, LONG_WINDOW):
+            ppl_out = out.with_name(f"{out.stem}_{name}_ppl{window}.json")
+            if not ppl_out.exists():
+                run([*minimind_cmd(), "eval", "--ckpt", str(ckpt), "--task", "ppl", "--data", str(file),
+                     "--max-len", str(window), "--stride", str(window), "--json", str(ppl_out), "--no-log"],
+                    ppl_out.with_suffix(".log"), log_lines)
+            report[f"{name}_ppl_{window}"] = json.loads(ppl_out.read_text())["ppl"]
+    return report
 
 
 def row(name: str, report: dict) -> str:
     cells = [f"{100 * report.get(f'accuracy_len_{L}', float('nan')):.0f}%" for L in EVAL_LENGTHS]
-    return f"| {name} | " + " | ".join(cells) + f" | {100 * report['accuracy']:.0f}% |"
+    ppl = [f"{report[f'{name}_ppl_{w}']:.2f}" for name in ("prose", "passkey") for w in (BASE_WINDOW, LONG_WINDOW)]
+    return f"| {name} | " + " | ".join(cells) + f" | {100 * report['accuracy']:.0f}% | " + " | ".join(ppl) + " |"
 
 
 def mixtures(data: Path, seed: int, prose_weight: float, trials: int) -> tuple[dict[str, float], dict[str, float]]:
@@ -176,6 +190,8 @@ def mixtures(data: Path, seed: int, prose_weight: float, trials: int) -> tuple[d
         if not path.exists():
             print(passkey_docs(path, DOC_COUNTS[length], length - 1, seed, banned), flush=True)
         pick[length] = str(path)
+    if not (data / HELDOUT).exists():
+        print(passkey_docs(data / HELDOUT, 100, LONG_WINDOW - 1, 999, banned), flush=True)
     prose = str(data / "pretrain.jsonl")
 
     def mix(shares: dict[int, float]) -> dict[str, float]:
@@ -190,9 +206,14 @@ def seed_runs(args: argparse.Namespace, seed: int, log_lines: list[str]) -> dict
     short_mix, long_mix = mixtures(data, seed, args.prose_weight, args.trials)
     shape = {"preset": "tiny", "hidden_size": args.hidden_size, "num_layers": args.num_layers,
              "num_heads": args.num_heads, "num_kv_heads": args.num_heads}
+    if args.rope_theta:  # not a flag: a --model-config file (tiny's context and vocabulary)
+        config = {**{k: v for k, v in shape.items() if k != "preset"}, "max_seq_len": 2048,
+                  "vocab_size": 6400, "rope_theta": args.rope_theta}
+        (here / "model_config.json").write_text(json.dumps(config))
+        shape = {"model_config": str(here / "model_config.json")}
     base = here / "base"
     recipe = write_recipe(here / "recipes/base.json", "base", short_mix, BASE_WINDOW, 8, args.base_steps,
-                          args.lr, 50, seed, shape)
+                          args.lr, 50, seed, shape, args.schedule)
     train_all([(base, train_cmd(base, recipe, data, []))], False, log_lines)
     reports = {"base": evaluate(finished_ckpt(base), here / "eval_base.json", args.trials, log_lines)}
     return {**reports, **continuations(args, here, finished_ckpt(base), short_mix, long_mix, seed, log_lines)}
@@ -230,7 +251,9 @@ def main() -> None:
     ap.add_argument("--ext-lr", type=float, default=1e-3)
     ap.add_argument("--prose-weight", type=float, default=0.05, help="share of rows from demo prose")
     ap.add_argument("--hidden-size", type=int, default=128)
-    ap.add_argument("--num-layers", type=int, default=2)
+    ap.add_argument("--num-layers", type=int, default=3)
+    ap.add_argument("--rope-theta", type=float, default=None, help="RoPE base (default: tiny's 1e6)")
+    ap.add_argument("--schedule", default="wsd", help="base LR schedule: wsd holds the peak LR longer than cosine")
     ap.add_argument("--num-heads", type=int, default=4)
     ap.add_argument("--no-yarn-control", action="store_true", help="also extend at 1024 without YaRN")
     ap.add_argument("--parallel", action="store_true", help="train the continuations at once, one thread each")
@@ -240,8 +263,9 @@ def main() -> None:
         subprocess.run([*minimind_cmd(), "data", "demo", "--out", str(args.out / "data")], check=True,
                        stdout=subprocess.DEVNULL)
     log_lines: list[str] = []
-    table = ["| seed | model | " + " | ".join(f"passkey {L}" for L in EVAL_LENGTHS) + " | all |",
-             "|---|---|" + "---:|" * (len(EVAL_LENGTHS) + 1)]
+    table = ["| seed | model | " + " | ".join(f"passkey {L}" for L in EVAL_LENGTHS) + " | all | "
+             + " | ".join(f"{name} ppl @{w}" for name in ("prose", "passkey-doc") for w in (BASE_WINDOW, LONG_WINDOW))
+             + " |", "|---|---|" + "---:|" * (len(EVAL_LENGTHS) + 5)]
     results = {}
     for seed in args.seeds:
         reports = seed_runs(args, seed, log_lines)
