@@ -353,8 +353,7 @@ def test_chunked_loss_under_bf16_autocast_matches_the_plain_path(monkeypatch):
 
 
 def test_lora_on_the_head_still_counts_in_the_loss():
-    # The chunked loss reads lm_head.weight directly; an adapter hooked onto the head must not be
-    # bypassed.
+    # The chunked loss folds a LoRA head into one matmul (`head_operands`); the adapter must still count.
     import torch.nn.functional as F
 
     from minimind.train.lora import add_lora
