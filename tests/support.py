@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 from pathlib import Path
+
+import torch
+
+from minimind.cli import main
 
 
 def write_jsonl(path: Path, records: list) -> Path:
@@ -11,3 +17,23 @@ def write_jsonl(path: Path, records: list) -> Path:
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n"
                             for r in records), encoding="utf-8")
     return path
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now, for a test's torch.distributed rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def join_process_group_env(rank: int, world: int, port: int) -> None:
+    """What torchrun would set for this rank; one thread each, so two ranks share two cores."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+
+
+def cli_rank(rank: int, port: int, argv: list[str]) -> None:
+    """One rank of a 2-process `minimind ...` run (torch.multiprocessing.spawn's target)."""
+    join_process_group_env(rank, 2, port)
+    assert main(argv) == 0

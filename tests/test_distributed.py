@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -13,21 +11,14 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from _train_support import SyntheticStage, run
+from support import free_port, join_process_group_env
 
 pytestmark = pytest.mark.slow
 PEAK = 1e8  # FLOP/s per device, patched into the workers' trainer
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
+    join_process_group_env(rank, world, port)
     import torch.distributed as td
 
     import json
@@ -63,7 +54,7 @@ def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("dist")
     torch.set_num_threads(1)
     _, ref = run(SyntheticStage, out / "single", batch_size=4, grad_accum=2, max_steps=3, eval_batches=1)
-    mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(out)), nprocs=2, join=True)
     return out, ref
 
 

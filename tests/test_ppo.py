@@ -7,13 +7,14 @@ import shutil
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from minimind.checkpoint import load_model, save_model
 from minimind.cli import main
 from minimind.config import ModelConfig
 from minimind.model import MiniMindLM
-from support import write_jsonl
+from support import cli_rank, free_port, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -71,32 +72,16 @@ def test_ppo_bad_options_are_user_errors(files, tmp_path, capsys):
         assert msg in capsys.readouterr().err
 
 
-def _ddp_worker(rank: int, port: int, args: list[str]) -> None:
-    import os
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    assert main(args) == 0
-
-
 @pytest.mark.slow
 def test_ppo_runs_under_ddp_with_two_processes(files, tmp_path, capfd):
     """gloo, 2 processes: each rank samples its own prompts, the value head (outside the wrapped
     forward) is all-reduced with the policy, and rank 0 saves both."""
-    import socket
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = tmp_path / "ddp"
     args = ["ppo", "--init", files["init"], "--data", files["rl"], "--out", str(out), "--max-steps", "2",
             "--batch-size", "2", "--group-size", "2", "--max-new-tokens", "8", "--seq-len", "64", "--no-progress",
             "--num-samples", "0", "--eval-batches", "0", "--lr", "1e-2", "--device", "cpu",
             "--rewards", "format:1,correct:1,length:1@20"]
-    mp.spawn(_ddp_worker, args=(port, args), nprocs=2, join=True)
+    mp.spawn(cli_rank, args=(free_port(), args), nprocs=2, join=True)
     assert "2 process(es)" in capfd.readouterr().out  # really two ranks, not two single-process runs
     recs = _train(out)
     assert [r["step"] for r in recs] == [1, 2] and recs[1]["value"] != 0.0

@@ -19,7 +19,6 @@ import os
 import random
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -38,6 +37,7 @@ from minimind.train import checkpointing as ckpt
 from minimind.train.quickstart import quickstart_plan, stage_minutes
 from minimind.train.recipes import finished
 from minimind.train.trainer import Trainer
+from support import cli_rank, free_port
 
 WORDS = "the cat sat on a mat and the dog ran to the park while birds sang songs of spring".split()
 TINY = ["--preset", "tiny", "--batch-size", "2", "--no-progress", "--device", "cpu"]
@@ -79,19 +79,6 @@ def test_loader_refuses_a_split_smaller_than_the_world_when_built(pretrain_data,
         make_loader("pretrain", pretrain_data, tok, 16, 1, rank=0, world_size=64, split="val")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _two_rank_worker(rank: int, port: int, argv: list[str]) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    assert main(argv) == 0
-
-
 @pytest.mark.slow
 def test_two_process_run_with_one_held_out_window_finishes_with_its_checkpoint(tmp_path, pretrain_data, tok):
     # The case: 2 ranks (gloo), a held-out split of a single window, which one rank can
@@ -104,7 +91,7 @@ def test_two_process_run_with_one_held_out_window_finishes_with_its_checkpoint(t
     out = tmp_path / "ddp"
     argv = ["pretrain", *TINY, "--seq-len", str(seq_len), "--data", str(pretrain_data), "--out", str(out),
             "--max-steps", "2", "--eval-batches", "1", "--num-samples", "0"]
-    mp.spawn(_two_rank_worker, args=(_free_port(), argv), nprocs=2, join=True)
+    mp.spawn(cli_rank, args=(free_port(), argv), nprocs=2, join=True)
     final = locator.latest_checkpoint(out)
     assert final.name == "step-0000002" and (final / "model.safetensors").is_file()
     assert json.loads((final / locator.STATE_JSON).read_text())["world_size"] == 2
