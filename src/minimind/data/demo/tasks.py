@@ -88,93 +88,116 @@ def _column_add(a: int, b: int, lang: str) -> str:
     return "\n".join(steps)
 
 
+def _add(rng: random.Random, lang: str, zh: bool, kind: str) -> Task:
+    a, b = rng.randint(10, 9999), rng.randint(10, 9999)
+    q = _pick(lang, f"What is {a} + {b}?", f"计算 {a} + {b} 等于多少？")
+    r = _column_add(a, b, lang) + (f"\n所以 {a} + {b} = {a + b}。" if zh else f"\nSo {a} + {b} = {a + b}.")
+    return Task(kind, lang, q, fmt(a + b), r, {"a": a, "b": b})
+
+
+def _sub(rng: random.Random, lang: str, zh: bool, kind: str) -> Task:
+    a, b = sorted((rng.randint(10, 9999), rng.randint(10, 9999)), reverse=True)
+    q = _pick(lang, f"What is {a} - {b}?", f"计算 {a} - {b} 等于多少？")
+    r = (f"{a} - {b}：先减 {b // 10 * 10} 得 {a - b // 10 * 10}，再减 {b % 10} 得 {a - b}。" if zh else
+         f"{a} - {b}: subtract {b // 10 * 10} to get {a - b // 10 * 10}, then {b % 10} to get {a - b}.")
+    return Task(kind, lang, q, fmt(a - b), r, {"a": a, "b": b})
+
+
+def _mul(rng: random.Random, lang: str, zh: bool, kind: str) -> Task:
+    a, b = rng.randint(2, 99), rng.randint(2, 99)
+    t, u = b // 10 * 10, b % 10
+    q = _pick(lang, f"What is {a} × {b}?", f"计算 {a} × {b} 等于多少？")
+    r = (f"{a} × {b} = {a} × {t} + {a} × {u} = {a * t} + {a * u} = {a * b}。" if zh else
+         f"{a} × {b} = {a} × {t} + {a} × {u} = {a * t} + {a * u} = {a * b}.")
+    return Task(kind, lang, q, fmt(a * b), r, {"a": a, "b": b})
+
+
+def _compare(rng: random.Random, lang: str, zh: bool, kind: str) -> Task:
+    a = rng.randint(1, 999)
+    b = rng.choice([int(str(a)[::-1]) if a > 9 else a + 7, a + rng.randint(1, 50), max(a - rng.randint(1, 50), 0)])
+    if a == b:
+        b += 1
+    q = _pick(lang, f"Which number is larger, {a} or {b}?", f"{a} 和 {b}，哪个数更大？")
+    big = max(a, b)
+    r = (f"比较 {a} 和 {b}：{big} 更大。" if zh else f"Compare {a} and {b}: {big} is larger.")
+    return Task(kind, lang, q, fmt(big), r, {"a": a, "b": b})
+
+
+def _count_letter(rng: random.Random, lang: str, zh: bool, kind: str) -> Task:
+    if zh:
+        text = "".join(rng.choice(LETTERS_ZH[:6]) for _ in range(rng.randint(5, 12)))
+        ch = rng.choice(text)
+        q = f"“{text}”中有几个“{ch}”字？"
+        marks = "".join("✓" if c == ch else "·" for c in text)
+        r = f"逐字检查：{text}\n标记：{marks}\n共 {text.count(ch)} 个。"
+    else:
+        text = rng.choice(WORDS_EN)
+        ch = rng.choice(text)
+        q = f"How many times does the letter '{ch}' appear in the word '{text}'?"
+        spelled = " ".join(c.upper() if c == ch else c for c in text)
+        r = f"Spell it out: {spelled}. The marked letters are '{ch}': {text.count(ch)} of them."
+    return Task(kind, lang, q, fmt(text.count(ch)), r, {"text": text, "char": ch})
+
+
+def _count_items(rng: random.Random, lang: str, zh: bool, kind: str) -> Task:
+    en1, en2, zh_item = rng.choice(ITEMS)
+    groups = [rng.randint(1, 9) for _ in range(rng.randint(2, 4))]
+    listing = ("、".join(f"{g}{zh_item}" for g in groups) if zh
+               else ", ".join(f"{g} {en1 if g == 1 else en2}" for g in groups))
+    q = _pick(lang, f"A box holds {listing}. How many {en2} is that in total?",
+              f"盒子里有{listing}，一共有多少？")
+    r = " + ".join(map(str, groups)) + f" = {sum(groups)}"
+    return Task(kind, lang, q, fmt(sum(groups)), r + ("。" if zh else "."), {"groups": groups})
+
+
+def _unit(rng: random.Random, lang: str, zh: bool, kind: str) -> Task:
+    ef, et, zf, zt, factor = rng.choice(UNITS)
+    factor = Fraction(factor)
+    k = rng.randint(1, 40)
+    if factor < 1:  # value a multiple of 1/(10*factor): the result has one decimal (2500 m -> 2.5 km)
+        value = Fraction(k * factor.denominator, 10)
+    else:           # whole or half values: 3.5 km -> 3500 m
+        value = Fraction(k, 2 if rng.random() < 0.3 else 1)
+    result = value * factor
+    q = _pick(lang, f"How many {et} are there in {fmt(value)} {ef}?", f"{fmt(value)} {zf}等于多少{zt}？")
+    f_txt = fmt(factor) if factor >= 1 else f"1/{factor.denominator}"
+    r = (f"1 {zf} = {f_txt} {zt}，所以 {fmt(value)} × {f_txt} = {fmt(result)}。" if zh else
+         f"1 {ef[:-1]} = {f_txt} {et}, so {fmt(value)} × {f_txt} = {fmt(result)}.")
+    return Task(kind, lang, q, fmt(result), r, {"value": str(value), "factor": str(factor),
+                                             "from_unit": ef, "to_unit": et})
+
+
+def _sequence(rng: random.Random, lang: str, zh: bool, kind: str) -> Task:
+    start, step, n = rng.randint(1, 30), rng.randint(2, 12), rng.randint(4, 6)
+    seq = [start + i * step for i in range(n)]
+    shown = ", ".join(map(str, seq))
+    q = _pick(lang, f"What number comes next: {shown}, ?", f"找规律，下一个数是多少：{shown}，？")
+    r = (f"相邻两项差 {step}，所以下一个是 {seq[-1]} + {step} = {seq[-1] + step}。" if zh else
+         f"Each term adds {step}, so the next is {seq[-1]} + {step} = {seq[-1] + step}.")
+    return Task(kind, lang, q, fmt(seq[-1] + step), r, {"seq": seq})
+
+
+def _word_problem(rng: random.Random, lang: str, zh: bool, kind: str) -> Task:
+    (en_name, zh_name), (_, en2, zh_item) = rng.choice(NAMES), rng.choice(ITEMS)
+    have, buy = rng.randint(3, 20), rng.randint(1, 15)
+    give = rng.randint(1, have + buy)
+    left = have + buy - give
+    q = _pick(lang, f"{en_name} has {have} {en2}, buys {buy} more and gives away {give}. "
+                         f"How many {en2} does {en_name} have now?",
+              f"{zh_name}有 {have} {zh_item}，又买了 {buy} {zh_item}，送出 {give} {zh_item}。现在还剩多少？")
+    r = f"{have} + {buy} - {give} = {left}" + ("。" if zh else ".")
+    return Task(kind, lang, q, fmt(left), r, {"have": have, "buy": buy, "give": give})
+
+
+# One generator per kind; each draws from `rng` in a fixed order, so a seed gives the same tasks.
+TASK_MAKERS = {"add": _add, "sub": _sub, "mul": _mul, "compare": _compare, "count_letter": _count_letter, "count_items": _count_items, "unit": _unit, "sequence": _sequence, "word_problem": _word_problem}
+
+
 def make_task(rng: random.Random, lang: str, kind: str | None = None) -> Task:
     kind = kind or rng.choice(KINDS)
-    zh = lang == "zh"
-    if kind == "add":
-        a, b = rng.randint(10, 9999), rng.randint(10, 9999)
-        q = _pick(lang, f"What is {a} + {b}?", f"计算 {a} + {b} 等于多少？")
-        r = _column_add(a, b, lang) + (f"\n所以 {a} + {b} = {a + b}。" if zh else f"\nSo {a} + {b} = {a + b}.")
-        return Task(kind, lang, q, fmt(a + b), r, {"a": a, "b": b})
-    if kind == "sub":
-        a, b = sorted((rng.randint(10, 9999), rng.randint(10, 9999)), reverse=True)
-        q = _pick(lang, f"What is {a} - {b}?", f"计算 {a} - {b} 等于多少？")
-        r = (f"{a} - {b}：先减 {b // 10 * 10} 得 {a - b // 10 * 10}，再减 {b % 10} 得 {a - b}。" if zh else
-             f"{a} - {b}: subtract {b // 10 * 10} to get {a - b // 10 * 10}, then {b % 10} to get {a - b}.")
-        return Task(kind, lang, q, fmt(a - b), r, {"a": a, "b": b})
-    if kind == "mul":
-        a, b = rng.randint(2, 99), rng.randint(2, 99)
-        t, u = b // 10 * 10, b % 10
-        q = _pick(lang, f"What is {a} × {b}?", f"计算 {a} × {b} 等于多少？")
-        r = (f"{a} × {b} = {a} × {t} + {a} × {u} = {a * t} + {a * u} = {a * b}。" if zh else
-             f"{a} × {b} = {a} × {t} + {a} × {u} = {a * t} + {a * u} = {a * b}.")
-        return Task(kind, lang, q, fmt(a * b), r, {"a": a, "b": b})
-    if kind == "compare":
-        a = rng.randint(1, 999)
-        b = rng.choice([int(str(a)[::-1]) if a > 9 else a + 7, a + rng.randint(1, 50), max(a - rng.randint(1, 50), 0)])
-        if a == b:
-            b += 1
-        q = _pick(lang, f"Which number is larger, {a} or {b}?", f"{a} 和 {b}，哪个数更大？")
-        big = max(a, b)
-        r = (f"比较 {a} 和 {b}：{big} 更大。" if zh else f"Compare {a} and {b}: {big} is larger.")
-        return Task(kind, lang, q, fmt(big), r, {"a": a, "b": b})
-    if kind == "count_letter":
-        if zh:
-            text = "".join(rng.choice(LETTERS_ZH[:6]) for _ in range(rng.randint(5, 12)))
-            ch = rng.choice(text)
-            q = f"“{text}”中有几个“{ch}”字？"
-            marks = "".join("✓" if c == ch else "·" for c in text)
-            r = f"逐字检查：{text}\n标记：{marks}\n共 {text.count(ch)} 个。"
-        else:
-            text = rng.choice(WORDS_EN)
-            ch = rng.choice(text)
-            q = f"How many times does the letter '{ch}' appear in the word '{text}'?"
-            spelled = " ".join(c.upper() if c == ch else c for c in text)
-            r = f"Spell it out: {spelled}. The marked letters are '{ch}': {text.count(ch)} of them."
-        return Task(kind, lang, q, fmt(text.count(ch)), r, {"text": text, "char": ch})
-    if kind == "count_items":
-        en1, en2, zh_item = rng.choice(ITEMS)
-        groups = [rng.randint(1, 9) for _ in range(rng.randint(2, 4))]
-        listing = ("、".join(f"{g}{zh_item}" for g in groups) if zh
-                   else ", ".join(f"{g} {en1 if g == 1 else en2}" for g in groups))
-        q = _pick(lang, f"A box holds {listing}. How many {en2} is that in total?",
-                  f"盒子里有{listing}，一共有多少？")
-        r = " + ".join(map(str, groups)) + f" = {sum(groups)}"
-        return Task(kind, lang, q, fmt(sum(groups)), r + ("。" if zh else "."), {"groups": groups})
-    if kind == "unit":
-        ef, et, zf, zt, factor = rng.choice(UNITS)
-        factor = Fraction(factor)
-        k = rng.randint(1, 40)
-        if factor < 1:  # value a multiple of 1/(10*factor): the result has one decimal (2500 m -> 2.5 km)
-            value = Fraction(k * factor.denominator, 10)
-        else:           # whole or half values: 3.5 km -> 3500 m
-            value = Fraction(k, 2 if rng.random() < 0.3 else 1)
-        result = value * factor
-        q = _pick(lang, f"How many {et} are there in {fmt(value)} {ef}?", f"{fmt(value)} {zf}等于多少{zt}？")
-        f_txt = fmt(factor) if factor >= 1 else f"1/{factor.denominator}"
-        r = (f"1 {zf} = {f_txt} {zt}，所以 {fmt(value)} × {f_txt} = {fmt(result)}。" if zh else
-             f"1 {ef[:-1]} = {f_txt} {et}, so {fmt(value)} × {f_txt} = {fmt(result)}.")
-        return Task(kind, lang, q, fmt(result), r, {"value": str(value), "factor": str(factor),
-                                                 "from_unit": ef, "to_unit": et})
-    if kind == "sequence":
-        start, step, n = rng.randint(1, 30), rng.randint(2, 12), rng.randint(4, 6)
-        seq = [start + i * step for i in range(n)]
-        shown = ", ".join(map(str, seq))
-        q = _pick(lang, f"What number comes next: {shown}, ?", f"找规律，下一个数是多少：{shown}，？")
-        r = (f"相邻两项差 {step}，所以下一个是 {seq[-1]} + {step} = {seq[-1] + step}。" if zh else
-             f"Each term adds {step}, so the next is {seq[-1]} + {step} = {seq[-1] + step}.")
-        return Task(kind, lang, q, fmt(seq[-1] + step), r, {"seq": seq})
-    if kind == "word_problem":
-        (en_name, zh_name), (en1, en2, zh_item) = rng.choice(NAMES), rng.choice(ITEMS)
-        have, buy = rng.randint(3, 20), rng.randint(1, 15)
-        give = rng.randint(1, have + buy)
-        left = have + buy - give
-        q = _pick(lang, f"{en_name} has {have} {en2}, buys {buy} more and gives away {give}. "
-                             f"How many {en2} does {en_name} have now?",
-                  f"{zh_name}有 {have} {zh_item}，又买了 {buy} {zh_item}，送出 {give} {zh_item}。现在还剩多少？")
-        r = f"{have} + {buy} - {give} = {left}" + ("。" if zh else ".")
-        return Task(kind, lang, q, fmt(left), r, {"have": have, "buy": buy, "give": give})
-    raise ValueError(f"unknown task kind {kind!r}")
+    if kind not in TASK_MAKERS:
+        raise ValueError(f"unknown task kind {kind!r}")
+    return TASK_MAKERS[kind](rng, lang, lang == "zh", kind)
 
 
 def check_task(task: Task) -> str:
