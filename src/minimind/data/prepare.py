@@ -332,17 +332,7 @@ def prepare(kind: str, paths: list[str | Path], out_dir: str | Path, tokenizer=N
     try:
         dtype = token_dtype(tok.vocab_size)
         stats = ReadStats()
-        writers = [ShardWriter(tmp, i, kind, dtype) for i in range(len(files))]
-        total_bytes = sum(s["size"] for s in sources)
-        done = 0
-        progress = _progress(total_bytes, log)
-        for fi, enc in checked_chunks(kind, files, tok, workers, skip_bad, stats):
-            writers[fi].add(enc)
-            done += enc.n_bytes
-            progress(done)
-        shards = [w.close() for w in writers]
-        for i, s in enumerate(shards):
-            s["source"] = sources[i]["path"]
+        shards = _write_shards(tmp, kind, files, sources, tok, dtype, workers, skip_bad, stats, log)
         (tmp / "tokenizer").mkdir()
         for name in TOKENIZER_FILES:
             if (Path(tok.path) / name).is_file():
@@ -365,6 +355,21 @@ def prepare(kind: str, paths: list[str | Path], out_dir: str | Path, tokenizer=N
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # made by this run: only our files
     return PrepareResult(out, meta, False)
+
+
+def _write_shards(tmp: Path, kind: str, files: list[Path], sources: list[dict], tok, dtype, workers: int,
+                  skip_bad: bool, stats: ReadStats, log: Callable[[str], None]) -> list[dict]:
+    """Tokenise every file into its own shard under `tmp` (in parallel, streaming); the shards' summaries."""
+    writers = [ShardWriter(tmp, i, kind, dtype) for i in range(len(files))]
+    progress, done = _progress(sum(s["size"] for s in sources), log), 0
+    for fi, enc in checked_chunks(kind, files, tok, workers, skip_bad, stats):
+        writers[fi].add(enc)
+        done += enc.n_bytes
+        progress(done)
+    shards = [w.close() for w in writers]
+    for shard, source in zip(shards, sources):
+        shard["source"] = source["path"]
+    return shards
 
 
 def _progress(total: int, log: Callable[[str], None]) -> Callable[[int], None]:
