@@ -46,15 +46,16 @@ def expressions(seed: int) -> list[str]:
     return exprs
 
 
-def conversation(expr: str, phrase: str) -> tuple[list[dict], str]:
-    """system (calculator only) + user + the reference tool round trip and final reply; and the answer."""
+def conversation(expr: str, phrase: str, short: bool = False) -> tuple[list[dict], str]:
+    """system (calculator only) + user + the reference tool round trip and final reply ("a OP b = r.",
+    or with `short` "The answer is r.": one number to copy, right after the tool result); and the answer."""
     result = calculate(expr)
     system = {"role": "system", "content": C.TOOL_SYSTEM["en"], "tools": [C.TOOLS["calculator"]]}
     user = {"role": "user", "content": phrase.format(e=expr)}
     call = {"role": "assistant", "content": "", "tool_calls": [
         {"type": "function", "function": {"name": "calculator", "arguments": {"expression": expr}}}]}
     tool = {"role": "tool", "content": json.dumps({"result": result})}
-    return [system, user, call, tool, {"role": "assistant", "content": f"{expr} = {result}."}], str(result)
+    return [system, user, call, tool, {"role": "assistant", "content": f"The answer is {result}." if short else f"{expr} = {result}."}], str(result)
 
 
 def write_data(out: Path, n_sft: int, n_rl: int, n_eval: int) -> dict[str, Path]:
@@ -62,14 +63,15 @@ def write_data(out: Path, n_sft: int, n_rl: int, n_eval: int) -> dict[str, Path]
     disjoint expressions. Deterministic."""
     exprs, rng = expressions(1234), random.Random(1234)
     split = {"eval": exprs[:n_eval], "rl": exprs[n_eval:n_eval + n_rl], "sft": exprs[n_eval + n_rl:]}
-    rows: dict[str, list[dict]] = {"eval": [], "rl": [], "sft": []}
+    rows: dict[str, list[dict]] = {"eval": [], "rl": [], "sft": [], "sft_short": []}
     for name in ("eval", "rl"):
         for e in split[name]:
             conv, answer = conversation(e, rng.choice(PHRASES))
             rows[name].append({"conversations": C.upstream_shape(conv[:2]), "gt": [answer]})
-    for i in range(n_sft):  # SFT may see an expression in several phrasings
-        conv, _ = conversation(split["sft"][i % len(split["sft"])], rng.choice(PHRASES))
-        rows["sft"].append({"conversations": C.upstream_shape(conv) if i % 2 else C.openai_shape(conv)})
+    for name, short in (("sft", False), ("sft_short", True)):
+        for i in range(n_sft):  # SFT may see an expression in several phrasings
+            conv, _ = conversation(split["sft"][i % len(split["sft"])], rng.choice(PHRASES), short)
+            rows[name].append({"conversations": C.upstream_shape(conv) if i % 2 else C.openai_shape(conv)})
     out.mkdir(parents=True, exist_ok=True)
     files = {}
     for name, recs in rows.items():
@@ -125,12 +127,15 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--out", default="/tmp/h2/agentrl2/run")
     ap.add_argument("--seed", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--sizes", type=int, nargs=3, default=(4000, 1000, 200), metavar=("SFT", "RL", "EVAL"))
-    ap.add_argument("--sft-steps", type=int, default=150)
+    ap.add_argument("--sft-steps", type=int, default=120, help="SFT phase 1: final reply 'a OP b = r.'")
+    ap.add_argument("--short-sft-steps", type=int, default=60,
+                    help="SFT phase 2 (the RL start; the control's data): final reply 'The answer is r.'")
+    ap.add_argument("--more-sft-steps", type=int, default=0, help="SFT phase 3: more of phase 2, from its end")
     ap.add_argument("--sft-lr", type=float, default=1e-3)
-    ap.add_argument("--rl-steps", type=int, default=15)
-    ap.add_argument("--rl-lr", type=float, default=1e-4)
+    ap.add_argument("--rl-steps", type=int, default=12)
+    ap.add_argument("--rl-lr", type=float, default=3e-4)
     ap.add_argument("--prompts", type=int, default=8, help="prompts per step, each rolled out --group-size times")
-    ap.add_argument("--group-size", type=int, default=4)
+    ap.add_argument("--group-size", type=int, default=8)
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--rewards", default="correct:1,wellformed:0.2,valid:0.2,unfinished:0.5,repetition:0.5")
     ap.add_argument("--max-turns", type=int, default=2)
@@ -156,21 +161,31 @@ def main() -> None:
     sft_opts = dict(batch_size=16, seq_len=512, warmup_steps=10)
     start = train("sft", out / "sft", init=str(resolve_checkpoint(args.base)), data=[str(data["sft"])],
                   max_steps=args.sft_steps, lr=args.sft_lr, seed=0, **sft_opts)
-    score(start, "s_start")
+    score(start, "s1_sft")
+    if args.short_sft_steps:
+        start = train("sft", out / "sft_short", init=str(start), data=[str(data["sft_short"])],
+                      max_steps=args.short_sft_steps, lr=args.sft_lr, seed=0, **sft_opts)
+    tag = f"_more{args.more_sft_steps}" if args.more_sft_steps else ""  # runs from another start
+    if args.more_sft_steps:
+        score(start, "s2_sft_short")
+        start = train("sft", out / "sft_more", init=str(start), data=[str(data["sft_short"])],
+                      max_steps=args.more_sft_steps, lr=args.sft_lr, seed=0, **sft_opts)
+    score(start, f"s_start{tag}")
     if args.stop_after_sft:
         return
     for seed in args.seed:
-        rl = train("agent-rl", out / f"seed{seed}" / "agent_rl", init=str(start), data=[str(data["rl"])],
+        rl = train("agent-rl", out / f"seed{seed}{tag}" / "agent_rl", init=str(start), data=[str(data["rl"])],
                    max_steps=args.rl_steps, batch_size=args.prompts, group_size=args.group_size,
                    temperature=args.temperature, lr=args.rl_lr, warmup_steps=2, beta_kl=0.0,
                    freeze_embeddings=True, scale_advantages=False, rewards=args.rewards, max_turns=args.max_turns,
                    max_new_tokens=args.max_new_tokens, seq_len=512, seed=seed)
-        results[f"seed{seed}_rl_run"] = run_summary(out / f"seed{seed}" / "agent_rl")
-        score(rl, f"r_agent_rl_seed{seed}")
-        ctrl = train("sft", out / f"seed{seed}" / "sft_control", init=str(start), data=[str(data["sft"])],
-                     max_tokens=results[f"seed{seed}_rl_run"]["tokens"], lr=args.rl_lr, seed=seed,
+        results[f"seed{seed}{tag}_rl_run"] = run_summary(out / f"seed{seed}{tag}" / "agent_rl")
+        score(rl, f"r_agent_rl_seed{seed}{tag}")
+        ctrl = train("sft", out / f"seed{seed}{tag}" / "sft_control", init=str(start),
+                     data=[str(data["sft_short" if args.short_sft_steps else "sft"])],
+                     max_tokens=results[f"seed{seed}{tag}_rl_run"]["tokens"], lr=args.rl_lr, seed=seed,
                      **{**sft_opts, "warmup_steps": 2})
-        score(ctrl, f"c_sft_control_seed{seed}")
+        score(ctrl, f"c_sft_control_seed{seed}{tag}")
     print("\n| model | task success (held-out, greedy) | ± s.e. | called a tool |\n|---|---|---|---|")
     for k in (k for k in results if k[:2] in ("s_", "r_", "c_")):
         r = results[k]
