@@ -130,16 +130,17 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--sft-steps", type=int, default=120, help="SFT phase 1: final reply 'a OP b = r.'")
     ap.add_argument("--short-sft-steps", type=int, default=60,
                     help="SFT phase 2 (the RL start; the control's data): final reply 'The answer is r.'")
-    ap.add_argument("--more-sft-steps", type=int, default=0, help="SFT phase 3: more of phase 2, from its end")
+    ap.add_argument("--more-sft-steps", type=int, default=60, help="SFT phase 3: more of phase 2, from its end")
     ap.add_argument("--sft-lr", type=float, default=1e-3)
     ap.add_argument("--rl-steps", type=int, default=12)
     ap.add_argument("--rl-lr", type=float, default=3e-4)
     ap.add_argument("--prompts", type=int, default=8, help="prompts per step, each rolled out --group-size times")
     ap.add_argument("--group-size", type=int, default=8)
-    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--rewards", default="correct:1,wellformed:0.2,valid:0.2,unfinished:0.5,repetition:0.5")
     ap.add_argument("--max-turns", type=int, default=2)
     ap.add_argument("--max-new-tokens", type=int, default=48, help="per reply, in RL and in the eval")
+    ap.add_argument("--tag", default="", help="suffix of the RL and control run names (another RL setting)")
     ap.add_argument("--stop-after-sft", action="store_true", help="only train and score the RL start")
     return ap.parse_args()
 
@@ -165,12 +166,12 @@ def main() -> None:
     if args.short_sft_steps:
         start = train("sft", out / "sft_short", init=str(start), data=[str(data["sft_short"])],
                       max_steps=args.short_sft_steps, lr=args.sft_lr, seed=0, **sft_opts)
-    tag = f"_more{args.more_sft_steps}" if args.more_sft_steps else ""  # runs from another start
+    tag = (f"_more{args.more_sft_steps}" if args.more_sft_steps else "") + args.tag  # runs from another start
     if args.more_sft_steps:
         score(start, "s2_sft_short")
         start = train("sft", out / "sft_more", init=str(start), data=[str(data["sft_short"])],
                       max_steps=args.more_sft_steps, lr=args.sft_lr, seed=0, **sft_opts)
-    score(start, f"s_start{tag}")
+    score(start, f"s_start{tag.removesuffix(args.tag)}")
     if args.stop_after_sft:
         return
     for seed in args.seed:
