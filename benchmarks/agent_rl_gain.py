@@ -5,11 +5,14 @@ next to an equal-compute SFT control, on several seeds.
 
 The tiny quick-start model cannot copy multi-digit numbers into a tool call, so agent RL on the demo
 calc task sees no success and learns nothing (benchmarks/tool_rl.py). Here the task family is made
-easy enough for the start to succeed sometimes: "What is a OP b?" with 1-2 digit operands and one
-operator (+, -, ×), English, the calculator the only tool offered. Steps:
+easier: "What is a OP b?" with 1-2 digit operands and one operator (+, -, ×), English, the
+calculator the only tool offered. Steps:
   (s)  --base (a checkpoint that already writes `<tool_call>` blocks, e.g. tool_rl.py's focus_sft)
-       after --sft-steps of SFT on --sizes SFT such conversations (call, tool result, final reply);
-       the agent-RL start, which should succeed on 10-60% of held-out questions;
+       after SFT on --sizes SFT such conversations (call, tool result, final reply): --sft-steps
+       with the reply "a OP b = r.", then --short-sft-steps and --more-sft-steps with "The answer
+       is r."; the agent-RL start. GRPO needs it to succeed sometimes; measured (2026-11-27): it
+       reaches only 2.5-3% (the 2.9M model rarely copies the operands), and RL then loses to the
+       control on both seeds (see the run's table);
   (r)  per --seed, (s) after --rl-steps of `agent-rl` (G rollouts per prompt, rule rewards);
   (c)  per --seed, the control: (s) after more SFT on the same conversations for as many training
        tokens as that seed's agent-RL run used.
