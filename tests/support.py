@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from minimind.cli import main
+from minimind.config import ModelConfig
 
 
 def write_jsonl(path: Path, records: list) -> Path:
@@ -37,3 +38,19 @@ def cli_rank(rank: int, port: int, argv: list[str]) -> None:
     """One rank of a 2-process `minimind ...` run (torch.multiprocessing.spawn's target)."""
     join_process_group_env(rank, 2, port)
     assert main(argv) == 0
+
+
+def tiny_model_config(max_seq_len: int, **kw) -> ModelConfig:
+    """A 2-layer, 64-wide model over a 101-token vocabulary: every code path, in milliseconds."""
+    base = dict(vocab_size=101, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, max_seq_len=max_seq_len)
+    return ModelConfig(**{**base, **kw})
+
+
+def model_families(yarn_original: int) -> dict[str, dict]:
+    """The architecture variants every model test runs over (YaRN stretching `yarn_original` 4x)."""
+    return {
+        "dense": {},
+        "qk_norm": dict(qk_norm=True),
+        "moe": dict(num_experts=4, num_experts_per_tok=2, num_shared_experts=1, moe_intermediate_size=32),
+        "yarn": dict(rope_scaling={"type": "yarn", "factor": 4.0, "original_max_position_embeddings": yarn_original}),
+    }

@@ -23,23 +23,17 @@ from minimind.model.attention import Attention, document_mask, document_position
 from minimind.model.rope import RotaryTables
 from minimind.tokenizer import default_tokenizer_dir
 from minimind.train.build import enable_activation_checkpointing
-from support import write_jsonl
+from support import model_families, tiny_model_config, write_jsonl
 
 V = 101
 LENGTHS = (5, 9, 7)  # three documents packed into one row of 21 tokens
 
 
 def tiny(**kw) -> ModelConfig:
-    base = dict(vocab_size=V, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, max_seq_len=64)
-    return ModelConfig(**{**base, **kw})
+    return tiny_model_config(64, **kw)
 
 
-FAMILIES = {
-    "dense": {},
-    "qk_norm": dict(qk_norm=True),
-    "moe": dict(num_experts=4, num_experts_per_tok=2, num_shared_experts=1, moe_intermediate_size=32),
-    "yarn": dict(rope_scaling={"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}),
-}
+FAMILIES = model_families(16)
 
 
 def packed(seed=0):

@@ -12,21 +12,16 @@ from minimind.model.attention import decode_attend
 from minimind.model.layers import RMSNorm
 from minimind.model.moe import MoE
 from minimind.model.rope import RotaryTables, apply_rope, rope_inv_freq, rotate, rotate_half
+from support import model_families, tiny_model_config
 
 V = 101
 
 
 def tiny(**kw) -> ModelConfig:
-    base = dict(vocab_size=V, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, max_seq_len=128)
-    return ModelConfig(**{**base, **kw})
+    return tiny_model_config(128, **kw)
 
 
-FAMILIES = {
-    "dense": {},
-    "qk_norm": dict(qk_norm=True),
-    "moe": dict(num_experts=4, num_experts_per_tok=2, num_shared_experts=1, moe_intermediate_size=32),
-    "yarn": dict(rope_scaling={"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32}),
-}
+FAMILIES = model_families(32)
 
 
 def make(kw, seed=0) -> MiniMindLM:
