@@ -40,9 +40,10 @@ def cli_rank(rank: int, port: int, argv: list[str]) -> None:
     assert main(argv) == 0
 
 
-def tiny_model_config(max_seq_len: int, **kw) -> ModelConfig:
-    """A 2-layer, 64-wide model over a 101-token vocabulary: every code path, in milliseconds."""
-    base = dict(vocab_size=101, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, max_seq_len=max_seq_len)
+def tiny_model_config(context: int, **kw) -> ModelConfig:
+    """A 2-layer, 64-wide model over a 101-token vocabulary: every code path, in milliseconds.
+    `context` is the default max_seq_len; any field in `kw` (max_seq_len included) wins."""
+    base = dict(vocab_size=101, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, max_seq_len=context)
     return ModelConfig(**{**base, **kw})
 
 
