@@ -35,6 +35,20 @@ new MutationObserver(() => {
 """
 
 
+def set_greedy(browser, thinking_off: bool = False) -> None:
+    """Greedy decoding and a 60-token budget through the settings panel (optionally thinking off)."""
+    from selenium.webdriver.common.by import By  # optional dependency, as in the tests below
+
+    browser.find_element(By.ID, "toggle-settings").click()
+    for field, value in (("temperature", "0"), ("max_tokens", "60")):
+        box = browser.find_element(By.ID, field)
+        box.clear()
+        box.send_keys(value)
+    if thinking_off:
+        browser.find_element(By.ID, "thinking").click()
+    browser.find_element(By.ID, "toggle-settings").click()
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     ckpt, _ = shared_trained_checkpoint(tmp_path_factory)
@@ -75,12 +89,7 @@ def test_chat_page_streams_a_reply(server, browser, tmp_path):
     browser.execute_script(SPY)
 
     # Settings: greedy decoding and a token budget, through the settings panel.
-    browser.find_element(By.ID, "toggle-settings").click()
-    for field, value in (("temperature", "0"), ("max_tokens", "60")):
-        box = browser.find_element(By.ID, field)
-        box.clear()
-        box.send_keys(value)
-    browser.find_element(By.ID, "toggle-settings").click()
+    set_greedy(browser)
 
     box = browser.find_element(By.ID, "input")
     box.send_keys("你好")
@@ -147,13 +156,7 @@ def test_chat_page_shows_tool_calls_and_results(tool_server, browser):
     browser.get(tool_server.url + "/")
     wait_until(browser, "return !document.getElementById('tools-setting').hidden")
     browser.execute_script(SPY)
-    browser.find_element(By.ID, "toggle-settings").click()
-    for field, value in (("temperature", "0"), ("max_tokens", "60")):
-        box = browser.find_element(By.ID, field)
-        box.clear()
-        box.send_keys(value)
-    browser.find_element(By.ID, "thinking").click()  # the tool model was trained without reasoning
-    browser.find_element(By.ID, "toggle-settings").click()
+    set_greedy(browser, thinking_off=True)  # the tool model was trained without reasoning
     box = browser.find_element(By.ID, "input")
     box.send_keys(QUESTION, Keys.ENTER)
     wait_until(browser, "return document.body.dataset.busy === '' && document.querySelector('.tool-call.done')")
