@@ -9,8 +9,10 @@ from pathlib import Path
 
 import torch
 
+from minimind.checkpoint import save_model
 from minimind.cli import main
 from minimind.config import ModelConfig
+from minimind.model import MiniMindLM
 
 
 def write_jsonl(path: Path, records: list) -> Path:
@@ -55,3 +57,18 @@ def model_families(yarn_original: int) -> dict[str, dict]:
         "moe": dict(num_experts=4, num_experts_per_tok=2, num_shared_experts=1, moe_intermediate_size=32),
         "yarn": dict(rope_scaling={"type": "yarn", "factor": 4.0, "original_max_position_embeddings": yarn_original}),
     }
+
+
+def save_tiny_policy(folder: Path, tok, max_seq_len: int) -> str:
+    """A seeded 2-layer, 32-wide model with the shipped tokenizer, saved as an RL stage's --init."""
+    cfg = ModelConfig(vocab_size=tok.vocab_size, hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1,
+                      max_seq_len=max_seq_len)
+    torch.manual_seed(0)
+    save_model(MiniMindLM(cfg), folder, tokenizer_dir=tok.path)
+    return str(folder)
+
+
+def train_records(run: Path) -> list[dict]:
+    """The training lines of a run's metrics.jsonl."""
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r.get("split") == "train"]

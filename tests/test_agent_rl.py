@@ -9,14 +9,11 @@ import torch
 from safetensors.torch import load_file
 
 from minimind.agent import run_agents, scripted_token_model
-from minimind.checkpoint import save_model
 from minimind.cli import main
-from minimind.config import ModelConfig
-from minimind.model import MiniMindLM
 from minimind.tools import builtin_tools
 from minimind.train.rewards import agent_reward_terms, build_agent_rewards
 from minimind.train.stages.agent_rl import references, rollout_rows
-from support import write_jsonl
+from support import save_tiny_policy, train_records, write_jsonl
 
 CALC = builtin_tools().specs()[:1]
 
@@ -78,18 +75,11 @@ def test_rollout_rows_train_only_generated_tokens(tok):
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, tok):
     d = tmp_path_factory.mktemp("agent_rl")
-    cfg = ModelConfig(vocab_size=tok.vocab_size, hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1,
-                      max_seq_len=512)
-    torch.manual_seed(0)
-    save_model(MiniMindLM(cfg), d / "init", tokenizer_dir=tok.path)
+    save_tiny_policy(d / "init", tok, max_seq_len=512)
     system = {"role": "system", "content": "", "tools": json.dumps(CALC)}
     recs = [{"conversations": [system, {"role": "user", "content": f"What is {i}*3?"},
                                {"role": "assistant", "content": f"{3 * i}"}], "gt": [str(3 * i)]} for i in range(8)]
     return {"init": str(d / "init"), "data": str(write_jsonl(d / "agent.jsonl", recs))}
-
-
-def _train(run):
-    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r.get("split") == "train"]
 
 
 def test_agent_rl_cli_runs_and_resumes_exactly(files, tmp_path):
@@ -98,7 +88,7 @@ def test_agent_rl_cli_runs_and_resumes_exactly(files, tmp_path):
             "--num-samples", "0", "--eval-batches", "0", "--save-every", "1", "--keep-last", "3", "--lr", "1e-3"]
     full = tmp_path / "full"
     assert main([*args, "--out", str(full)]) == 0
-    recs = _train(full)
+    recs = train_records(full)
     assert [r["step"] for r in recs] == [1, 2]
     for r in recs:
         assert {"reward", "reward/correct", "reward/valid", "reward/unfinished", "turns", "tool_calls", "kl",
@@ -111,7 +101,7 @@ def test_agent_rl_cli_runs_and_resumes_exactly(files, tmp_path):
     shutil.rmtree(part / "checkpoints" / "step-0000002")
     (part / "checkpoints" / "latest").write_text("step-0000001\n")
     assert main([*args, "--out", str(part), "--resume"]) == 0
-    assert [(r["loss"], r["reward"]) for r in _train(part)] == [(r["loss"], r["reward"]) for r in recs]
+    assert [(r["loss"], r["reward"]) for r in train_records(part)] == [(r["loss"], r["reward"]) for r in recs]
     a = load_file(str(full / "checkpoints" / "step-0000002" / "model.safetensors"))
     b = load_file(str(part / "checkpoints" / "step-0000002" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -2,7 +2,6 @@
 head saved beside a plain policy checkpoint, and an exact resume. The loss math is checked on
 hand values in test_losses.py."""
 
-import json
 import shutil
 
 import pytest
@@ -10,27 +9,18 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from minimind.checkpoint import load_model, save_model
+from minimind.checkpoint import load_model
 from minimind.cli import main
-from minimind.config import ModelConfig
-from minimind.model import MiniMindLM
-from support import cli_rank, free_port, write_jsonl
+from support import cli_rank, free_port, save_tiny_policy, train_records, write_jsonl
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, tok):
     d = tmp_path_factory.mktemp("ppo")
-    cfg = ModelConfig(vocab_size=tok.vocab_size, hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1,
-                      max_seq_len=256)
-    torch.manual_seed(0)
-    save_model(MiniMindLM(cfg), d / "init", tokenizer_dir=tok.path)
+    save_tiny_policy(d / "init", tok, max_seq_len=256)
     recs = [{"conversations": [{"role": "user", "content": f"What is {i} + 2?"},
                                {"role": "assistant", "content": str(i + 2)}]} for i in range(8)]
     return {"init": str(d / "init"), "rl": str(write_jsonl(d / "rl.jsonl", recs))}
-
-
-def _train(run):
-    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r.get("split") == "train"]
 
 
 def test_ppo_cli_runs_saves_the_value_head_and_resumes_exactly(files, tmp_path):
@@ -40,7 +30,7 @@ def test_ppo_cli_runs_saves_the_value_head_and_resumes_exactly(files, tmp_path):
             "--rewards", "format:1,correct:1,length:1@20"]
     full = tmp_path / "full"
     assert main([*args, "--out", str(full)]) == 0
-    recs = _train(full)
+    recs = train_records(full)
     assert [r["step"] for r in recs] == [1, 2]
     for r in recs:
         assert {"reward", "kl", "value", "return", "policy_loss", "value_loss", "clip_fraction"} <= set(r)
@@ -59,7 +49,7 @@ def test_ppo_cli_runs_saves_the_value_head_and_resumes_exactly(files, tmp_path):
     shutil.rmtree(part / "checkpoints" / "step-0000002")
     (part / "checkpoints" / "latest").write_text("step-0000001\n")
     assert main([*args, "--out", str(part), "--resume"]) == 0
-    assert [(r["loss"], r["value"]) for r in _train(part)] == [(r["loss"], r["value"]) for r in recs]
+    assert [(r["loss"], r["value"]) for r in train_records(part)] == [(r["loss"], r["value"]) for r in recs]
     for name in ("model.safetensors", "value_head.safetensors"):
         a, b = load_file(str(ck / name)), load_file(str(part / "checkpoints" / "step-0000002" / name))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -83,7 +73,7 @@ def test_ppo_runs_under_ddp_with_two_processes(files, tmp_path, capfd):
             "--rewards", "format:1,correct:1,length:1@20"]
     mp.spawn(cli_rank, args=(free_port(), args), nprocs=2, join=True)
     assert "2 process(es)" in capfd.readouterr().out  # really two ranks, not two single-process runs
-    recs = _train(out)
+    recs = train_records(out)
     assert [r["step"] for r in recs] == [1, 2] and recs[1]["value"] != 0.0
     head = load_file(str(out / "checkpoints" / "step-0000002" / "value_head.safetensors"))
     assert head["value_head.weight"].abs().sum() > 0
