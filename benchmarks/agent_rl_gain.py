@@ -125,9 +125,10 @@ def train(stage: str, out: Path, **options) -> Path:
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--base", default="/tmp/h2/tools/bench/focus_sft",
-                    help="a checkpoint (or run dir) that already writes tool calls")
-    ap.add_argument("--out", default="/tmp/h2/agentrl2/run")
+    ap.add_argument("--base", required=True,
+                    help="a checkpoint (or run dir) that already writes tool calls, e.g. OUT/focus_sft of "
+                         "benchmarks/tool_rl.py --out OUT (the measured run started there)")
+    ap.add_argument("--out", default="runs/agent_rl_gain", help="run folder (default: runs/agent_rl_gain)")
     ap.add_argument("--seed", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--sizes", type=int, nargs=3, default=(4000, 1000, 200), metavar=("SFT", "RL", "EVAL"))
     ap.add_argument("--sft-steps", type=int, default=120, help="SFT phase 1: final reply 'a OP b = r.'")
