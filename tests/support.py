@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -72,3 +73,15 @@ def train_records(run: Path) -> list[dict]:
     """The training lines of a run's metrics.jsonl."""
     lines = (run / "metrics.jsonl").read_text().splitlines()
     return [r for r in map(json.loads, lines) if r.get("split") == "train"]
+
+
+def killed_copy(run: Path, dest: Path, step: int) -> Path:
+    """A copy of finished run `run` as if it had been killed right after saving `step`: later
+    checkpoints are gone and `latest` names that step (what `--resume` then finds)."""
+    shutil.copytree(run, dest)
+    keep = f"step-{step:07d}"
+    for folder in (dest / "checkpoints").glob("step-*"):
+        if folder.name > keep:
+            shutil.rmtree(folder)
+    (dest / "checkpoints" / "latest").write_text(keep + "\n")
+    return dest

@@ -2,7 +2,6 @@
 training rows, and the CLI run (2 steps of a tiny model) with an exact resume."""
 
 import json
-import shutil
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ from minimind.cli import main
 from minimind.tools import builtin_tools
 from minimind.train.rewards import agent_reward_terms, build_agent_rewards
 from minimind.train.stages.agent_rl import references, rollout_rows
-from support import save_tiny_policy, train_records, write_jsonl
+from support import killed_copy, save_tiny_policy, train_records, write_jsonl
 
 CALC = builtin_tools().specs()[:1]
 
@@ -96,10 +95,7 @@ def test_agent_rl_cli_runs_and_resumes_exactly(files, tmp_path):
         assert 1 <= r["turns"] <= 2
     assert recs[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # step 1 samples from the reference itself
 
-    part = tmp_path / "part"
-    shutil.copytree(full, part)
-    shutil.rmtree(part / "checkpoints" / "step-0000002")
-    (part / "checkpoints" / "latest").write_text("step-0000001\n")
+    part = killed_copy(full, tmp_path / "part", step=1)
     assert main([*args, "--out", str(part), "--resume"]) == 0
     assert [(r["loss"], r["reward"]) for r in train_records(part)] == [(r["loss"], r["reward"]) for r in recs]
     a = load_file(str(full / "checkpoints" / "step-0000002" / "model.safetensors"))

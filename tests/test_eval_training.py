@@ -4,7 +4,6 @@ step 1, RNG and train() mode untouched, and a resumed run equal to an uninterrup
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from minimind.cli import main
+from support import killed_copy
 
 WORDS = "the cat sat on a mat and the dog ran to the park 小猫 在 花园 里 玩 太阳 很 温暖".split()
 TINY = ["--preset", "tiny", "--seq-len", "32", "--batch-size", "2", "--no-progress", "--eval-batches", "1",
@@ -51,11 +51,7 @@ def test_mcq_suite_is_logged_at_each_evaluation_and_resume_is_exact(tmp_path, co
 
     # Interrupted after step 2 (its checkpoint was saved before that step's evaluation): resuming
     # must give the same losses and weights as the run that evaluated and went on.
-    part = tmp_path / "part"
-    shutil.copytree(full, part)
-    for later in ("step-0000004", "step-0000006"):
-        shutil.rmtree(part / "checkpoints" / later)
-    (part / "checkpoints" / "latest").write_text("step-0000002\n")
+    part = killed_copy(full, tmp_path / "part", step=2)
     assert main([*args, "--out", str(part), "--resume"]) == 0
     assert [r["loss"] for r in _records(part, "train")] == [r["loss"] for r in _records(full, "train")]
     assert [r["eval/mcq_accuracy"] for r in _records(part, "eval")] == [r["eval/mcq_accuracy"] for r in evals]

@@ -2,7 +2,6 @@
 head saved beside a plain policy checkpoint, and an exact resume. The loss math is checked on
 hand values in test_losses.py."""
 
-import shutil
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ from safetensors.torch import load_file
 
 from minimind.checkpoint import load_model
 from minimind.cli import main
-from support import cli_rank, free_port, save_tiny_policy, train_records, write_jsonl
+from support import cli_rank, free_port, killed_copy, save_tiny_policy, train_records, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +43,7 @@ def test_ppo_cli_runs_saves_the_value_head_and_resumes_exactly(files, tmp_path):
     assert not any(k.startswith("value_head") for k in load_file(str(ck / "model.safetensors")))
     load_model(ck)  # the policy is a plain model for chat/serve/export
 
-    part = tmp_path / "part"
-    shutil.copytree(full, part)
-    shutil.rmtree(part / "checkpoints" / "step-0000002")
-    (part / "checkpoints" / "latest").write_text("step-0000001\n")
+    part = killed_copy(full, tmp_path / "part", step=1)
     assert main([*args, "--out", str(part), "--resume"]) == 0
     assert [(r["loss"], r["value"]) for r in train_records(part)] == [(r["loss"], r["value"]) for r in recs]
     for name in ("model.safetensors", "value_head.safetensors"):
