@@ -146,7 +146,31 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--max-new-tokens", type=int, default=48, help="per reply, in RL and in the eval")
     ap.add_argument("--tag", default="", help="suffix of the RL and control run names (another RL setting)")
     ap.add_argument("--stop-after-sft", action="store_true", help="only train and score the RL start")
+    ap.add_argument("--start", help="start RL (and the control) from this checkpoint instead of the SFT phases "
+                                    "above, e.g. a longer SFT on OUT/data/calc_short_sft_short.jsonl; give --tag")
     return ap.parse_args()
+
+
+def rl_start(args: argparse.Namespace, out: Path, data: dict[str, Path], score) -> tuple[Path, str]:
+    """The RL start (--start, or the SFT phases from --base) and the tag of the runs from it."""
+    if args.start:
+        start = resolve_checkpoint(args.start)
+        score(start, f"s_start{args.tag}")
+        return start, args.tag
+    sft_opts = dict(batch_size=16, seq_len=512, warmup_steps=10)
+    start = train("sft", out / "sft", init=str(resolve_checkpoint(args.base)), data=[str(data["sft"])],
+                  max_steps=args.sft_steps, lr=args.sft_lr, seed=0, **sft_opts)
+    score(start, "s1_sft")
+    if args.short_sft_steps:
+        start = train("sft", out / "sft_short", init=str(start), data=[str(data["sft_short"])],
+                      max_steps=args.short_sft_steps, lr=args.sft_lr, seed=0, **sft_opts)
+    tag = (f"_more{args.more_sft_steps}" if args.more_sft_steps else "") + args.tag  # runs from another start
+    if args.more_sft_steps:
+        score(start, "s2_sft_short")
+        start = train("sft", out / "sft_more", init=str(start), data=[str(data["sft_short"])],
+                      max_steps=args.more_sft_steps, lr=args.sft_lr, seed=0, **sft_opts)
+    score(start, f"s_start{tag.removesuffix(args.tag)}")
+    return start, tag
 
 
 def main() -> None:
@@ -163,19 +187,7 @@ def main() -> None:
         results_path.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
         return results[name]
 
-    sft_opts = dict(batch_size=16, seq_len=512, warmup_steps=10)
-    start = train("sft", out / "sft", init=str(resolve_checkpoint(args.base)), data=[str(data["sft"])],
-                  max_steps=args.sft_steps, lr=args.sft_lr, seed=0, **sft_opts)
-    score(start, "s1_sft")
-    if args.short_sft_steps:
-        start = train("sft", out / "sft_short", init=str(start), data=[str(data["sft_short"])],
-                      max_steps=args.short_sft_steps, lr=args.sft_lr, seed=0, **sft_opts)
-    tag = (f"_more{args.more_sft_steps}" if args.more_sft_steps else "") + args.tag  # runs from another start
-    if args.more_sft_steps:
-        score(start, "s2_sft_short")
-        start = train("sft", out / "sft_more", init=str(start), data=[str(data["sft_short"])],
-                      max_steps=args.more_sft_steps, lr=args.sft_lr, seed=0, **sft_opts)
-    score(start, f"s_start{tag.removesuffix(args.tag)}")
+    start, tag = rl_start(args, out, data, score)
     if args.stop_after_sft:
         return
     for seed in args.seed:
@@ -187,9 +199,9 @@ def main() -> None:
         results[f"seed{seed}{tag}_rl_run"] = run_summary(out / f"seed{seed}{tag}" / "agent_rl")
         score(rl, f"r_agent_rl_seed{seed}{tag}")
         ctrl = train("sft", out / f"seed{seed}{tag}" / "sft_control", init=str(start),
-                     data=[str(data["sft_short" if args.short_sft_steps else "sft"])],
+                     data=[str(data["sft_short" if args.short_sft_steps or args.start else "sft"])],
                      max_tokens=results[f"seed{seed}{tag}_rl_run"]["tokens"], lr=args.rl_lr, seed=seed,
-                     **{**sft_opts, "warmup_steps": 2})
+                     batch_size=16, seq_len=512, warmup_steps=2)
         score(ctrl, f"c_sft_control_seed{seed}{tag}")
     print("\n| model | task success (held-out, greedy) | ± s.e. | called a tool |\n|---|---|---|---|")
     for k in (k for k in results if k[:2] in ("s_", "r_", "c_")):
