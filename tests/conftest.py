@@ -19,7 +19,10 @@ import torch
 from minimind.tokenizer import load_tokenizer
 
 torch.set_num_threads(1)
-os.environ.setdefault("MINIMIND_CACHE", tempfile.mkdtemp(prefix="minimind-cache-"))
+if "MINIMIND_CACHE" not in os.environ:
+    # Kept referenced for the whole session; its finaliser deletes the folder when the process ends.
+    _CACHE = tempfile.TemporaryDirectory(prefix="minimind-cache-")
+    os.environ["MINIMIND_CACHE"] = _CACHE.name
 
 
 @pytest.fixture(scope="session")
