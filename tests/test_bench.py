@@ -9,10 +9,14 @@ def test_bench_train_reports_throughput_and_mfu(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert main(["bench", "train", "--preset", "tiny", "--seq-len", "32", "--batch-size", "2", "--steps", "1",
                  "--warmup", "1", "--dtype", "fp32", "--no-data-bench", "--json", str(out)]) == 0
-    (row,) = json.loads(out.read_text())
-    assert row["mode"] == "eager" and row["dtype"] == "float32"
-    assert row["tokens_per_s"] > 0 and 0 < row["mfu"] < 5  # CPU MFU is relative to a measured matmul
+    rows = json.loads(out.read_text())
+    assert [(r["mode"], r["dtype"]) for r in rows] == [("eager+mkl", "float32"), ("eager+onednn", "float32")]
+    for row in rows:
+        assert row["tokens_per_s"] > 0 and 0 < row["mfu"] < 5  # CPU MFU is relative to a measured matmul
     assert "tokens/s" in capsys.readouterr().out
+    assert main(["bench", "train", "--preset", "tiny", "--seq-len", "32", "--batch-size", "2", "--steps", "1",
+                 "--warmup", "0", "--dtype", "fp32", "--no-data-bench", "--cpu-matmul", "mkl", "--json", str(out)]) == 0
+    assert [r["mode"] for r in json.loads(out.read_text())] == ["eager+mkl"]
 
 
 def test_bench_infer_runs_against_transformers(capsys):

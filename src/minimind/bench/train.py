@@ -32,6 +32,7 @@ from ..data.demo import write_demo
 from ..data.loader import make_loader
 from ..devices import pick_device
 from ..model import MiniMindLM
+from ..model.cpu_linear import use_onednn_linears
 from ..tokenizer import load_tokenizer
 from ..train.metrics import measured_matmul_flops, peak_flops
 
@@ -45,6 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true", help="also time torch.compile'd steps")
     p.add_argument("--dtype", choices=["fp32", "bf16", "both"], default="both")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--cpu-matmul", choices=["onednn", "mkl", "both"], default="both",
+                   help="CPU, eager fp32: the linear layers on oneDNN (what the trainer uses), on PyTorch's "
+                        "default MKL, or both side by side (default)")
     p.add_argument("--no-data-bench", dest="data_bench", action="store_false",
                    help="skip the packed-vs-padded comparison on the demo data")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
@@ -68,6 +72,14 @@ def _make_step(model, optimizer, device, dtype, compiled: bool):
         optimizer.zero_grad(set_to_none=True)
 
     return step
+
+
+def _kernel_choices(choice: str, device: torch.device, dtype: torch.dtype, compiled: bool) -> list[str | None]:
+    """Which matmul kernels to time for one row: a choice only exists for eager fp32 on the CPU
+    (None: the one default path)."""
+    if device.type != "cpu" or dtype != torch.float32 or compiled:
+        return [None]
+    return ["mkl", "onednn"] if choice == "both" else [choice]
 
 
 def _sync(device: torch.device) -> None:
@@ -143,27 +155,30 @@ def run(args: argparse.Namespace) -> int:
     if cpu_peak:
         print(f"CPU reference: fp32 1024^3 matmul reaches {cpu_peak / 1e9:.1f} GFLOP/s (MFU denominator)")
     results = []
-    print(f"{'mode':<9} {'dtype':<6} {'tokens/s':>10} {'MFU':>7} {'step ms':>9}  peak memory")
+    print(f"{'mode':<13} {'dtype':<6} {'tokens/s':>10} {'MFU':>7} {'step ms':>9}  peak memory")
     for compiled in modes:
         for dtype in dtypes:
-            torch.manual_seed(0)
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            model = MiniMindLM(cfg).to(device).train()
-            opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type in ("cuda", "cpu"))
-            step = _make_step(model, opt, device, dtype, compiled)
-            x = torch.randint(0, cfg.vocab_size, (B, T))
-            batches = [{"input_ids": x, "labels": x, "real": x.numel()}] * (args.warmup + args.steps)
-            secs, total, _ = _time_batches(step, batches, args.warmup, device)
-            tok_s = total / secs
-            peak = cpu_peak or peak_flops(device, dtype)
-            mfu = tok_s * fpt / peak if peak else None
-            name, dt = ("compiled" if compiled else "eager"), str(dtype).removeprefix("torch.")
-            mem = _peak_memory(device)
-            print(f"{name:<9} {dt:<6} {tok_s:>10,.0f} {(f'{100 * mfu:.1f}%' if mfu else 'n/a'):>7} "
-                  f"{1000 * secs / args.steps:>9.1f}  {mem}")
-            results.append({"mode": name, "dtype": dt, "tokens_per_s": tok_s, "mfu": mfu, "memory": mem})
-            del model, opt, step
+            for kernels in _kernel_choices(args.cpu_matmul, device, dtype, compiled):
+                torch.manual_seed(0)
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                model = MiniMindLM(cfg).to(device).train()
+                if kernels == "onednn":
+                    use_onednn_linears(model)
+                opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type in ("cuda", "cpu"))
+                step = _make_step(model, opt, device, dtype, compiled)
+                x = torch.randint(0, cfg.vocab_size, (B, T))
+                batches = [{"input_ids": x, "labels": x, "real": x.numel()}] * (args.warmup + args.steps)
+                secs, total, _ = _time_batches(step, batches, args.warmup, device)
+                tok_s = total / secs
+                peak = cpu_peak or peak_flops(device, dtype)
+                mfu = tok_s * fpt / peak if peak else None
+                name = ("compiled" if compiled else "eager") + (f"+{kernels}" if kernels else "")
+                dt, mem = str(dtype).removeprefix("torch."), _peak_memory(device)
+                print(f"{name:<13} {dt:<6} {tok_s:>10,.0f} {(f'{100 * mfu:.1f}%' if mfu else 'n/a'):>7} "
+                      f"{1000 * secs / args.steps:>9.1f}  {mem}")
+                results.append({"mode": name, "dtype": dt, "tokens_per_s": tok_s, "mfu": mfu, "memory": mem})
+                del model, opt, step
 
     if args.data_bench:
         # bf16 where it is fast (CUDA); on CPU fp32, which is what CPU training uses.
@@ -184,6 +199,8 @@ def _data_bench(args, cfg, device, dtype) -> list[dict]:
         for kind in ("pretrain", "sft"):
             torch.manual_seed(0)
             model = MiniMindLM(cfg).to(device).train()
+            if args.cpu_matmul != "mkl":  # as the trainer runs (a no-op off fp32 CPU)
+                use_onednn_linears(model)
             opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type in ("cuda", "cpu"))
             step = _make_step(model, opt, device, dtype, False)
             n = args.warmup + args.steps

@@ -107,12 +107,12 @@ def run_task(engine, task: str, data: str | Path, s: Settings) -> dict:
     start = time.perf_counter()
     read = read_task(task, data, scorer, s)
     if task == "ppl":
-        with _bar("ppl", None) as bar:
+        with _bar("ppl", None) as bar, engine.packed_matmuls():
             res = evaluate_ppl(scorer, read, s.stride, bar.update)
         files = [Path(data)]
     elif task in ("ceval", "cmmlu", "mcq"):
         total = sum(len(q.choices) for q in limited(read.questions, read.family, s.limit))
-        with _bar(task, total) as bar:
+        with _bar(task, total) as bar, engine.packed_matmuls():
             res = evaluate_mcq(scorer, read, s.shots, s.style, bar.update, s.limit)
         files = read.files
     elif task == "gen":

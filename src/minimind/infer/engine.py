@@ -321,6 +321,11 @@ class Engine:
             self.adapters = AdapterBank(self.model)
         self.adapters.load(name, folder)
 
+    def packed_matmuls(self):
+        """Packed oneDNN matmuls (CPU) for a caller's own no-grad forwards of `self.model`, such as
+        the eval scorer's; a no-op where they do not apply."""
+        return self.packed.active() if self.packed is not None else contextlib.nullcontext()
+
     @property
     def adapter_names(self) -> list[str]:
         return list(self.adapters.names) if self.adapters else []

@@ -127,13 +127,18 @@ class PackedLinears:
             return
         # An instance attribute shadows the class's method; nn.Module.__call__ (and so every
         # hook) is unchanged. Written to __dict__ directly: nn.Module.__setattr__ is slow.
+        # What was there before (a trainer's oneDNN forward, model/cpu_linear.py) comes back after.
+        before = [module.__dict__.get(name) for module, name, _ in self._overrides]
         for module, name, fn in self._overrides:
             module.__dict__[name] = fn
         try:
             yield
         finally:
-            for module, name, _ in self._overrides:
-                module.__dict__.pop(name, None)
+            for (module, name, _), old in zip(self._overrides, before):
+                if old is None:
+                    module.__dict__.pop(name, None)
+                else:
+                    module.__dict__[name] = old
 
 
 def _fresh(entry: tuple, group: tuple[nn.Linear, ...]) -> bool:

@@ -28,10 +28,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from ..config import IGNORE_INDEX
+from .cpu_linear import linear, matmul_nt
 
 CHUNK_ELEMENTS = 1 << 23  # logits per chunk: 32 MB in float32, whatever the vocabulary
 
@@ -50,7 +50,7 @@ def _forward(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
     with torch.autocast(hidden.device.type, enabled=False):  # the caller chose the dtype
         for start in range(0, hidden.shape[0], rows):
             sl = slice(start, start + rows)
-            logits = F.linear(hidden[sl], weight).float()
+            logits = matmul_nt(hidden[sl], weight).float()
             t = targets[sl]
             valid = t != IGNORE_INDEX
             lse[sl] = torch.logsumexp(logits, dim=-1)
@@ -75,12 +75,12 @@ def _backward(grad: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, ta
             sl = slice(start, start + rows)
             h, t = hidden[sl], targets[sl]
             valid = t != IGNORE_INDEX
-            probs = (F.linear(h, weight).float() - lse[sl].unsqueeze(1)).exp_()
+            probs = (matmul_nt(h, weight).float() - lse[sl].unsqueeze(1)).exp_()
             g = -probs.mul_((grad[sl] * valid).unsqueeze(1))  # d/dlogits = g * (onehot - softmax)
             g.scatter_add_(1, t.masked_fill(~valid, 0).unsqueeze(1), (grad[sl] * valid).unsqueeze(1))
             g = g.to(hidden.dtype)
-            d_hidden[sl] = g @ weight
-            d_weight += (g.t() @ h).float()
+            d_hidden[sl] = matmul_nt(g, weight.t())  # g @ weight
+            d_weight += matmul_nt(g.t(), h.t()).float()  # g^T @ h
     return d_hidden, d_weight.to(weight.dtype)
 
 
@@ -127,7 +127,7 @@ def logit_chunks(fn: Callable[..., tuple[torch.Tensor, ...]], heads: Sequence[tu
     chunk gradients once.
     """
     def chunk(*xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        logits = [F.linear(h, w) for h, (_, w) in zip(xs[:len(heads)], heads)]
+        logits = [linear(h, w) for h, (_, w) in zip(xs[:len(heads)], heads)]
         return fn(*logits, *xs[len(heads):])
 
     inputs = [h for h, _ in heads] + list(row_args)

@@ -39,7 +39,7 @@ from .trainer import Trainer, TrainResult
 
 # How a run is carried out, not what it trains: a finished run is reused whatever these say.
 RUN_ONLY = frozenset({
-    "out", "resume", "device", "dtype", "compile", "activation_checkpointing", "fsdp", "max_minutes",
+    "out", "resume", "device", "dtype", "compile", "onednn", "activation_checkpointing", "fsdp", "max_minutes",
     "save_every", "keep_last", "eval_every", "eval_batches", "eval_suite", "eval_data", "eval_limit",
     "num_samples", "sample_tokens", "log_every", "progress", "tensorboard", "wandb",
 })

@@ -58,6 +58,7 @@ from ..devices import training_dtype
 from ..errors import UserError
 from ..locator import has_checkpoint, latest_checkpoint, model_folder
 from ..model import MiniMindLM
+from ..model.cpu_linear import use_onednn_linears
 from . import checkpointing as ckpt
 from . import distributed as D
 from . import snapshot
@@ -206,6 +207,9 @@ class Trainer:
             self.stage.load_weights(model, weights, self.ctx)
         if cfg.activation_checkpointing:
             enable_activation_checkpointing(model)
+        onednn = cfg.onednn and not cfg.compile and self.device.type == "cpu" and self.dtype == torch.float32
+        if onednn:  # the same products, faster on the CPU (model/cpu_linear.py); hooks (LoRA) still fire
+            use_onednn_linears(model)
         torch.manual_seed(cfg.seed + self.dist.rank)
         self.model = model  # unwrapped (FSDP shards it in place): names stay clean for saving
         self.ctx.model = model
@@ -218,6 +222,8 @@ class Trainer:
         self.ctx.autocast = (lambda: torch.autocast(self.device.type, dtype=self.dtype)) if use_amp else contextlib.nullcontext
         for name, extra in self.stage.extra_models(self.ctx).items():
             extra.to(self.device).eval().requires_grad_(False)
+            if onednn:
+                use_onednn_linears(extra)
             self.ctx.extra[name] = extra
 
         self.params = self.stage.trainable_parameters(model)
