@@ -2,6 +2,7 @@
 next to an equal-compute SFT control, on several seeds.
 
     python benchmarks/agent_rl_gain.py --base CKPT --out OUT [--seed 0 1]
+    python benchmarks/agent_rl_gain.py --base CKPT --out OUT --start SFT_CKPT --rl-lang zh --tag _zh ...
 
 The tiny quick-start model cannot copy multi-digit numbers into a tool call, so agent RL on the demo
 calc task sees no success and learns nothing (benchmarks/tool_rl.py). Here the task family is made
@@ -10,15 +11,23 @@ calculator the only tool offered. Steps:
   (s)  --base (a checkpoint that already writes `<tool_call>` blocks, e.g. tool_rl.py's focus_sft)
        after SFT on --sizes SFT such conversations (call, tool result, final reply): --sft-steps
        with the reply "a OP b = r.", then --short-sft-steps and --more-sft-steps with "The answer
-       is r."; the agent-RL start. GRPO needs it to succeed sometimes; measured (2026-11-27): it
-       reaches only 2.5-3% (the 2.9M model rarely copies the operands), and RL then loses to the
-       control on both seeds (see the run's table);
-  (r)  per --seed, (s) after --rl-steps of `agent-rl` (G rollouts per prompt, rule rewards);
-  (c)  per --seed, the control: (s) after more SFT on the same conversations for as many training
-       tokens as that seed's agent-RL run used.
+       is r."; the agent-RL start. Or --start: any checkpoint, e.g. a longer SFT of the same data
+       (docs/benchmarks.md gives the command of the measured one: 800 steps reach 92.5%).
+  (r)  per --seed, (s) after --rl-steps of `agent-rl` (G rollouts per prompt, rule rewards), on the
+       English RL prompts, or with --rl-lang zh on Chinese phrasings of them (the SFT data has
+       none: a transfer gap, the setting where RL with a verifier and no demonstrations pays);
+  (c)  per --seed, the control: (s) after more SFT for as many training tokens as that seed's
+       agent-RL run used, on the start's SFT data (en) or on the reference conversations of the
+       very prompts RL trained on (zh: the strongest control, it sees the answers RL must find).
 Each is scored greedily through the agent loop (`evaluate_agent`) on the same --sizes EVAL held-out
-questions; SFT, RL and eval questions are disjoint expressions. Writes OUT/results.json (finished
-stages and evaluations are reused) and prints a table with binomial standard errors.
+questions (and with --rl-lang zh on their Chinese phrasings too); SFT, RL and eval questions are
+disjoint expressions. Writes OUT/results.json (finished stages and evaluations are reused) and
+prints a table with binomial standard errors.
+
+Measured (2026-11-27, docs/benchmarks.md): from the short SFT (2.5-3% success) and from a mid-way
+SFT checkpoint (38.5%, still learning fast) RL did not raise English success and the control did;
+from the converged SFT (English 92.5%, Chinese 34.0%) RL on the Chinese prompts raised held-out
+Chinese success to 78.5% and 80.5% (seeds 0 and 1) in 30 steps.
 """
 
 from __future__ import annotations
@@ -40,6 +49,8 @@ from minimind.train.recipes import run_stage
 
 OPS = ("+", "-", "×")
 PHRASES = ("What is {e}?", "Please compute {e}.", "Use the calculator: {e} = ?")
+# Chinese phrasings, never in the SFT data: the --rl-lang zh experiment (a transfer gap RL can close).
+PHRASES_ZH = ("{e} 等于多少？", "请计算 {e}。", "用计算器算一下：{e}")
 
 
 def expressions(seed: int) -> list[str]:
@@ -63,7 +74,8 @@ def conversation(expr: str, phrase: str, short: bool = False) -> tuple[list[dict
 
 def write_data(out: Path, n_sft: int, n_rl: int, n_eval: int) -> dict[str, Path]:
     """SFT conversations (both wire shapes), RL prompts and held-out eval prompts with `gt`, over
-    disjoint expressions. Deterministic."""
+    disjoint expressions; and Chinese versions of the eval and RL prompts (with the RL prompts'
+    reference conversations). Deterministic."""
     exprs, rng = expressions(1234), random.Random(1234)
     split = {"eval": exprs[:n_eval], "rl": exprs[n_eval:n_eval + n_rl], "sft": exprs[n_eval + n_rl:]}
     rows: dict[str, list[dict]] = {"eval": [], "rl": [], "sft": [], "sft_short": []}
@@ -75,6 +87,14 @@ def write_data(out: Path, n_sft: int, n_rl: int, n_eval: int) -> dict[str, Path]
         for i in range(n_sft):  # SFT may see an expression in several phrasings
             conv, _ = conversation(split["sft"][i % len(split["sft"])], rng.choice(PHRASES), short)
             rows[name].append({"conversations": C.upstream_shape(conv) if i % 2 else C.openai_shape(conv)})
+    rng = random.Random(4321)  # the Chinese sets: the same eval and RL expressions, other phrasings
+    rows.update(eval_zh=[], rl_zh=[], rl_zh_gold=[])
+    for name in ("eval", "rl"):
+        for e in split[name]:
+            conv, answer = conversation(e, rng.choice(PHRASES_ZH), short=True)
+            rows[f"{name}_zh"].append({"conversations": C.upstream_shape(conv[:2]), "gt": [answer]})
+            if name == "rl":  # the reference round trip of each RL prompt: the control's data
+                rows["rl_zh_gold"].append({"conversations": C.upstream_shape(conv)})
     out.mkdir(parents=True, exist_ok=True)
     files = {}
     for name, recs in rows.items():
@@ -146,6 +166,12 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--max-new-tokens", type=int, default=48, help="per reply, in RL and in the eval")
     ap.add_argument("--tag", default="", help="suffix of the RL and control run names (another RL setting)")
     ap.add_argument("--stop-after-sft", action="store_true", help="only train and score the RL start")
+    ap.add_argument("--rl-lang", choices=["en", "zh"], default="en",
+                    help="zh: RL on Chinese phrasings of the RL questions (the SFT data is English), scored on "
+                         "the Chinese eval set too; the control then trains on those prompts' reference replies")
+    ap.add_argument("--control-on-sft", action="store_true",
+                    help="--rl-lang zh: train the control on the start's English SFT data (the demonstrations a "
+                         "user has) instead of the RL prompts' Chinese reference conversations")
     ap.add_argument("--start", help="start RL (and the control) from this checkpoint instead of the SFT phases "
                                     "above, e.g. a longer SFT on OUT/data/calc_short_sft_short.jsonl; give --tag")
     return ap.parse_args()
@@ -173,6 +199,15 @@ def rl_start(args: argparse.Namespace, out: Path, data: dict[str, Path], score) 
     return start, tag
 
 
+def control_data(args: argparse.Namespace) -> tuple[str, str]:
+    """The control's SFT data and run name: the RL prompts' reference conversations (zh, unless
+    --control-on-sft), else the RL start's SFT data."""
+    if args.rl_lang == "zh" and not args.control_on_sft:
+        return "rl_zh_gold", "sft_control"
+    return ("sft_short" if args.short_sft_steps or args.start else "sft"), \
+        ("sft_control_en" if args.rl_lang == "zh" else "sft_control")
+
+
 def main() -> None:
     args = parse_args()
     out = Path(args.out)
@@ -182,8 +217,9 @@ def main() -> None:
     results["config"] = vars(args)
 
     def score(ckpt: Path, name: str) -> dict:
-        results[name] = evaluate(ckpt, data["eval"], out / "evals" / f"{name}.json", args.max_turns,
-                                 args.max_new_tokens)
+        for suffix, cases in [("", data["eval"])] + ([("_zh", data["eval_zh"])] if args.rl_lang == "zh" else []):
+            results[name + suffix] = evaluate(ckpt, cases, out / "evals" / f"{name}{suffix}.json", args.max_turns,
+                                              args.max_new_tokens)
         results_path.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
         return results[name]
 
@@ -191,18 +227,19 @@ def main() -> None:
     if args.stop_after_sft:
         return
     for seed in args.seed:
-        rl = train("agent-rl", out / f"seed{seed}{tag}" / "agent_rl", init=str(start), data=[str(data["rl"])],
+        rl = train("agent-rl", out / f"seed{seed}{tag}" / "agent_rl", init=str(start),
+                   data=[str(data["rl_zh" if args.rl_lang == "zh" else "rl"])],
                    max_steps=args.rl_steps, batch_size=args.prompts, group_size=args.group_size,
                    temperature=args.temperature, lr=args.rl_lr, warmup_steps=2, beta_kl=0.0,
                    freeze_embeddings=True, scale_advantages=False, rewards=args.rewards, max_turns=args.max_turns,
                    max_new_tokens=args.max_new_tokens, seq_len=512, seed=seed)
         results[f"seed{seed}{tag}_rl_run"] = run_summary(out / f"seed{seed}{tag}" / "agent_rl")
         score(rl, f"r_agent_rl_seed{seed}{tag}")
-        ctrl = train("sft", out / f"seed{seed}{tag}" / "sft_control", init=str(start),
-                     data=[str(data["sft_short" if args.short_sft_steps or args.start else "sft"])],
+        ctrl_data, ctrl_name = control_data(args)
+        ctrl = train("sft", out / f"seed{seed}{tag}" / ctrl_name, init=str(start), data=[str(data[ctrl_data])],
                      max_tokens=results[f"seed{seed}{tag}_rl_run"]["tokens"], lr=args.rl_lr, seed=seed,
                      batch_size=16, seq_len=512, warmup_steps=2)
-        score(ctrl, f"c_sft_control_seed{seed}{tag}")
+        score(ctrl, f"c_{ctrl_name}_seed{seed}{tag}")
     print("\n| model | task success (held-out, greedy) | ± s.e. | called a tool |\n|---|---|---|---|")
     for k in (k for k in results if k[:2] in ("s_", "r_", "c_")):
         r = results[k]
