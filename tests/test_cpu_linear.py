@@ -17,7 +17,7 @@ from minimind.model import cpu_linear as CL
 
 from _train_support import SyntheticStage, run
 
-pytestmark = pytest.mark.skipif(not CL._has_op(), reason="this PyTorch build has no oneDNN linear op")
+pytestmark = pytest.mark.skipif(not CL.has_onednn_linear(), reason="this PyTorch build has no oneDNN linear op")
 
 
 def _grads(fn, *tensors):

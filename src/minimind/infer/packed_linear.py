@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model.attention import Attention
+from ..model.cpu_linear import has_onednn_linear, onednn_nt
 from ..model.layers import SwiGLU
 
 # oneDNN picks the packed layout for a typical number of rows; any other row count still works.
@@ -42,8 +43,7 @@ _FUSE_MAX_ROWS = 64
 
 
 def _ops_available() -> bool:
-    return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+    return has_onednn_linear() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
 
 
 class PackedLinears:
@@ -85,7 +85,7 @@ class PackedLinears:
         """x [..., in] @ [W_1; W_2; ...]^T + b on oneDNN: [..., sum of out_features]."""
         in_features = group[0].in_features
         w, b = self._weight(key, group)
-        y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, in_features), w, b, "none", [], "")
+        y = onednn_nt(x.reshape(-1, in_features), w, b)
         return y.view(*x.shape[:-1], y.shape[-1])
 
     def _forward_for(self, lin: nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -1,6 +1,7 @@
 """fp32 matrix products on oneDNN for the CPU: linear layers with gradients, for training and scoring.
 
 Contract:
+- `has_onednn_linear()`: this PyTorch build has oneDNN's linear op; `onednn_nt(a, b, bias)` calls it.
 - `onednn_usable(*tensors)`: oneDNN can take these (all on the CPU, all float32, no CPU autocast
   active, PyTorch built with oneDNN's linear op).
 - `matmul_nt(a, b)` = `a @ b.T` for 2-D fp32 CPU tensors (any strides), on oneDNN when usable,
@@ -30,25 +31,27 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def _has_op() -> bool:
+def has_onednn_linear() -> bool:
+    """Whether this PyTorch build has oneDNN and its linear op (`mkldnn._linear_pointwise`)."""
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
 def onednn_usable(*tensors: torch.Tensor) -> bool:
     """All tensors fp32 on the CPU, no CPU autocast, and the oneDNN op built in."""
     return (all(t.is_cpu and t.dtype == torch.float32 for t in tensors)
-            and not torch.is_autocast_enabled("cpu") and _has_op())
+            and not torch.is_autocast_enabled("cpu") and has_onednn_linear())
 
 
-def _nt(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """a [N, K] @ b [M, K]^T (+ bias) on oneDNN; strided views of either are fine (no copy needed)."""
+def onednn_nt(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """a [N, K] @ b [M, K]^T (+ bias) on oneDNN, no checks; `b` may also be a packed weight
+    (`mkldnn._reorder_linear_weight`); strided views are accepted."""
     return torch.ops.mkldnn._linear_pointwise(a, b, bias, "none", [], "")
 
 
 def matmul_nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a [N, K] @ b [M, K]^T -> [N, M], on oneDNN for fp32 CPU tensors."""
     if a.numel() and b.numel() and onednn_usable(a, b):
-        return _nt(a, b)
+        return onednn_nt(a, b)
     return a @ b.t()
 
 
@@ -60,7 +63,7 @@ class _OnednnLinear(torch.autograd.Function):
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
         rows = x.reshape(-1, x.shape[-1])  # [N, in]: a view for the usual contiguous activations
-        return _nt(rows, weight, bias).view(*x.shape[:-1], weight.shape[0])
+        return onednn_nt(rows, weight, bias).view(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -68,9 +71,9 @@ class _OnednnLinear(torch.autograd.Function):
         g = grad.reshape(-1, grad.shape[-1])  # [N, out]
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
-            dx = _nt(g, weight.t()).view(x.shape)  # [N, out] @ [out, in]
+            dx = onednn_nt(g, weight.t()).view(x.shape)  # [N, out] @ [out, in]
         if ctx.needs_input_grad[1]:
-            dw = _nt(g.t(), x.reshape(-1, x.shape[-1]).t())  # [out, N] @ [N, in]; skipped for frozen weights
+            dw = onednn_nt(g.t(), x.reshape(-1, x.shape[-1]).t())  # [out, N] @ [N, in]; skipped for frozen weights
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = g.sum(0)
         return dx, dw, db
@@ -91,7 +94,7 @@ def _linear_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
 def use_onednn_linears(model: nn.Module) -> int:
     """Route every `nn.Linear` of `model` through `linear`; the number of layers changed (0 if the
     oneDNN op is missing from this PyTorch build)."""
-    if not _has_op():
+    if not has_onednn_linear():
         return 0
     layers = [m for m in model.modules() if type(m) is nn.Linear]
     for m in layers:
