@@ -199,7 +199,7 @@ def _data_bench(args, cfg, device, dtype) -> list[dict]:
         for kind in ("pretrain", "sft"):
             torch.manual_seed(0)
             model = MiniMindLM(cfg).to(device).train()
-            if args.cpu_matmul != "mkl":  # as the trainer runs (a no-op off fp32 CPU)
+            if args.cpu_matmul != "mkl" and device.type == "cpu":  # as the trainer runs
                 use_onednn_linears(model)
             opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type in ("cuda", "cpu"))
             step = _make_step(model, opt, device, dtype, False)
