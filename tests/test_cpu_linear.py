@@ -17,7 +17,7 @@ from minimind.model import cpu_linear as CL
 
 from _train_support import SyntheticStage, run
 
-pytestmark = pytest.mark.skipif(not CL.has_onednn_linear(), reason="this PyTorch build has no oneDNN linear op")
+pytestmark = pytest.mark.skipif(not CL.replaces_mkl(), reason="this PyTorch build has no MKL for oneDNN to replace")
 
 
 def _grads(fn, *tensors):
@@ -139,3 +139,13 @@ def test_onednn_training_matches_mkl_training(tmp_path):
         losses[flag] = result.losses
     assert len(losses[True]) == 6
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+
+
+def test_builds_without_mkl_keep_their_own_blas(monkeypatch):
+    """ARM / Apple builds (no MKL): models are left alone and `linear` is exactly F.linear."""
+    monkeypatch.setattr(torch.backends.mkl, "is_available", lambda: False)
+    model = _tiny()
+    assert CL.use_onednn_linears(model) == 0
+    x, w = torch.randn(3, 8), torch.randn(5, 8)
+    assert not CL.onednn_usable(x, w)
+    assert torch.equal(CL.linear(x, w), F.linear(x, w))

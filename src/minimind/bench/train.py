@@ -32,7 +32,7 @@ from ..data.demo import write_demo
 from ..data.loader import make_loader
 from ..devices import pick_device
 from ..model import MiniMindLM
-from ..model.cpu_linear import use_onednn_linears
+from ..model.cpu_linear import replaces_mkl, use_onednn_linears
 from ..tokenizer import load_tokenizer
 from ..train.metrics import measured_matmul_flops, peak_flops
 
@@ -75,9 +75,9 @@ def _make_step(model, optimizer, device, dtype, compiled: bool):
 
 
 def _kernel_choices(choice: str, device: torch.device, dtype: torch.dtype, compiled: bool) -> list[str | None]:
-    """Which matmul kernels to time for one row: a choice only exists for eager fp32 on the CPU
-    (None: the one default path)."""
-    if device.type != "cpu" or dtype != torch.float32 or compiled:
+    """Which matmul kernels to time for one row: a choice only exists for eager fp32 on a CPU whose
+    BLAS is MKL (None: the one default path)."""
+    if device.type != "cpu" or dtype != torch.float32 or compiled or not replaces_mkl():
         return [None]
     return ["mkl", "onednn"] if choice == "both" else [choice]
 

@@ -2,8 +2,10 @@
 
 Contract:
 - `has_onednn_linear()`: this PyTorch build has oneDNN's linear op; `onednn_nt(a, b, bias)` calls it.
-- `onednn_usable(*tensors)`: oneDNN can take these (all on the CPU, all float32, no CPU autocast
-  active, PyTorch built with oneDNN's linear op).
+- `replaces_mkl()`: this build's CPU BLAS is MKL and oneDNN's linear op is there: the case this
+  module is for. Elsewhere (ARM builds: Apple's Accelerate, OpenBLAS) nothing here changes a thing.
+- `onednn_usable(*tensors)`: oneDNN should take these (all on the CPU, all float32, no CPU autocast
+  active, and `replaces_mkl()`).
 - `matmul_nt(a, b)` = `a @ b.T` for 2-D fp32 CPU tensors (any strides), on oneDNN when usable,
   else plain `torch.matmul`. No gradient: for code that writes its own backward (lm_loss.py).
 - `linear(x, weight, bias=None)` = `F.linear(x, weight, bias)` in value (fp32 rounding: the same
@@ -17,7 +19,8 @@ Why: PyTorch's CPU wheels send fp32 matrix products to MKL's sgemm, which on AMD
 generic code path. oneDNN (also inside every wheel) runs the same fp32 products at about twice the
 speed there (measured on the development machine, an AMD EPYC, 1 thread: 96-107 -> 185-240
 GFLOP/s for the forward, input-gradient and weight-gradient shapes of `small`), and as fast as
-MKL on Intel processors. A training step on the CPU is ~77% matrix products, so this is the
+MKL on Intel processors (not measured here). Builds without MKL (ARM, Apple silicon) keep their own,
+often faster, BLAS: `use_onednn_linears` leaves their models alone. A training step on the CPU is ~77% matrix products, so this is the
 biggest lever the CPU trainer has (docs/benchmarks.md). Under CPU autocast (bf16), `F.linear`
 already goes to oneDNN's bf16 kernels, so `linear` leaves it alone.
 """
@@ -36,10 +39,15 @@ def has_onednn_linear() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
+def replaces_mkl() -> bool:
+    """Whether fp32 CPU matmuls would otherwise go to MKL, and oneDNN's linear op is available."""
+    return torch.backends.mkl.is_available() and has_onednn_linear()
+
+
 def onednn_usable(*tensors: torch.Tensor) -> bool:
-    """All tensors fp32 on the CPU, no CPU autocast, and the oneDNN op built in."""
+    """All tensors fp32 on the CPU, no CPU autocast, and oneDNN in place of MKL (`replaces_mkl`)."""
     return (all(t.is_cpu and t.dtype == torch.float32 for t in tensors)
-            and not torch.is_autocast_enabled("cpu") and has_onednn_linear())
+            and not torch.is_autocast_enabled("cpu") and replaces_mkl())
 
 
 def onednn_nt(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -92,9 +100,9 @@ def _linear_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
 
 
 def use_onednn_linears(model: nn.Module) -> int:
-    """Route every `nn.Linear` of `model` through `linear`; the number of layers changed (0 if the
-    oneDNN op is missing from this PyTorch build)."""
-    if not has_onednn_linear():
+    """Route every `nn.Linear` of `model` through `linear`; the number of layers changed (0 where
+    oneDNN would not replace MKL: see `replaces_mkl`)."""
+    if not replaces_mkl():
         return 0
     layers = [m for m in model.modules() if type(m) is nn.Linear]
     for m in layers:
