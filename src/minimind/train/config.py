@@ -73,8 +73,8 @@ class TrainConfig(ModelOverrides):  # the model shape flags (--hidden-size, ...)
     device: str = knob("auto", "auto | cpu | cuda | cuda:N | mps")
     dtype: str = knob("auto", "auto | fp32 | bf16 | fp16 (auto: bf16 on CUDA if supported, else fp32)")
     compile: bool = knob(False, "torch.compile the model")
-    onednn: bool = knob(True, "CPU, fp32: run the linear layers (forward and backward) on oneDNN instead of MKL: "
-                              "the same fp32 math, ~2x faster on AMD CPUs (not with --compile)")
+    onednn: bool = knob(True, "CPU, fp32, where PyTorch's BLAS is MKL: run the linear layers (forward and backward) "
+                              "on oneDNN instead: the same fp32 math, steps ~1.5x faster on AMD CPUs (not with --compile)")
     activation_checkpointing: bool = knob(False, "recompute each block in the backward pass to save memory")
     document_mask: bool = knob(False, "packed rows: attend only within each document (positions restart per "
                                       "document; the first token of each document is not a target)")
