@@ -2,7 +2,7 @@
 
 Contract:
 - `PackedLinears(model)` finds every `nn.Linear` of the model; `packed.available` says whether
-  it can help (fp32 weights on the CPU, PyTorch built with oneDNN).
+  it can help (fp32 weights on the CPU, a PyTorch whose BLAS is MKL and that has oneDNN).
 - `with packed.active():` makes each Linear of the model compute `x @ W^T + b` with oneDNN and a
   copy of W re-laid-out once for it (the "packed" weight), for the forwards run inside the
   block. Outside such a block the model is untouched. Hooks on the Linear modules (LoRA
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model.attention import Attention
-from ..model.cpu_linear import has_onednn_linear, onednn_nt
+from ..model.cpu_linear import onednn_nt, replaces_mkl
 from ..model.layers import SwiGLU
 
 # oneDNN picks the packed layout for a typical number of rows; any other row count still works.
@@ -43,7 +43,8 @@ _FUSE_MAX_ROWS = 64
 
 
 def _ops_available() -> bool:
-    return has_onednn_linear() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+    # Only where oneDNN replaces MKL (model/cpu_linear.py): ARM builds keep their own BLAS.
+    return replaces_mkl() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
 
 
 class PackedLinears:
