@@ -92,7 +92,7 @@ def test_a_model_trains_the_same_with_onednn_linears():
         torch.testing.assert_close(runs[1][1][k], v, rtol=1e-4, atol=1e-5)
 
 
-def test_hooks_still_fire_and_restore_undoes():
+def test_hooks_still_fire_through_onednn_linears():
     model = _tiny()
     seen = []
     model.layers[0].mlp.up_proj.register_forward_hook(lambda m, i, o: seen.append(o.shape))
@@ -100,8 +100,6 @@ def test_hooks_still_fire_and_restore_undoes():
     assert n == sum(type(m) is nn.Linear for m in model.modules()) > 0
     model(torch.randint(0, 64, (1, 5)))
     assert seen == [torch.Size([1, 5, 48])]
-    assert CL.restore_linears(model) == n
-    assert all("forward" not in vars(m) for m in model.modules() if type(m) is nn.Linear)
 
 
 def test_deepcopy_keeps_its_own_forward_and_packed_inference_restores_it():

@@ -13,16 +13,17 @@ Contract:
   products (dx = dy W, dW = dy^T x) on oneDNN when usable; otherwise it *is* `F.linear`.
 - `use_onednn_linears(model)` makes every `nn.Linear` of `model` compute through `linear` (an
   instance-level `forward`, so forward hooks such as LoRA adapters still see the same inputs and
-  outputs); `restore_linears(model)` undoes it. Both return how many layers they changed.
+  outputs); it returns how many layers it changed.
 
 Why: PyTorch's CPU wheels send fp32 matrix products to MKL's sgemm, which on AMD processors takes a
 generic code path. oneDNN (also inside every wheel) runs the same fp32 products at about twice the
 speed there (measured on the development machine, an AMD EPYC, 1 thread: 96-107 -> 185-240
-GFLOP/s for the forward, input-gradient and weight-gradient shapes of `small`), and as fast as
-MKL on Intel processors (not measured here). Builds without MKL (ARM, Apple silicon) keep their own,
-often faster, BLAS: `use_onednn_linears` leaves their models alone. A training step on the CPU is ~77% matrix products, so this is the
-biggest lever the CPU trainer has (docs/benchmarks.md). Under CPU autocast (bf16), `F.linear`
-already goes to oneDNN's bf16 kernels, so `linear` leaves it alone.
+GFLOP/s for the forward, input-gradient and weight-gradient shapes of `small`); on Intel processors
+MKL is expected to be as fast (not measured here). Builds without MKL (ARM, Apple silicon) keep
+their own, often faster, BLAS: `use_onednn_linears` leaves their models alone. A training step on
+the CPU is ~77% matrix products, so this is the biggest lever the CPU trainer has
+(docs/benchmarks.md). Under CPU autocast (bf16), `F.linear` already goes to oneDNN's bf16
+kernels, so `linear` leaves it alone.
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ class _OnednnLinear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             dx = onednn_nt(g, weight.t()).view(x.shape)  # [N, out] @ [out, in]
         if ctx.needs_input_grad[1]:
-            dw = onednn_nt(g.t(), x.reshape(-1, x.shape[-1]).t())  # [out, N] @ [N, in]; skipped for frozen weights
+            # [out, N] @ [N, in]; a frozen weight (LoRA base, frozen embeddings) skips this product
+            dw = onednn_nt(g.t(), x.reshape(-1, x.shape[-1]).t())
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = g.sum(0)
         return dx, dw, db
@@ -107,12 +109,4 @@ def use_onednn_linears(model: nn.Module) -> int:
     layers = [m for m in model.modules() if type(m) is nn.Linear]
     for m in layers:
         m.forward = types.MethodType(_linear_forward, m)
-    return len(layers)
-
-
-def restore_linears(model: nn.Module) -> int:
-    """Undo `use_onednn_linears`: the layers use `nn.Linear.forward` again."""
-    layers = [m for m in model.modules() if type(m) is nn.Linear and "forward" in vars(m)]
-    for m in layers:
-        del m.forward
     return len(layers)
