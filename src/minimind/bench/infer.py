@@ -48,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "with --threads 1, CPU time is barely disturbed by other processes")
     p.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")
     p.add_argument("--no-server", action="store_true", help="skip the server throughput test")
-    p.add_argument("--compile", action="store_true", help="also time our engine with a torch.compile'd decode step")
+    p.add_argument("--compile", action="store_true", help="also time our engine with its compiled decode step (infer/static_decode.py)")
 
 
 def _timed(fn, clock=time.perf_counter) -> float:
@@ -57,15 +57,14 @@ def _timed(fn, clock=time.perf_counter) -> float:
     return clock() - t
 
 
-def _ours(model, compiled=None):
+def _ours(model, compile: bool = False):
     """make(prompts, n) for our engine; one Engine per batch size, reused like the HF model is
     (a server keeps its engine: weight packing and allocations happen once, not per request)."""
     engines = {}
 
     def make(prompts, n: int):
         if len(prompts) not in engines:
-            engines[len(prompts)] = Engine(model, max_batch_size=len(prompts))
-            engines[len(prompts)].decode_model = compiled  # None: eager
+            engines[len(prompts)] = Engine(model, max_batch_size=len(prompts), compile=compile)
         params = SamplingParams(max_new_tokens=n, temperature=0, stop_token_ids=[])
         return lambda: engines[len(prompts)].generate(prompts, params)
     return make
@@ -193,13 +192,12 @@ def run(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             hf_model = transformers.AutoModelForCausalLM.from_pretrained(export_hf(model, tmp), dtype=torch.float32)
         hf_model = hf_model.eval().to(args.device)
-    compiled = torch.compile(model, dynamic=True) if args.compile else None
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     if sizes:
         print("\n| engine | batch | TTFT (ms) | decode tokens/s | decode vs transformers |\n|---|---|---|---|---|")
     engines = {"minimind": _ours(model)}
-    if compiled is not None:
-        engines["minimind, compiled decode"] = _ours(model, compiled)
+    if args.compile:
+        engines["minimind, compiled decode"] = _ours(model, compile=True)
     hf_name = None
     if hf_model is not None:
         hf_name = f"transformers {transformers.__version__}"

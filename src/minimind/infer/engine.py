@@ -41,6 +41,7 @@ import torch
 from ..model import KVCache, MiniMindLM
 from .adapters import AdapterBank
 from .packed_linear import PackedLinears
+from .static_decode import CompiledDecode
 from .sampling import InvalidParams, SamplingParams, make_generator, sample_tokens, token_logprobs
 from .streaming import IncrementalDecoder, StopMatcher
 
@@ -99,15 +100,14 @@ class BatchRunner:
     """
 
     def __init__(self, model: MiniMindLM, capacity: int, max_seq_len: int, pad_id: int = 0,
-                 decode=None, decode_model=None, adapters: AdapterBank | None = None,
+                 compiled: CompiledDecode | None = None, adapters: AdapterBank | None = None,
                  packed: PackedLinears | None = None) -> None:
         self.model = model
         self.adapters = adapters
-        self.packed = packed  # oneDNN-packed Linear weights for eager CPU forwards (packed_linear.py)
-        self.decode_model = model if decode_model is None else decode_model  # maybe torch.compile(model)
+        self.packed = packed  # oneDNN-packed Linear weights for CPU forwards (packed_linear.py)
+        self.compiled = compiled  # a compiled decode step (static_decode.py), or None: eager
         self.cache = model.new_kv_cache(capacity, max_seq_len)
         self.capacity, self.max_seq_len, self.pad_id = capacity, max_seq_len, pad_id
-        self.decode = decode
         self.seqs: list[Sequence] = []
         self.length = 0  # slots in use, shared by all rows
         device = model.embed_tokens.weight.device
@@ -183,7 +183,7 @@ class BatchRunner:
         view = self._view(n, n + m, L - P)
         # Equal-length prompts in an empty cache need no mask: plain causal attention (faster).
         view.padded = L != P or any(len(s.prompt_ids) != P for s in new)
-        with self._adapters_for(new), self._packed_for(self.model):
+        with self._adapters_for(new), self._packed():
             out = self.model(ids.to(self.device), attention_mask=mask.to(self.device), kv_cache=view, logits_to_keep=1)
         return self._accept(new, out.logits[:, -1])
 
@@ -208,10 +208,15 @@ class BatchRunner:
             self._shift(-min(s.start for s in self.seqs))
         n = len(self.seqs)
         ids = torch.tensor([[s.output_ids[-1]] for s in self.seqs], device=self.device)
-        with self._adapters_for(self.seqs), self._packed_for(self.decode_model):
-            out = self.decode_model(ids, kv_cache=self._view(0, n, self.length))
+        view = self._view(0, n, self.length)
+        with self._packed():
+            if self.compiled is not None and all(s.adapter is None for s in self.seqs):
+                logits = self.compiled(ids, view)
+            else:
+                with self._adapters_for(self.seqs):
+                    logits = self.model(ids, kv_cache=view).logits[:, -1]
         self.length += 1
-        return events + self._accept(self.seqs, out.logits[:, -1])
+        return events + self._accept(self.seqs, logits)
 
     def _adapters_for(self, seqs: list[Sequence]):
         """Rows that asked for a LoRA adapter get it in this forward; the rest see the base model."""
@@ -219,11 +224,9 @@ class BatchRunner:
             return contextlib.nullcontext()
         return self.adapters.rows([s.adapter for s in seqs])
 
-    def _packed_for(self, model):
-        """Packed CPU matmuls for an eager forward of our model (a compiled one does its own)."""
-        if self.packed is None or model is not self.model:
-            return contextlib.nullcontext()
-        return self.packed.active()
+    def _packed(self):
+        """Packed CPU matmuls for our forwards, eager or compiled (a no-op where they do not apply)."""
+        return self.packed.active() if self.packed is not None else contextlib.nullcontext()
 
     def cancel(self, seq: Sequence) -> None:
         if seq in self.seqs and not seq.finished:
@@ -309,8 +312,8 @@ class Engine:
         else:
             self.pad_id = cfg.pad_token_id
             self.default_stop_ids = frozenset({cfg.eos_token_id, cfg.pad_token_id})
-        # Compiling the decode step: shapes change every step (the cache grows), so dynamic.
-        self.decode_model = torch.compile(model, dynamic=True) if compile else None
+        # A compiled decode step (static_decode.py) for dense models; MoE models decode eagerly.
+        self.compiled = CompiledDecode(model) if compile and CompiledDecode.supports(model) else None
         self.adapters: AdapterBank | None = None  # LoRA adapters selectable per request
         self.packed = PackedLinears(model)
         self._ids = itertools.count()
@@ -362,7 +365,7 @@ class Engine:
         """A batch loop of `capacity` rows of `max_seq_len` slots (at most the engine's)."""
         slots = min(max_seq_len or self.max_seq_len, self.max_seq_len)
         return BatchRunner(self.model, capacity or self.max_batch_size, slots,
-                           pad_id=self.pad_id, decode_model=self.decode_model, adapters=self.adapters,
+                           pad_id=self.pad_id, compiled=self.compiled, adapters=self.adapters,
                            packed=self.packed)
 
     def run(self, seqs: list[Sequence]) -> Iterator[Event]:

@@ -25,6 +25,7 @@ matrix-vector product bound by memory bandwidth) measured ~25% faster inside the
 from __future__ import annotations
 
 import contextlib
+import weakref
 from typing import Callable, Iterator
 
 import torch
@@ -47,14 +48,65 @@ def _ops_available() -> bool:
     return replaces_mkl() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
 
 
+# id(first weight) -> (weak reference to it, {ids of its group: (versions, packed, bias)}). Not a
+# WeakKeyDictionary: that compares colliding keys with ==, which on tensors is elementwise.
+_PACKS: dict[int, tuple[weakref.ref, dict]] = {}
+
+
+def _entries_of(w: torch.Tensor) -> dict:
+    """The packed entries memoised on `w`; dropped when `w` is garbage-collected."""
+    slot = _PACKS.get(id(w))
+    if slot is None or slot[0]() is not w:
+        key = id(w)
+        slot = _PACKS[key] = (weakref.ref(w, lambda _, key=key: _PACKS.pop(key, None)), {})
+    return slot[1]
+
+
+def packed_weight(weights: tuple[torch.Tensor, ...], biases: tuple[torch.Tensor, ...] = ()) -> tuple:
+    """(packed [W_1; W_2; ...], stacked bias or None) for oneDNN, packed once and re-packed when a
+    weight is replaced or updated in place (its version counter moves): an engine reused after an
+    optimizer step never computes with stale weights.
+
+    Memoised on the first weight tensor itself (weakly: the entry dies with the weight), so the
+    eager forwards here and the `minimind::packed_linear` op below, which sees only tensors, share
+    one packed copy."""
+    entries = _entries_of(weights[0])
+    key = tuple(map(id, weights))
+    versions = tuple(t._version for t in weights + biases)
+    entry = entries.get(key)
+    if entry is None or entry[0] != versions:
+        with torch.no_grad():
+            w = weights[0].detach() if len(weights) == 1 else torch.cat([w.detach() for w in weights])
+            bias = None if not biases else biases[0] if len(biases) == 1 else torch.cat(biases)
+            entry = entries[key] = (versions, torch.ops.mkldnn._reorder_linear_weight(w, _PACK_ROWS_HINT), bias)
+    return entry[1], entry[2]
+
+
+def _packed_linear(x: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor]) -> torch.Tensor:
+    w, b = packed_weight(tuple(weights), tuple(biases))
+    return onednn_nt(x, w, b)
+
+
+def _packed_linear_shape(x: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor]) -> torch.Tensor:
+    return x.new_empty(x.shape[0], sum(w.shape[0] for w in weights))
+
+
+# `torch.compile` cannot trace oneDNN's packed weights (an opaque tensor layout), so a compiled
+# forward (static_decode.py) calls this op instead: to the compiler a black box with a known output
+# shape, at run time the same packed matmul. Registered at the C++ level (a plain `Library.impl`,
+# not `custom_op`): ~5 us of overhead per call instead of ~15.
+_LIB = torch.library.Library("minimind", "DEF")
+_LIB.define("packed_linear(Tensor x, Tensor[] weights, Tensor[] biases) -> Tensor")
+_LIB.impl("packed_linear", _packed_linear, "CPU")
+torch.library.register_fake("minimind::packed_linear", _packed_linear_shape, lib=_LIB)
+
+
 class PackedLinears:
     def __init__(self, model: nn.Module) -> None:
         self.linears = [m for m in model.modules() if type(m) is nn.Linear]
         w = self.linears[0].weight if self.linears else None
         self.available = (w is not None and w.device.type == "cpu" and w.dtype == torch.float32
                           and _ops_available())
-        # key (id of a Linear or of a fused group's first Linear's owner) -> (weights, versions, packed, bias)
-        self._packed: dict[int, tuple] = {}
         # (module, attribute, replacement) installed on entering `active()`, removed on leaving
         self._overrides = [(lin, "forward", self._forward_for(lin)) for lin in self.linears]
         for m in model.modules():
@@ -63,30 +115,22 @@ class PackedLinears:
             elif type(m) is SwiGLU:
                 self._overrides.append((m, "forward", self._swiglu_for(m)))
 
-    def _weight(self, key: int, group: tuple[nn.Linear, ...]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The packed weight (and bias) of `group`'s Linears stacked along the output dim."""
-        entry = self._packed.get(key)
-        if entry is None or not _fresh(entry, group):
-            weights = tuple(lin.weight for lin in group)
-            with torch.no_grad():
-                w = weights[0].detach() if len(group) == 1 else torch.cat([w.detach() for w in weights])
-                packed = torch.ops.mkldnn._reorder_linear_weight(w, _PACK_ROWS_HINT)
-                bias = group[0].bias if len(group) == 1 or group[0].bias is None else torch.cat([lin.bias for lin in group])
-            entry = (weights, tuple(w._version for w in weights), packed, bias)
-            self._packed[key] = entry
-        return entry[2], entry[3]
-
     def _usable(self, x: torch.Tensor) -> bool:
         return x.numel() > 0 and x.is_cpu and x.dtype == torch.float32 and not torch.is_grad_enabled()
 
     def _fusable(self, x: torch.Tensor, group: tuple[nn.Linear, ...]) -> bool:
         return x.numel() <= _FUSE_MAX_ROWS * x.shape[-1] and self._usable(x) and not _hooked(group)
 
-    def _matmul(self, x: torch.Tensor, key: int, group: tuple[nn.Linear, ...]) -> torch.Tensor:
+    def _matmul(self, x: torch.Tensor, group: tuple[nn.Linear, ...]) -> torch.Tensor:
         """x [..., in] @ [W_1; W_2; ...]^T + b on oneDNN: [..., sum of out_features]."""
-        in_features = group[0].in_features
-        w, b = self._weight(key, group)
-        y = onednn_nt(x.reshape(-1, in_features), w, b)
+        x2 = x.reshape(-1, group[0].in_features)
+        weights = tuple(lin.weight for lin in group)
+        biases = tuple(lin.bias for lin in group if lin.bias is not None)
+        if torch.compiler.is_compiling():  # the compiler sees the op, not the packed tensor
+            y = torch.ops.minimind.packed_linear(x2, list(weights), list(biases))
+        else:
+            w, b = packed_weight(weights, biases)
+            y = onednn_nt(x2, w, b)
         return y.view(*x.shape[:-1], y.shape[-1])
 
     def _forward_for(self, lin: nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -95,7 +139,7 @@ class PackedLinears:
         def forward(x: torch.Tensor) -> torch.Tensor:
             if not self._usable(x):
                 return F.linear(x, lin.weight, lin.bias)
-            return self._matmul(x, id(lin), group)
+            return self._matmul(x, group)
         return forward
 
     def _qkv_for(self, attn: Attention) -> Callable[[torch.Tensor], tuple[torch.Tensor, ...]]:
@@ -106,7 +150,7 @@ class PackedLinears:
         def project_qkv(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
             if not self._fusable(x, group):
                 return unfused(x)
-            return self._matmul(x, id(attn), group).split(sizes, dim=-1)  # views, no copies
+            return self._matmul(x, group).split(sizes, dim=-1)  # views, no copies
         return project_qkv
 
     def _swiglu_for(self, mlp: SwiGLU) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -116,7 +160,7 @@ class PackedLinears:
         def forward(x: torch.Tensor) -> torch.Tensor:
             if not self._fusable(x, group):
                 return unfused(x)
-            gate, up = self._matmul(x, id(mlp), group).chunk(2, dim=-1)
+            gate, up = self._matmul(x, group).chunk(2, dim=-1)
             return mlp.down_proj(F.silu(gate) * up)
         return forward
 
@@ -140,15 +184,6 @@ class PackedLinears:
                     module.__dict__.pop(name, None)
                 else:
                     module.__dict__[name] = old
-
-
-def _fresh(entry: tuple, group: tuple[nn.Linear, ...]) -> bool:
-    """Whether a packed entry still matches its Linears' weights: same tensors, same versions
-    (a plain loop: this runs for every matmul of every decode step)."""
-    for lin, w, version in zip(group, entry[0], entry[1]):
-        if lin.weight is not w or w._version != version:
-            return False
-    return True
 
 
 def _hooked(group: tuple[nn.Linear, ...]) -> bool:

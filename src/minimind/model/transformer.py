@@ -141,11 +141,7 @@ class MiniMindLM(nn.Module):
 
         x = self.embed_tokens(input_ids)
         cos, sin = self.rope(position_ids, x.dtype)
-        aux_losses = []
-        for i, layer in enumerate(self.layers):
-            x, aux = layer(x, cos, sin, mask, i, kv_cache, attention_mask)
-            if aux is not None:
-                aux_losses.append(aux)
+        x, aux_losses = self.run_layers(x, cos, sin, mask, kv_cache, attention_mask)
         if kv_cache is not None:
             kv_cache.commit(T)
         x = self.norm(x)
@@ -166,6 +162,19 @@ class MiniMindLM(nn.Module):
         token_logps = token_logps.view_as(targets)
         loss = -token_logps.sum() / (targets != IGNORE_INDEX).sum().clamp(min=1)
         return CausalLMOutput(logits=None, loss=loss, aux_loss=aux_loss, token_logps=token_logps, hidden=x)
+
+    def run_layers(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask, cache,
+                   token_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The blocks over embedded x [B, T, h]: (hidden states [B, T, h], MoE balance losses).
+
+        `cache` is a KVCache or anything with its `update(layer, k, v)` (the compiled decode step's
+        slot writer, infer/static_decode.py)."""
+        aux_losses = []
+        for i, layer in enumerate(self.layers):
+            x, aux = layer(x, cos, sin, mask, i, cache, token_mask)
+            if aux is not None:
+                aux_losses.append(aux)
+        return x, aux_losses
 
     def head_operands(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(x', W') with lm_head(x) == x' @ W'^T, or None when a hook on the head cannot be folded."""

@@ -1,0 +1,96 @@
+"""A compiled decode step: one new token for each of n rows, traced once, reused as the cache fills.
+
+Contract:
+- `CompiledDecode(model)(ids, cache) -> logits`: ids [n, 1], `cache` a `KVCache` (or a view over
+  its first rows) that already holds the rows' earlier tokens; returns the next-token logits
+  [n, V], what `model(ids, kv_cache=cache).logits[:, -1]` returns (to fp32 rounding), and
+  advances the cache exactly as that forward would.
+- Call it where the model's Linear layers should run (inside `PackedLinears.active()` on the CPU:
+  the compiled graph then calls the packed oneDNN matmuls through `minimind::packed_linear`).
+- Dense models only (`CompiledDecode.supports`): a mixture-of-experts layer picks its experts
+  from the data, which one graph cannot express; the engine decodes those eagerly.
+
+Why: an eager decode step dispatches ~450 small operations from Python (norms, RoPE, cache writes,
+softmax, residual adds) around its ~33 matmuls. `torch.compile` fuses the elementwise ones into a
+few generated kernels (C++ on the CPU, Triton on CUDA, where each saved launch matters most).
+
+Why it does not recompile: a graph is traced for the shapes it first sees, and the eager step's
+shapes change every token (the cache grows by one slot). Compiling the model's forward as it is
+therefore recompiled or ran slow symbolic code. Here:
+- the slot to write is a tensor (`cache.length`), so it is data, not part of the graph;
+- the graph is traced with the row count and the number of slots attended (`end`) as symbols
+  (`dynamic=True`): after the first traces (one row; several rows) every step reuses it;
+- each layer's cache goes in whole (dense tensors, updated in place) and the attended slots are
+  cut inside the graph: writing into an already-cut view (its strides carry the capacity, its
+  size the slots) made the compiler copy the whole window every step;
+- positions come from the cache's per-row counts, and the attention mask from its `valid`
+  slots, both tensors.
+On the 2-core development CPU this step runs as fast as the eager one (the matmuls and the
+attention's reads of the cache are the floor there, docs/benchmarks.md); it is the decode step
+for accelerators, where launching ~450 kernels per token is the cost.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.fx.experimental import _config as fx_config
+
+from ..model import KVCache, MiniMindLM
+
+
+class _SlotWriter:
+    """The cache as the model's attention layers see it inside the compiled step: `update` writes
+    a layer's new key/value at `slot` and returns that layer's first `end` slots.
+
+    It holds each layer's whole cache, keys in their stored layout [n, Hkv, D, capacity] (see
+    model/kv_cache.py) and values [n, Hkv, capacity, D]."""
+
+    def __init__(self, slot: torch.Tensor, end: int, keys_t: list[torch.Tensor], values: list[torch.Tensor]) -> None:
+        self.slot, self.end, self.keys_t, self.values = slot, end, keys_t, values
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """k, v [n, Hkv, 1, D] -> the layer's keys and values [n, Hkv, end, D], new slot included."""
+        keys_t, values = self.keys_t[layer], self.values[layer]
+        keys_t[:, :, :, self.slot] = k.transpose(-1, -2)  # an in-place write at a data-given slot
+        values[:, :, self.slot] = v
+        # narrow, not [:end]: a slice may run past the end (clamped to the size), narrow may not,
+        # so the graph need not tell `end == capacity` from `end < capacity`.
+        return keys_t.narrow(3, 0, self.end).transpose(-1, -2), values.narrow(2, 0, self.end)
+
+
+class CompiledDecode:
+    def __init__(self, model: MiniMindLM) -> None:
+        self.model = model
+        self._step = torch.compile(self._forward, dynamic=True)
+
+    @staticmethod
+    def supports(model: MiniMindLM) -> bool:
+        """Dense models: expert routing (MoE) has data-dependent shapes."""
+        return not model.config.is_moe
+
+    def _forward(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, slot: torch.Tensor, end: int,
+                 keys_t: list[torch.Tensor], values: list[torch.Tensor]) -> torch.Tensor:
+        model = self.model
+        x = model.embed_tokens(ids)
+        cos, sin = model.rope(pos, x.dtype)
+        x, _ = model.run_layers(x, cos, sin, mask, _SlotWriter(slot, end, keys_t, values))
+        return model.lm_head(model.norm(x))[:, -1]
+
+    def __call__(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Logits [n, V] of the next token after ids [n, 1]; the cache advances by one slot."""
+        slot = cache.length
+        if slot + 1 > self.model.config.max_seq_len:
+            raise ValueError(f"sequence of {slot + 1} tokens exceeds max_seq_len {self.model.config.max_seq_len}")
+        pos = cache.begin(1, None)  # marks the slot valid in every row; positions [n, 1] per row
+        end = slot + 1
+        mask = cache.key_valid(end)[:, None, None, :]  # always a mask: one graph, padded rows or not
+        layers = range(self.model.config.num_layers)
+        keys_t = [cache.k[i].transpose(-1, -2) for i in layers]  # the stored layout, dense
+        values = [cache.v[i] for i in layers]
+        # No "duck sizing" (two sizes that happen to be equal at the first trace, such as the row
+        # count and the cache's rows, would become one symbol, and the next step, when they
+        # differ, would trace again).
+        with fx_config.patch(use_duck_shape=False):
+            logits = self._step(ids, pos, mask, torch.tensor([slot], device=ids.device), end, keys_t, values)
+        cache.commit(1)
+        return logits

@@ -1,0 +1,85 @@
+"""The compiled decode step (infer/static_decode.py): the same tokens, logits and cache as the eager
+step, and no recompilation as the cache fills, rows leave or batches change size."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from infer_support import tiny_model
+
+from minimind import MiniMindLM, ModelConfig
+from minimind.infer import Engine, SamplingParams
+from minimind.infer.packed_linear import PackedLinears
+from minimind.infer.static_decode import CompiledDecode
+
+
+def _compiles() -> int:
+    """Frames torch.compile has compiled so far in this process (each trace of a new graph is one)."""
+    return torch._dynamo.utils.counters["frames"]["ok"]
+
+
+@pytest.fixture(scope="module")
+def engines():
+    model = tiny_model(max_seq_len=160)
+    return Engine(model), Engine(model, compile=True)
+
+
+def generate(engine, prompts, budgets):
+    params = [SamplingParams(max_new_tokens=n, temperature=0, stop_token_ids=[]) for n in budgets]
+    return [s.output_ids for s in engine.generate(prompts, params)]
+
+
+def test_compiled_engine_generates_what_the_eager_one_does_without_recompiling(engines):
+    eager, compiled = engines
+    assert compiled.compiled is not None
+    # Rows of different lengths (left padding) that finish at different steps (3 rows, then 2, then
+    # 1), running past the 64-slot windows (slot 9 + 90 tokens).
+    prompts, budgets = [[5, 6, 7], [9] * 17, [3, 1, 4, 1, 5, 9, 2, 6, 5]], [40, 5, 90]
+    before = _compiles()
+    assert generate(compiled, prompts, budgets) == generate(eager, prompts, budgets)
+    first = _compiles() - before
+    # A second call: other lengths, a bigger cache (its capacity is what the longest row needs).
+    prompts2, budgets2 = [[8] * 30, [2, 7], [11, 12, 13, 14]], [100, 60, 3]
+    assert generate(compiled, prompts2, budgets2) == generate(eager, prompts2, budgets2)
+    # Traces: one for several rows, one for a single row (torch specialises sizes 0 and 1), and at
+    # most one more where a first trace took two equal sizes for one symbol. Then none at all.
+    assert first <= 3
+    assert _compiles() - before == first
+
+
+def test_compiled_step_logits_and_cache_equal_the_eager_step():
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=97, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, max_seq_len=96,
+                      qk_norm=True, qkv_bias=True)
+    model = MiniMindLM(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    ids = torch.randint(0, 97, (3, 7))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0  # a left-padded row
+    packed, step = PackedLinears(model), CompiledDecode(model)
+    caches = [model.new_kv_cache(3, 80) for _ in range(2)]
+    with torch.inference_mode(), packed.active():
+        for cache in caches:
+            model(ids, attention_mask=mask, kv_cache=cache)
+        tok = torch.randint(0, 97, (3, 1))
+        for _ in range(4):
+            want = model(tok, kv_cache=caches[0]).logits[:, -1]
+            got = step(tok, caches[1])
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+            tok = want.argmax(-1, keepdim=True)
+    eager, compiled = caches
+    assert compiled.length == eager.length == 11
+    assert torch.equal(compiled.key_valid(80), eager.key_valid(80)) and torch.equal(compiled.count, eager.count)
+    torch.testing.assert_close(compiled.k, eager.k, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(compiled.v, eager.v, rtol=1e-5, atol=1e-6)
+
+
+def test_mixture_of_experts_models_decode_eagerly():
+    cfg = ModelConfig(vocab_size=64, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, max_seq_len=32,
+                      num_experts=2, num_experts_per_tok=1, moe_intermediate_size=16)
+    model = MiniMindLM(cfg).eval()
+    engine = Engine(model, compile=True)
+    assert not CompiledDecode.supports(model) and engine.compiled is None
+    assert len(generate(engine, [[1, 2, 3]], [4])[0]) == 4
