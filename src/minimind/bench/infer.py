@@ -7,7 +7,9 @@ Contract: `add_arguments(parser)` and `run(args) -> int` (wired by cli/bench_cmd
    generation: prefill + one sample) and decode tokens/s = B * (N - 1) / (T(N) - T(1)),
 3. starts `minimind serve` in a subprocess and streams from `--clients` concurrent clients,
    reporting aggregate completion tokens/s and the clients' mean / p90 time to first token.
-Each timing is the best of `--repeats` runs, interleaved across engines (the CPU may be shared). Prints a Markdown table.
+Each timing is the best of `--repeats` runs, interleaved across engines (the CPU may be shared); the
+last column gives the ratio to transformers repeat by repeat (median and range), a measure of the
+noise. Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -83,23 +85,35 @@ def _hf(hf_model):
     return make
 
 
-def _measure(engines: dict, prompts, n: int, repeats: int, clock=time.perf_counter) -> dict[str, tuple[float, float]]:
-    """{name: make(prompts, n) -> run} -> {name: (TTFT s, decode tokens/s)}, runs interleaved.
+def _measure(engines: dict, prompts, n: int, repeats: int, clock=time.perf_counter) -> dict[str, tuple]:
+    """{name: make(prompts, n) -> run} -> {name: (TTFT s, decode tokens/s, [decode tokens/s per repeat])}.
 
-    Interleaving (A1 B1 A1 B1 ..., then AN BN ...) makes a burst of load from other processes hit
-    every engine alike; the best of `repeats` then approximates an unloaded machine. `clock` may be
-    `time.process_time` (CPU seconds of this process), which other processes barely disturb.
+    Runs are interleaved (A1 B1 A1 B1 ..., then AN BN ...), so a burst of load from other processes
+    hits every engine alike. TTFT and the headline rate use the best of `repeats` (approximating an
+    unloaded machine); each repeat's own rate, B * (N - 1) / (T(N) - T(1)) from that repeat, is kept
+    too, so that ratios can be taken repeat by repeat (`run` prints their median and range).
+    `clock` may be `time.process_time` (CPU seconds of this process), which other processes barely disturb.
     """
     for make in engines.values():
         make(prompts, 2)()  # warm-up (allocator, kernels, weight packing, compilation)
-    t1 = {k: float("inf") for k in engines}
-    tn = dict(t1)
+    t1 = {k: [] for k in engines}
+    tn = {k: [] for k in engines}
     for _ in range(repeats):
         for k, make in engines.items():
-            t1[k] = min(t1[k], _timed(make(prompts, 1), clock))
+            t1[k].append(_timed(make(prompts, 1), clock))
         for k, make in engines.items():
-            tn[k] = min(tn[k], _timed(make(prompts, n), clock))
-    return {k: (t1[k], len(prompts) * (n - 1) / max(tn[k] - t1[k], 1e-9)) for k in engines}
+            tn[k].append(_timed(make(prompts, n), clock))
+
+    def rate(a: float, b: float) -> float:
+        return len(prompts) * (n - 1) / max(b - a, 1e-9)
+    return {k: (min(t1[k]), rate(min(t1[k]), min(tn[k])), [rate(a, b) for a, b in zip(t1[k], tn[k])])
+            for k in engines}
+
+
+def _ratio_spread(ours: list[float], theirs: list[float]) -> str:
+    """Median (min-max) over repeats of our decode rate / theirs in the same repeat."""
+    r = sorted(a / b for a, b in zip(ours, theirs))
+    return f"{statistics.median(r):.2f}x ({r[0]:.2f}-{r[-1]:.2f})"
 
 
 def _free_port() -> int:
@@ -184,7 +198,8 @@ def run(args: argparse.Namespace) -> int:
     g = torch.Generator().manual_seed(1)
     print(f"# minimind bench infer: preset {args.preset}, prompt {args.prompt_len} tokens, {args.new_tokens} new, "
           f"greedy, device {args.device}, torch threads {torch.get_num_threads()}, best of {args.repeats}, "
-          f"{args.clock} clock, load average {os.getloadavg()[0]:.1f}")
+          f"{args.clock} clock, load average {os.getloadavg()[0]:.1f}, "
+          f"GOMP_SPINCOUNT {os.environ.get('GOMP_SPINCOUNT', 'unset')}")
     hf_model = None
     if not args.no_hf and sizes:
         import transformers  # optional: the baseline
@@ -194,7 +209,8 @@ def run(args: argparse.Namespace) -> int:
         hf_model = hf_model.eval().to(args.device)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     if sizes:
-        print("\n| engine | batch | TTFT (ms) | decode tokens/s | decode vs transformers |\n|---|---|---|---|---|")
+        print("\n| engine | batch | TTFT (ms) | decode tokens/s | decode vs transformers | same, per repeat: median (range) |"
+              "\n|---|---|---|---|---|---|")
     engines = {"minimind": _ours(model)}
     if args.compile:
         engines["minimind, compiled decode"] = _ours(model, compile=True)
@@ -205,9 +221,10 @@ def run(args: argparse.Namespace) -> int:
     for b in sizes:
         prompts = torch.randint(16, cfg.vocab_size, (b, args.prompt_len), generator=g).tolist()
         res = _measure(engines, prompts, args.new_tokens, args.repeats, clock)
-        for name, (ttft, rate) in res.items():
+        for name, (ttft, rate, rates) in res.items():
             ratio = f"{rate / res[hf_name][1]:.2f}x" if hf_name else "-"
-            print(f"| {name} | {b} | {ttft * 1000:.1f} | {rate:.1f} | {ratio} |", flush=True)
+            spread = _ratio_spread(rates, res[hf_name][2]) if hf_name else "-"
+            print(f"| {name} | {b} | {ttft * 1000:.1f} | {rate:.1f} | {ratio} | {spread} |", flush=True)
     if not args.no_server:
         res = _server(model, args)
         print("\n| server clients | completion tokens/s (all clients) | mean TTFT (ms) | p90 TTFT (ms) | tokens | wall (s) |")
