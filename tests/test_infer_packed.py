@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -86,6 +88,20 @@ def test_engine_reused_after_training_step_sees_new_weights():
             p.add_(torch.randn_like(p) * 0.2)
     assert greedy(model, prompts, engine=engine) == greedy(model, prompts, engine=Engine(model))
     assert greedy(model, prompts, engine=engine) != first
+
+
+def test_a_new_engine_sees_what_a_fused_optimizer_step_changed():
+    """PyTorch's fused AdamW kernel leaves parameters' version counters alone, so a packed weight
+    cannot tell it is stale; a new Engine packs afresh (the RL stages make one per rollout)."""
+    model = tiny_model()
+    prompts = [[5, 6, 7], [9] * 11]
+    before = greedy(model, prompts)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    torch.optim.AdamW(model.parameters(), lr=0.5, fused=True).step()
+    after = greedy(model, prompts)  # a new Engine, same weight tensors
+    assert after == greedy(copy.deepcopy(model), prompts)  # new tensors: nothing memoised for them
+    assert after != before
 
 
 def linear_calls(fn) -> int:

@@ -65,7 +65,9 @@ def _entries_of(w: torch.Tensor) -> dict:
 def packed_weight(weights: tuple[torch.Tensor, ...], biases: tuple[torch.Tensor, ...] = ()) -> tuple:
     """(packed [W_1; W_2; ...], stacked bias or None) for oneDNN, packed once and re-packed when a
     weight is replaced or updated in place (its version counter moves): an engine reused after an
-    optimizer step never computes with stale weights.
+    optimizer step never computes with stale weights. Caveat: PyTorch's fused AdamW kernel updates
+    parameters without moving their version counters; after such steps make a new `PackedLinears`
+    (a new Engine), which drops its model's packs.
 
     Memoised on the first weight tensor itself (weakly: the entry dies with the weight), so the
     eager forwards here and the `minimind::packed_linear` op below, which sees only tensors, share
@@ -107,6 +109,11 @@ class PackedLinears:
         w = self.linears[0].weight if self.linears else None
         self.available = (w is not None and w.device.type == "cpu" and w.dtype == torch.float32
                           and _ops_available())
+        # A new instance packs afresh: an update that bypasses the version counter (the fused AdamW
+        # kernel's does) would otherwise leave an earlier engine's packs looking current. The RL
+        # stages build a new Engine for each rollout for this reason.
+        for lin in self.linears:
+            _PACKS.pop(id(lin.weight), None)
         # (module, attribute, replacement) installed on entering `active()`, removed on leaving
         self._overrides = [(lin, "forward", self._forward_for(lin)) for lin in self.linears]
         for m in model.modules():
