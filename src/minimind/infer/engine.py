@@ -15,6 +15,7 @@ Contract (token ids in, token ids and text out; nothing here knows about HTTP):
   and rows with different adapters still share every forward (see adapters.py).
 - On the CPU every forward (prefill and decode) runs the model's Linear layers on oneDNN with
   pre-packed weights (packed_linear.py): same results to fp32 rounding, 2-3x faster matmuls.
+  `Engine(..., compile=True)` decodes dense models with a compiled step (static_decode.py).
 - Every row stops on its own: a stop token, a stop string or its token budget. A finished row
   leaves at once and its slot is reused by the next request that arrives.
 
@@ -41,8 +42,8 @@ import torch
 from ..model import KVCache, MiniMindLM
 from .adapters import AdapterBank
 from .packed_linear import PackedLinears
-from .static_decode import CompiledDecode
 from .sampling import InvalidParams, SamplingParams, make_generator, sample_tokens, token_logprobs
+from .static_decode import CompiledDecode
 from .streaming import IncrementalDecoder, StopMatcher
 
 
@@ -102,17 +103,15 @@ class BatchRunner:
     def __init__(self, model: MiniMindLM, capacity: int, max_seq_len: int, pad_id: int = 0,
                  compiled: CompiledDecode | None = None, adapters: AdapterBank | None = None,
                  packed: PackedLinears | None = None) -> None:
-        self.model = model
-        self.adapters = adapters
+        self.model, self.adapters = model, adapters
         self.packed = packed  # oneDNN-packed Linear weights for CPU forwards (packed_linear.py)
         self.compiled = compiled  # a compiled decode step (static_decode.py), or None: eager
         self.cache = model.new_kv_cache(capacity, max_seq_len)
         self.capacity, self.max_seq_len, self.pad_id = capacity, max_seq_len, pad_id
         self.seqs: list[Sequence] = []
         self.length = 0  # slots in use, shared by all rows
-        device = model.embed_tokens.weight.device
+        self.device = device = model.embed_tokens.weight.device
         self.seen = torch.zeros(capacity, model.config.vocab_size, dtype=torch.bool, device=device)
-        self.device = device
 
     # -- cache bookkeeping -------------------------------------------------------------------
 
@@ -312,7 +311,6 @@ class Engine:
         else:
             self.pad_id = cfg.pad_token_id
             self.default_stop_ids = frozenset({cfg.eos_token_id, cfg.pad_token_id})
-        # A compiled decode step (static_decode.py) for dense models; MoE models decode eagerly.
         self.compiled = CompiledDecode(model) if compile and CompiledDecode.supports(model) else None
         self.adapters: AdapterBank | None = None  # LoRA adapters selectable per request
         self.packed = PackedLinears(model)
@@ -359,7 +357,6 @@ class Engine:
         if self.tokenizer is not None:
             s.decoder, s.stopper = IncrementalDecoder(self._decode), StopMatcher(params.stop)
         return s
-
 
     def runner(self, capacity: int | None = None, max_seq_len: int | None = None) -> BatchRunner:
         """A batch loop of `capacity` rows of `max_seq_len` slots (at most the engine's)."""
