@@ -48,8 +48,8 @@ def _ops_available() -> bool:
     return replaces_mkl() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
 
 
-# id(first weight) -> (weak reference to it, {ids of its group: (versions, packed, bias)}). Not a
-# WeakKeyDictionary: that compares colliding keys with ==, which on tensors is elementwise.
+# id(first weight) -> (weak reference to it, {ids of its group: (versions, other weights, packed,
+# bias)}). Not a WeakKeyDictionary: that compares colliding keys with ==, elementwise on tensors.
 _PACKS: dict[int, tuple[weakref.ref, dict]] = {}
 
 
@@ -76,12 +76,15 @@ def packed_weight(weights: tuple[torch.Tensor, ...], biases: tuple[torch.Tensor,
     key = tuple(map(id, weights))
     versions = tuple(t._version for t in weights + biases)
     entry = entries.get(key)
-    if entry is None or entry[0] != versions:
+    # The entry keeps the group's other weights alive (never the first: it would then never die),
+    # so an id in `key` cannot be reused by another tensor while the entry exists.
+    if entry is None or entry[0] != versions or any(a is not b for a, b in zip(entry[1], weights[1:])):
         with torch.no_grad():
             w = weights[0].detach() if len(weights) == 1 else torch.cat([w.detach() for w in weights])
             bias = None if not biases else biases[0] if len(biases) == 1 else torch.cat(biases)
-            entry = entries[key] = (versions, torch.ops.mkldnn._reorder_linear_weight(w, _PACK_ROWS_HINT), bias)
-    return entry[1], entry[2]
+            packed = torch.ops.mkldnn._reorder_linear_weight(w, _PACK_ROWS_HINT)
+            entry = entries[key] = (versions, weights[1:], packed, bias)
+    return entry[2], entry[3]
 
 
 def _packed_linear(x: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor]) -> torch.Tensor:
