@@ -58,23 +58,27 @@ class _SlotWriter:
         return keys_t.narrow(3, 0, self.end).transpose(-1, -2), values.narrow(2, 0, self.end)
 
 
+@torch.compile(dynamic=True)
+def _decode(model: MiniMindLM, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, slot: torch.Tensor,
+            end: int, keys_t: list[torch.Tensor], values: list[torch.Tensor]) -> torch.Tensor:
+    """The compiled step. One function for every model and engine: a graph is keyed by what it was
+    traced for (shapes, module structure), not by which engine asked, so engines built for each
+    rollout or batch size reuse it instead of each tracing its own (torch gives up compiling a
+    function after 8 traces)."""
+    x = model.embed_tokens(ids)
+    cos, sin = model.rope(pos, x.dtype)
+    x, _ = model.run_layers(x, cos, sin, mask, _SlotWriter(slot, end, keys_t, values))
+    return model.lm_head(model.norm(x))[:, -1]
+
+
 class CompiledDecode:
     def __init__(self, model: MiniMindLM) -> None:
         self.model = model
-        self._step = torch.compile(self._forward, dynamic=True)
 
     @staticmethod
     def supports(model: MiniMindLM) -> bool:
         """Dense models: expert routing (MoE) has data-dependent shapes."""
         return not model.config.is_moe
-
-    def _forward(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, slot: torch.Tensor, end: int,
-                 keys_t: list[torch.Tensor], values: list[torch.Tensor]) -> torch.Tensor:
-        model = self.model
-        x = model.embed_tokens(ids)
-        cos, sin = model.rope(pos, x.dtype)
-        x, _ = model.run_layers(x, cos, sin, mask, _SlotWriter(slot, end, keys_t, values))
-        return model.lm_head(model.norm(x))[:, -1]
 
     def __call__(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Logits [n, V] of the next token after ids [n, 1]; the cache advances by one slot."""
@@ -91,6 +95,6 @@ class CompiledDecode:
         # count and the cache's rows, would become one symbol, and the next step, when they
         # differ, would trace again).
         with fx_config.patch(use_duck_shape=False):
-            logits = self._step(ids, pos, mask, torch.tensor([slot], device=ids.device), end, keys_t, values)
+            logits = _decode(self.model, ids, pos, mask, torch.tensor([slot], device=ids.device), end, keys_t, values)
         cache.commit(1)
         return logits
