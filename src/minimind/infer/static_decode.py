@@ -32,6 +32,8 @@ for accelerators, where launching ~450 kernels per token is the cost.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch.fx.experimental import _config as fx_config
 
@@ -58,17 +60,22 @@ class _SlotWriter:
         return keys_t.narrow(3, 0, self.end).transpose(-1, -2), values.narrow(2, 0, self.end)
 
 
-@torch.compile(dynamic=True)
 def _decode(model: MiniMindLM, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, slot: torch.Tensor,
             end: int, keys_t: list[torch.Tensor], values: list[torch.Tensor]) -> torch.Tensor:
-    """The compiled step. One function for every model and engine: a graph is keyed by what it was
-    traced for (shapes, module structure), not by which engine asked, so engines built for each
-    rollout or batch size reuse it instead of each tracing its own (torch gives up compiling a
-    function after 8 traces)."""
+    """The step that gets compiled (see `_compiled_decode`)."""
     x = model.embed_tokens(ids)
     cos, sin = model.rope(pos, x.dtype)
     x, _ = model.run_layers(x, cos, sin, mask, _SlotWriter(slot, end, keys_t, values))
     return model.lm_head(model.norm(x))[:, -1]
+
+
+@functools.cache
+def _compiled_decode():
+    # One compiled function for every model and engine: a graph is keyed by what it was traced for
+    # (shapes, module structure), not by which engine asked, so engines built for each rollout or
+    # batch size reuse it instead of each tracing its own (torch stops compiling a function after 8
+    # traces). Built on first use: importing the compiler takes ~1.8 s, which `chat` need not pay.
+    return torch.compile(_decode, dynamic=True)
 
 
 class CompiledDecode:
@@ -95,6 +102,6 @@ class CompiledDecode:
         # count and the cache's rows, would become one symbol, and the next step, when they
         # differ, would trace again).
         with fx_config.patch(use_duck_shape=False):
-            logits = _decode(self.model, ids, pos, mask, torch.tensor([slot], device=ids.device), end, keys_t, values)
+            logits = _compiled_decode()(self.model, ids, pos, mask, torch.tensor([slot], device=ids.device), end, keys_t, values)
         cache.commit(1)
         return logits
