@@ -3,6 +3,8 @@ step, and no recompilation as the cache fills, rows leave or batches change size
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from infer_support import tiny_model
@@ -86,3 +88,18 @@ def test_mixture_of_experts_models_decode_eagerly():
     engine = Engine(model, compile=True)
     assert not CompiledDecode.supports(model) and engine.compiled is None
     assert len(generate(engine, [[1, 2, 3]], [4])[0]) == 4
+
+
+def test_a_model_with_hooks_decodes_eagerly_even_after_compiling():
+    """torch.compile does not guard on module hooks: a hook added after the graph was traced would be
+    skipped. The engine decodes a hooked model eagerly instead (LoRA adapters are hooks)."""
+    model = tiny_model(max_seq_len=160, seed=6)
+    eager, compiled = Engine(model), Engine(model, compile=True)
+    prompts = [[5, 6, 7], [9] * 11, [4, 4]]
+    params = SamplingParams(max_new_tokens=12, temperature=0, stop_token_ids=[])
+    assert compiled.compiled.ready()
+    plain = [s.output_ids for s in compiled.generate(prompts, params)]
+    model.layers[0].self_attn.o_proj.register_forward_hook(lambda module, inputs, out: out * 3)
+    assert not compiled.compiled.ready()
+    hooked = [s.output_ids for s in compiled.generate(prompts, params)]
+    assert hooked == [s.output_ids for s in eager.generate(prompts, params)] and hooked != plain

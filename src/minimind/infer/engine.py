@@ -209,7 +209,7 @@ class BatchRunner:
         ids = torch.tensor([[s.output_ids[-1]] for s in self.seqs], device=self.device)
         view = self._view(0, n, self.length)
         with self._packed():
-            if self.compiled is not None and all(s.adapter is None for s in self.seqs):
+            if self.compiled is not None and self.compiled.ready():
                 logits = self.compiled(ids, view)
             else:
                 with self._adapters_for(self.seqs):

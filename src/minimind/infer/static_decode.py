@@ -8,7 +8,8 @@ Contract:
 - Call it where the model's Linear layers should run (inside `PackedLinears.active()` on the CPU:
   the compiled graph then calls the packed oneDNN matmuls through `minimind::packed_linear`).
 - Dense models only (`CompiledDecode.supports`): a mixture-of-experts layer picks its experts
-  from the data, which one graph cannot express; the engine decodes those eagerly.
+  from the data, which one graph cannot express; the engine decodes those eagerly. So it does a
+  model with forward hooks (`ready()` is False), such as one with LoRA adapters loaded.
 
 Why: an eager decode step dispatches ~450 small operations from Python (norms, RoPE, cache writes,
 softmax, residual adds) around its ~33 matmuls. `torch.compile` fuses the elementwise ones into a
@@ -81,6 +82,14 @@ def _compiled_decode():
 class CompiledDecode:
     def __init__(self, model: MiniMindLM) -> None:
         self.model = model
+        self._modules = list(model.modules())
+
+    def ready(self) -> bool:
+        """Whether the compiled step may run now: no forward hooks on any module of the model.
+        torch.compile does not guard on hooks (`torch._dynamo.config.skip_nnmodule_hook_guards`), so
+        a graph traced without one would silently skip a hook added later (a LoRA adapter, a
+        user's probe). A hooked model decodes eagerly."""
+        return not any(m._forward_hooks or m._forward_pre_hooks for m in self._modules)
 
     @staticmethod
     def supports(model: MiniMindLM) -> bool:
