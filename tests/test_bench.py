@@ -40,3 +40,11 @@ def test_bench_infer_cpu_clock_reports_ratio_to_transformers(capsys):
     ratio = float(ours.split("|")[-3].strip().rstrip("x"))
     median = float(ours.split("|")[-2].split()[0].rstrip("x"))
     assert ratio > 0 and median == ratio  # one repeat: the best is the only one
+
+
+def test_bench_infer_compile_checks_the_compiled_step_against_eager(capsys):
+    assert main(["bench", "infer", "--preset", "tiny", "--prompt-len", "8", "--new-tokens", "6",
+                 "--batch-sizes", "3", "--repeats", "1", "--no-hf", "--no-server", "--compile"]) == 0
+    printed = capsys.readouterr().out
+    assert "| minimind, compiled decode | 3 |" in printed
+    assert "compiled decode, batch 3: greedy tokens identical to eager (3/3 rows)" in printed

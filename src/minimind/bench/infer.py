@@ -7,6 +7,8 @@ Contract: `add_arguments(parser)` and `run(args) -> int` (wired by cli/bench_cmd
    generation: prefill + one sample) and decode tokens/s = B * (N - 1) / (T(N) - T(1)),
 3. starts `minimind serve` in a subprocess and streams from `--clients` concurrent clients,
    reporting aggregate completion tokens/s and the clients' mean / p90 time to first token.
+With `--compile` it also times the compiled decode step and says whether its greedy tokens equal
+the eager engine's.
 Each timing is the best of `--repeats` runs, interleaved across engines (the CPU may be shared); the
 last column gives the ratio to transformers repeat by repeat (median and range), a measure of the
 noise. Prints a Markdown table.
@@ -70,6 +72,14 @@ def _ours(model, compile: bool = False):
         params = SamplingParams(max_new_tokens=n, temperature=0, stop_token_ids=[])
         return lambda: engines[len(prompts)].generate(prompts, params)
     return make
+
+
+def _same_greedy(engines: dict, prompts, n: int) -> str:
+    """Whether the compiled decode step generated the eager engine's greedy tokens, row by row."""
+    eager, compiled = (engines[k](prompts, n)() for k in ("minimind", "minimind, compiled decode"))
+    same = sum(a.output_ids == b.output_ids for a, b in zip(eager, compiled))
+    verdict = "identical" if same == len(prompts) else "DIFFERENT in some rows"
+    return f"compiled decode, batch {len(prompts)}: greedy tokens {verdict} to eager ({same}/{len(prompts)} rows)"
 
 
 def _hf(hf_model):
@@ -218,6 +228,7 @@ def run(args: argparse.Namespace) -> int:
     if hf_model is not None:
         hf_name = f"transformers {transformers.__version__}"
         engines[hf_name] = _hf(hf_model)
+    checks = []  # compiled vs eager greedy tokens, printed after the table
     for b in sizes:
         prompts = torch.randint(16, cfg.vocab_size, (b, args.prompt_len), generator=g).tolist()
         res = _measure(engines, prompts, args.new_tokens, args.repeats, clock)
@@ -225,6 +236,10 @@ def run(args: argparse.Namespace) -> int:
             ratio = f"{rate / res[hf_name][1]:.2f}x" if hf_name else "-"
             spread = _ratio_spread(rates, res[hf_name][2]) if hf_name else "-"
             print(f"| {name} | {b} | {ttft * 1000:.1f} | {rate:.1f} | {ratio} | {spread} |", flush=True)
+        if args.compile:
+            checks.append(_same_greedy(engines, prompts, args.new_tokens))
+    for line in checks:
+        print(line)
     if not args.no_server:
         res = _server(model, args)
         print("\n| server clients | completion tokens/s (all clients) | mean TTFT (ms) | p90 TTFT (ms) | tokens | wall (s) |")
