@@ -103,3 +103,14 @@ def test_a_model_with_hooks_decodes_eagerly_even_after_compiling():
     assert not compiled.compiled.ready()
     hooked = [s.output_ids for s in compiled.generate(prompts, params)]
     assert hooked == [s.output_ids for s in eager.generate(prompts, params)] and hooked != plain
+
+
+def test_compiled_engine_matches_eager_when_a_full_context_shifts_rows(engines):
+    """A context of 40 slots: the row with the long prompt ends at the limit, the cache then shifts
+    the other row's slots left (BatchRunner._shift) and decoding goes on over moved slots."""
+    model = engines[0].model
+    eager, compiled = Engine(model, max_seq_len=40), Engine(model, max_seq_len=40, compile=True)
+    prompts, budgets = [[7] * 30, [5, 6, 7, 8, 9]], [30, 30]
+    got = generate(compiled, prompts, budgets)
+    assert got == generate(eager, prompts, budgets)
+    assert len(got[0]) == 10 and len(got[1]) == 30  # the first row stopped at the context's end
