@@ -30,6 +30,13 @@ def test_generate_answer_on_stdout_reasoning_on_stderr(ckpt, capsys):
     assert err.strip() == REASONING
 
 
+def test_generate_compile_gives_the_same_answer_and_says_what_it_costs(ckpt, capsys):
+    assert main(["generate", "--ckpt", str(ckpt), "--prompt", "你好", "--temperature", "0", "--compile"]) == 0
+    out, err = capsys.readouterr()
+    assert out == ANSWER + "\n"
+    assert "--compile: the decode step compiles on the first tokens" in err and REASONING in err
+
+
 def test_generate_raw_and_limits(ckpt, capsys):
     assert main(["generate", "--ckpt", str(ckpt), "--prompt", "Hello", "--raw", "--max-new-tokens", "3",
                  "--temperature", "0.9", "--top-p", "0.5", "--seed", "1"]) == 0

@@ -161,6 +161,11 @@ def _engine(args: argparse.Namespace, default_max_seq_len: int | None = None) ->
         if not sep:
             name, folder = Path(spec).resolve().name, spec
         engine.load_adapter(name, folder)
+    if args.compile:  # say why the first reply is slow, or why --compile changes nothing
+        note = ("the decode step compiles on the first tokens (tens of seconds, once per process)"
+                if engine.compiled is not None and engine.compiled.ready() else
+                "this model decodes eagerly (mixture of experts, or LoRA adapters loaded)")
+        print(f"--compile: {note}", file=sys.stderr)
     return engine
 
 
