@@ -52,7 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "with --threads 1, CPU time is barely disturbed by other processes")
     p.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")
     p.add_argument("--no-server", action="store_true", help="skip the server throughput test")
-    p.add_argument("--compile", action="store_true", help="also time our engine with its compiled decode step (infer/static_decode.py)")
+    p.add_argument("--compile", action="store_true",
+                   help="also time our engine with its compiled decode step (infer/static_decode.py)")
 
 
 def _timed(fn, clock=time.perf_counter) -> float:

@@ -110,7 +110,8 @@ class CompiledDecode:
         # No "duck sizing" (two sizes that happen to be equal at the first trace, such as the row
         # count and the cache's rows, would become one symbol, and the next step, when they
         # differ, would trace again).
+        slot_t = torch.tensor([slot], device=ids.device)
         with fx_config.patch(use_duck_shape=False):
-            logits = _compiled_decode()(self.model, ids, pos, mask, torch.tensor([slot], device=ids.device), end, keys_t, values)
+            logits = _compiled_decode()(self.model, ids, pos, mask, slot_t, end, keys_t, values)
         cache.commit(1)
         return logits
