@@ -51,8 +51,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-seq-len", "--max-len", dest="max_seq_len", type=int, default=None,
                    help=f"context length in tokens (default: the model's, at most {SERVE_MAX_SEQ_LEN} for serve)")
     p.add_argument("--compile", action="store_true",
-                   help="compile the decode step of a dense model (tens of seconds once; on a CPU ~10%% faster "
-                        "at batch 1, no faster batched; meant for GPUs)")
+                   help="compile the decode step of a dense model (tens of seconds once; on a CPU at most "
+                        "~10%% faster; meant for GPUs)")
     p.add_argument("--tools", nargs="?", const="all", default=None, metavar="NAMES",
                    help="offer the built-in tools (all, or comma-separated names: "
                         "calculator,convert_units,add_days,days_between,weekday,text_length,lookup_capital)")
