@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -129,7 +129,7 @@ class PackedLinears:
         return x.numel() > 0 and x.is_cpu and x.dtype == torch.float32 and not torch.is_grad_enabled()
 
     def _fusable(self, x: torch.Tensor, group: tuple[nn.Linear, ...]) -> bool:
-        return x.numel() <= _FUSE_MAX_ROWS * x.shape[-1] and self._usable(x) and not _hooked(group)
+        return x.numel() <= _FUSE_MAX_ROWS * x.shape[-1] and self._usable(x) and not has_forward_hooks(group)
 
     def _matmul(self, x: torch.Tensor, group: tuple[nn.Linear, ...]) -> torch.Tensor:
         """x [..., in] @ [W_1; W_2; ...]^T + b on oneDNN: [..., sum of out_features]."""
@@ -196,6 +196,7 @@ class PackedLinears:
                     module.__dict__[name] = old
 
 
-def _hooked(group: tuple[nn.Linear, ...]) -> bool:
-    """Whether any Linear of a fused group has hooks (then each must run as itself)."""
-    return any(lin._forward_hooks or lin._forward_pre_hooks for lin in group)
+def has_forward_hooks(modules: Iterable[nn.Module]) -> bool:
+    """Whether any of `modules` has forward (pre-)hooks: a fused group's Linears must then each run
+    as themselves, and a compiled step would skip them (static_decode.py)."""
+    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)

@@ -39,6 +39,7 @@ import torch
 from torch.fx.experimental import _config as fx_config
 
 from ..model import KVCache, MiniMindLM
+from .packed_linear import has_forward_hooks
 
 
 class _SlotWriter:
@@ -89,7 +90,7 @@ class CompiledDecode:
         torch.compile does not guard on hooks (`torch._dynamo.config.skip_nnmodule_hook_guards`), so
         a graph traced without one would silently skip a hook added later (a LoRA adapter, a
         user's probe). A hooked model decodes eagerly."""
-        return not any(m._forward_hooks or m._forward_pre_hooks for m in self._modules)
+        return not has_forward_hooks(self._modules)
 
     @staticmethod
     def supports(model: MiniMindLM) -> bool:
@@ -99,8 +100,7 @@ class CompiledDecode:
     def __call__(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Logits [n, V] of the next token after ids [n, 1]; the cache advances by one slot."""
         slot = cache.length
-        if slot + 1 > self.model.config.max_seq_len:
-            raise ValueError(f"sequence of {slot + 1} tokens exceeds max_seq_len {self.model.config.max_seq_len}")
+        self.model.check_length(slot + 1)
         pos = cache.begin(1, None)  # marks the slot valid in every row; positions [n, 1] per row
         end = slot + 1
         mask = cache.key_valid(end)[:, None, None, :]  # always a mask: one graph, padded rows or not

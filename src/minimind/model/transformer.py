@@ -131,9 +131,7 @@ class MiniMindLM(nn.Module):
         doc_ids: torch.Tensor | None = None,
     ) -> CausalLMOutput:
         B, T = input_ids.shape
-        past = kv_cache.length if kv_cache is not None else 0
-        if past + T > self.config.max_seq_len:  # positions never exceed slots, so this bounds them
-            raise ValueError(f"sequence of {past + T} tokens exceeds max_seq_len {self.config.max_seq_len}")
+        self.check_length((kv_cache.length if kv_cache is not None else 0) + T)
         if doc_ids is not None:
             mask, position_ids = self._document_mask(input_ids, doc_ids, attention_mask, position_ids, kv_cache)
         else:
@@ -162,6 +160,12 @@ class MiniMindLM(nn.Module):
         token_logps = token_logps.view_as(targets)
         loss = -token_logps.sum() / (targets != IGNORE_INDEX).sum().clamp(min=1)
         return CausalLMOutput(logits=None, loss=loss, aux_loss=aux_loss, token_logps=token_logps, hidden=x)
+
+    def check_length(self, total: int) -> None:
+        """Raise if a sequence of `total` tokens (cached + new) exceeds the model's context. Positions
+        never exceed slots, so this also bounds the RoPE tables' index."""
+        if total > self.config.max_seq_len:
+            raise ValueError(f"sequence of {total} tokens exceeds max_seq_len {self.config.max_seq_len}")
 
     def run_layers(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask, cache,
                    token_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
