@@ -8,7 +8,6 @@ model on a transformers folder exported from one of our models. Skipped without 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
@@ -19,29 +18,14 @@ lm_eval = pytest.importorskip("lm_eval")
 from test_eval_support import shipped_tokenizer, tiny_lm, write_ceval, write_cmmlu  # noqa: E402
 
 from minimind.eval import Settings, evaluate  # noqa: E402
+from minimind.eval.lmeval_tasks import write_lmeval_tasks  # noqa: E402
 from minimind.eval.mcq import build_prompt, choice_strings  # noqa: E402
 from minimind.eval.mcq_data import read_suite  # noqa: E402
 from minimind.interop import export_hf  # noqa: E402
 from minimind.tokenizer import default_tokenizer_dir  # noqa: E402
 
-LM_TASKS = Path(lm_eval.__file__).parent / "tasks"
 CEVAL = {"computer_network": (5, 12), "logic": (5, 8)}
 CMMLU = {"agronomy": (5, 10), "arts": (5, 6)}
-SCORED = {"ceval": "val", "cmmlu": "test"}
-
-
-def _task_yaml(tasks: Path, family: str, subject: str, root: Path, cache: Path) -> str:
-    """lm-eval's real task file for `subject`, reading our CSVs instead of the hub dataset."""
-    name = f"local_{family}_{subject}"
-    base = f"ceval/ceval-valid_{subject}.yaml" if family == "ceval" else f"cmmlu/cmmlu_{subject}.yaml"
-    scored = SCORED[family]
-    files = {split: root / split / (f"{subject}_{split}.csv" if family == "ceval" else f"{subject}.csv")
-             for split in (scored, "dev")}
-    (tasks / f"{name}.yaml").write_text(
-        f"include: {LM_TASKS / base}\ntask: {name}\ndataset_path: csv\ndataset_name: null\n"
-        f"dataset_kwargs:\n  cache_dir: {cache}\n  data_files:\n"
-        + "".join(f"    {split}: {path}\n" for split, path in files.items()), encoding="utf-8")
-    return name
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +33,7 @@ def setup(tmp_path_factory):
     d = tmp_path_factory.mktemp("lmeval")
     roots = {"ceval": write_ceval(d / "ceval", CEVAL), "cmmlu": write_cmmlu(d / "cmmlu", CMMLU)}
     tasks = d / "tasks"
-    tasks.mkdir()
-    names = {fam: {s: _task_yaml(tasks, fam, s, roots[fam], d / "hf_cache") for s in subj}
+    names = {fam: write_lmeval_tasks(fam, roots[fam], list(subj), tasks)
              for fam, subj in (("ceval", CEVAL), ("cmmlu", CMMLU))}
     from lm_eval.tasks import TaskManager
 
@@ -118,3 +101,12 @@ def test_same_choices_and_accuracy_as_lm_eval_hf(setup, family, shots):
         assert ours["per_subject"][subject] == pytest.approx(out["results"][name]["acc,none"])
     for mine, theirs in zip(ours["predictions"], theirs_ll):
         assert mine["logprobs"] == pytest.approx(theirs, abs=1e-4)
+
+
+def test_a_subject_lm_eval_does_not_know_is_a_user_error(tmp_path):
+    from minimind.errors import UserError
+
+    with pytest.raises(UserError, match="no ceval task for subject 'arithmetic'"):
+        write_lmeval_tasks("ceval", tmp_path, ["arithmetic"], tmp_path / "tasks")
+    with pytest.raises(UserError, match="not 'mcq'"):
+        write_lmeval_tasks("mcq", tmp_path, ["logic"], tmp_path / "tasks")

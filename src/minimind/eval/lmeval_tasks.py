@@ -1,0 +1,55 @@
+"""lm-evaluation-harness task files for a local C-Eval or CMMLU folder: the reference harness, run on
+the very files `minimind eval` reads, with nothing fetched from a hub.
+
+Contract: `write_lmeval_tasks(family, root, subjects, out_dir) -> {subject: task name}` writes one
+task YAML per subject into `out_dir`. Each includes lm-eval's own task file (`ceval-valid_{subject}`
+or `cmmlu_{subject}`: its prompt template, description, few-shot sampler and metrics) and replaces
+only the data source with the folder's CSVs (`dataset_path: csv`). Give `out_dir` to
+`lm_eval.tasks.TaskManager(include_path=...)`. Subjects must be ones lm-eval knows (the official
+C-Eval / CMMLU names); an unknown one raises `UserError`. Needs lm-eval (the `eval` extra).
+
+Used by tests/test_eval_lmeval.py (same prompts and accuracy as lm-eval) and
+benchmarks/eval_vs_lmeval.py (scoring speed side by side); docs/evaluation.md shows the commands.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import UserError
+from .mcq_data import SCORED_SPLIT
+
+
+def lmeval_task_dir() -> Path:
+    """The folder of lm-eval's bundled task files."""
+    import lm_eval  # the `eval` extra; imported here so the rest of `minimind.eval` does not need it
+
+    return Path(lm_eval.__file__).parent / "tasks"
+
+
+def _csv_files(family: str, root: Path, subject: str) -> dict[str, Path]:
+    """The scored split and the few-shot split of one subject, in the folder layout of `family`."""
+    scored = SCORED_SPLIT[family]
+    name = (lambda split: f"{subject}_{split}.csv") if family == "ceval" else (lambda split: f"{subject}.csv")
+    return {split: root / split / name(split) for split in (scored, "dev")}
+
+
+def write_lmeval_tasks(family: str, root: Path, subjects: list[str], out_dir: Path) -> dict[str, str]:
+    """Task YAMLs for `subjects` of the C-Eval/CMMLU folder `root`; returns {subject: task name}."""
+    if family not in SCORED_SPLIT:
+        raise UserError(f"lm-eval tasks exist for {', '.join(SCORED_SPLIT)}, not {family!r}")
+    tasks = lmeval_task_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = {}
+    for subject in subjects:
+        base = tasks / (f"ceval/ceval-valid_{subject}.yaml" if family == "ceval" else f"cmmlu/cmmlu_{subject}.yaml")
+        if not base.is_file():
+            raise UserError(f"lm-eval has no {family} task for subject {subject!r} (looked for {base})")
+        name = f"local_{family}_{subject}"
+        files = _csv_files(family, Path(root).resolve(), subject)
+        (out_dir / f"{name}.yaml").write_text(
+            f"include: {base}\ntask: {name}\ndataset_path: csv\ndataset_name: null\n"
+            f"dataset_kwargs:\n  cache_dir: {out_dir.resolve() / 'hf_cache'}\n  data_files:\n"
+            + "".join(f"    {split}: {path}\n" for split, path in files.items()), encoding="utf-8")
+        names[subject] = name
+    return names
