@@ -15,7 +15,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 lm_eval = pytest.importorskip("lm_eval")
 
-from test_eval_support import shipped_tokenizer, tiny_lm, write_ceval, write_cmmlu  # noqa: E402
+from test_eval_support import CEVAL_HEADER, shipped_tokenizer, tiny_lm, write_ceval, write_cmmlu, write_csv  # noqa: E402
 
 from minimind.eval import Settings, evaluate  # noqa: E402
 from minimind.eval.lmeval_tasks import write_lmeval_tasks  # noqa: E402
@@ -41,13 +41,17 @@ def setup(tmp_path_factory):
 
 
 def _lm_eval_task(setup, family: str, subject: str, shots: int):
-    name = setup["names"][family][subject]
-    if hasattr(setup["tm"], "load"):
-        task = setup["tm"].load([name])["tasks"][name]
+    return _build_requests(setup["tm"], setup["names"][family][subject], shots)
+
+
+def _build_requests(tm, name: str, shots: int):
+    """lm-eval's task `name` with its requests (prompt, continuation) built for `shots` examples."""
+    if hasattr(tm, "load"):
+        task = tm.load([name])["tasks"][name]
     else:  # lm-eval before 0.4.10
         from lm_eval.tasks import get_task_dict
 
-        task = get_task_dict([name], setup["tm"])[name]
+        task = get_task_dict([name], tm)[name]
     task.set_config("num_fewshot", shots)
     task.build_all_requests(limit=None, rank=0, world_size=1, apply_chat_template=False)
     return task
@@ -110,3 +114,18 @@ def test_a_subject_lm_eval_does_not_know_is_a_user_error(tmp_path):
         write_lmeval_tasks("ceval", tmp_path, ["arithmetic"], tmp_path / "tasks")
     with pytest.raises(UserError, match="not 'mcq'"):
         write_lmeval_tasks("mcq", tmp_path, ["logic"], tmp_path / "tasks")
+
+
+def test_numeric_choices_reach_lm_eval_as_written(tmp_path):
+    """Choices such as "15" or "007" stay strings: read through the CSV loader of `datasets`, lm-eval
+    saw floats and its prompt read "A. 15.0" (our copy as JSON lines keeps the text)."""
+    from lm_eval.tasks import TaskManager
+
+    rows = [[str(i), f"{i} + 14 = ?", "15", "2.50", "007", "-3", "A", ""] for i in range(3)]
+    for split in ("val", "dev"):
+        write_csv(tmp_path / "ceval" / split / f"logic_{split}.csv", CEVAL_HEADER, rows)
+    names = write_lmeval_tasks("ceval", tmp_path / "ceval", ["logic"], tmp_path / "tasks")
+    task = _build_requests(TaskManager(include_path=str(tmp_path / "tasks")), names["logic"], 1)
+    prompts = {inst.args[0] for inst in task.instances}
+    assert len(prompts) == 3
+    assert all(p.count("A. 15\nB. 2.50\nC. 007\nD. -3\n答案：") == 2 for p in prompts)  # the example and the question

@@ -4,7 +4,10 @@ the very files `minimind eval` reads, with nothing fetched from a hub.
 Contract: `write_lmeval_tasks(family, root, subjects, out_dir) -> {subject: task name}` writes one
 task YAML per subject into `out_dir`. Each includes lm-eval's own task file (`ceval-valid_{subject}`
 or `cmmlu_{subject}`: its prompt template, description, few-shot sampler and metrics) and replaces
-only the data source with the folder's CSVs (`dataset_path: csv`). Give `out_dir` to
+only the data source: the folder's CSV rows, copied into `out_dir` as JSON lines with every field a
+string (`dataset_path: json`). Not the CSVs themselves: the CSV loader of `datasets` guesses column
+types, so a column of numeric choices became floats and the prompt read "A. 15.0" where the file
+says "15" (found by benchmarks/eval_vs_lmeval.py; the hub's C-Eval is all strings). Give `out_dir` to
 `lm_eval.tasks.TaskManager(include_path=...)`. Subjects must be ones lm-eval knows (the official
 C-Eval / CMMLU names); an unknown one raises `UserError`. Needs lm-eval (the `eval` extra).
 
@@ -14,6 +17,8 @@ benchmarks/eval_vs_lmeval.py (scoring speed side by side); docs/evaluation.md sh
 
 from __future__ import annotations
 
+import csv
+import json
 from pathlib import Path
 
 from ..errors import UserError
@@ -34,6 +39,17 @@ def _csv_files(family: str, root: Path, subject: str) -> dict[str, Path]:
     return {split: root / split / name(split) for split in (scored, "dev")}
 
 
+def _as_json_lines(src: Path, dst: Path) -> Path:
+    """The CSV's rows as JSON lines, every value the string the file holds."""
+    if not src.is_file():
+        raise UserError(f"{src}: no such file (expected the folder layout of C-Eval or CMMLU)")
+    with open(src, newline="", encoding="utf-8-sig") as f:
+        rows = list(csv.DictReader(f))
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return dst
+
+
 def write_lmeval_tasks(family: str, root: Path, subjects: list[str], out_dir: Path) -> dict[str, str]:
     """Task YAMLs for `subjects` of the C-Eval/CMMLU folder `root`; returns {subject: task name}."""
     if family not in SCORED_SPLIT:
@@ -46,10 +62,11 @@ def write_lmeval_tasks(family: str, root: Path, subjects: list[str], out_dir: Pa
         if not base.is_file():
             raise UserError(f"lm-eval has no {family} task for subject {subject!r} (looked for {base})")
         name = f"local_{family}_{subject}"
-        files = _csv_files(family, Path(root).resolve(), subject)
+        files = {split: _as_json_lines(path, out_dir / "data" / f"{name}_{split}.jsonl")
+                 for split, path in _csv_files(family, Path(root), subject).items()}
         (out_dir / f"{name}.yaml").write_text(
-            f"include: {base}\ntask: {name}\ndataset_path: csv\ndataset_name: null\n"
+            f"include: {base}\ntask: {name}\ndataset_path: json\ndataset_name: null\n"
             f"dataset_kwargs:\n  cache_dir: {out_dir.resolve() / 'hf_cache'}\n  data_files:\n"
-            + "".join(f"    {split}: {path}\n" for split, path in files.items()), encoding="utf-8")
+            + "".join(f"    {split}: {path.resolve()}\n" for split, path in files.items()), encoding="utf-8")
         names[subject] = name
     return names
