@@ -8,8 +8,9 @@ Contract:
   each process takes its own GPU), else the CPU. MPS is never picked by "auto": several ops
   the model uses still fall back to the CPU there, so it is opt-in.
 - `inference_dtype(device, name)`: the compute dtype for generate/chat/serve/eval. "auto" is bf16
-  on a CUDA GPU that supports it (else fp16) and the stored dtype elsewhere (fp32 on the CPU,
-  where bf16 matmuls are 4-6x slower than fp32 on the machines we measured).
+  on a CUDA GPU that supports it (else fp16) and the stored dtype elsewhere (fp32 on the CPU: on
+  CPUs without native bf16 its matmuls were 4-6x slower than fp32, and even with AVX512-BF16
+  decoding gained at most 12%, docs/benchmarks.md).
 - `training_dtype(device, name)`: the compute dtype for training. "auto" is bf16 on a CUDA GPU
   that supports it, else fp32; fp16 needs CUDA (it relies on a gradient scaler).
 - `torch_dtype(name)`: the torch dtype a `--dtype` name means. Two spellings are user-facing:
