@@ -7,6 +7,7 @@ model on a transformers folder exported from one of our models. Skipped without 
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -18,7 +19,7 @@ lm_eval = pytest.importorskip("lm_eval")
 from test_eval_support import CEVAL_HEADER, shipped_tokenizer, tiny_lm, write_ceval, write_cmmlu, write_csv  # noqa: E402
 
 from minimind.eval import Settings, evaluate  # noqa: E402
-from minimind.eval.lmeval_tasks import write_lmeval_tasks  # noqa: E402
+from minimind.eval.lmeval_tasks import write_lmeval_ppl_task, write_lmeval_tasks  # noqa: E402
 from minimind.eval.mcq import build_prompt, choice_strings  # noqa: E402
 from minimind.eval.mcq_data import read_suite  # noqa: E402
 from minimind.interop import export_hf  # noqa: E402
@@ -129,3 +130,24 @@ def test_numeric_choices_reach_lm_eval_as_written(tmp_path):
     prompts = {inst.args[0] for inst in task.instances}
     assert len(prompts) == 3
     assert all(p.count("A. 15\nB. 2.50\nC. 007\nD. -3\n答案：") == 2 for p in prompts)  # the example and the question
+
+
+def test_bits_per_byte_equal_lm_eval_rolling_loglikelihood(tmp_path):
+    """`--task ppl` = lm-eval's `loglikelihood_rolling` with our EOS as its prefix token and disjoint
+    windows (`--stride` = the context): documents shorter and longer than the 48-token context."""
+    _load_lm_eval_api()
+    from lm_eval.tasks import TaskManager
+
+    hf = tmp_path / "hf"
+    export_hf(tiny_lm(max_seq_len=48), hf, tokenizer_dir=default_tokenizer_dir())
+    texts = ["短文。", "The quick brown fox jumps over the lazy dog. " * 6, "数据 " * 40 + "end", "x"]
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts), encoding="utf-8")
+    name = write_lmeval_ppl_task(docs, tmp_path / "tasks")
+    eos = shipped_tokenizer().eos_id
+    out = lm_eval.simple_evaluate(model="hf", tasks=[name], batch_size=2,
+                                  model_args=f"pretrained={hf},device=cpu,dtype=float32,prefix_token_id={eos}",
+                                  task_manager=TaskManager(include_path=str(tmp_path / "tasks")))
+    ours = evaluate(hf, "ppl", docs, Settings(stride=48, batch_size=2))
+    assert ours["tokens"] > 2 * 48  # some documents span several windows
+    assert ours["bits_per_byte"] == pytest.approx(out["results"][name]["bits_per_byte,none"], rel=1e-5)

@@ -11,6 +11,12 @@ says "15" (found by benchmarks/eval_vs_lmeval.py; the hub's C-Eval is all string
 `lm_eval.tasks.TaskManager(include_path=...)`. Subjects must be ones lm-eval knows (the official
 C-Eval / CMMLU names); an unknown one raises `UserError`. Needs lm-eval (the `eval` extra).
 
+`write_lmeval_ppl_task(path, out_dir, limit=None) -> task name`: a `loglikelihood_rolling` task over
+the documents of a pretrain-format file (read by the reader `--task ppl` uses, in order, the first
+`limit`), with lm-eval's word/byte perplexity and bits per byte. lm-eval prefixes each document
+with its model's `prefix_token_id`: pass our EOS there (`prefix_token_id=2` in `--model_args`) to
+score what `--task ppl` scores, and `--stride` = the context for the same windows.
+
 Used by tests/test_eval_lmeval.py (same prompts and accuracy as lm-eval) and
 benchmarks/eval_vs_lmeval.py (scoring speed side by side); docs/evaluation.md shows the commands.
 """
@@ -21,6 +27,7 @@ import csv
 import json
 from pathlib import Path
 
+from ..data.formats import iter_examples
 from ..errors import UserError
 from .mcq_data import SCORED_SPLIT
 
@@ -70,3 +77,23 @@ def write_lmeval_tasks(family: str, root: Path, subjects: list[str], out_dir: Pa
             + "".join(f"    {split}: {path.resolve()}\n" for split, path in files.items()), encoding="utf-8")
         names[subject] = name
     return names
+
+
+def write_lmeval_ppl_task(path: Path, out_dir: Path, limit: int | None = None) -> str:
+    """A rolling log-likelihood task over the documents of `path`; returns its task name."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = out_dir / "data" / "local_ppl.jsonl"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    texts = []
+    for text in iter_examples("pretrain", [Path(path)]):
+        texts.append(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+        if limit is not None and len(texts) >= limit:
+            break
+    data.write_text("".join(texts), encoding="utf-8")
+    metrics = "".join(f"  - metric: {m}\n" for m in ("word_perplexity", "byte_perplexity", "bits_per_byte"))
+    (out_dir / "local_ppl.yaml").write_text(
+        f"task: local_ppl\ndataset_path: json\ndataset_name: null\n"
+        f"dataset_kwargs:\n  cache_dir: {out_dir.resolve() / 'hf_cache'}\n  data_files:\n    test: {data.resolve()}\n"
+        "test_split: test\noutput_type: loglikelihood_rolling\ndoc_to_text: ''\ndoc_to_target: '{{text}}'\n"
+        f"metric_list:\n{metrics}metadata:\n  version: 1.0\n", encoding="utf-8")
+    return "local_ppl"
