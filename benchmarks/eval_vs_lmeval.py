@@ -1,4 +1,4 @@
-"""Multiple-choice scoring speed: `minimind eval` vs lm-evaluation-harness, same questions, same weights.
+"""Scoring speed: `minimind eval` vs lm-evaluation-harness, same questions and documents, same weights.
 
     .venv/bin/python benchmarks/eval_vs_lmeval.py                      # small, 0- and 5-shot, 2 repeats
     .venv/bin/python benchmarks/eval_vs_lmeval.py --shots 0 --repeats 3 --ckpt out/sft
@@ -9,7 +9,9 @@ template, description, first-n few-shot sampler); `minimind.eval.lmeval_tasks` p
 local CSVs. Model: `--ckpt`, or a randomly initialised `--preset` (speed does not depend on the
 weights; scaled so that answers vary), exported once with `export_hf`; lm-eval runs its `hf` model on that folder, we run
 `minimind.eval.evaluate` on the same folder, both on the CPU in float32 with the same batch size.
-Each run is timed whole (loading the model and the questions included), the two tools interleaved
+Perplexity: the demo's 97 held-out documents (`--task ppl`) against lm-eval's `loglikelihood_rolling`
+task on the same texts (`write_lmeval_ppl_task`), lm-eval's prefix token set to our EOS so that both
+score the same tokens; every document fits one window. Each run is timed whole (loading the model and the questions included), the two tools interleaved
 repeat by repeat; the table gives the median and the ratio, and whether both picked the same answer
 for every question. Needs the `eval` extra and `accelerate` (lm-eval's `hf` model).
 """
@@ -31,7 +33,7 @@ from minimind.checkpoint import load_model
 from minimind.config import get_preset
 from minimind.data.demo.evalsets import write_demo_eval
 from minimind.eval import Settings, evaluate
-from minimind.eval.lmeval_tasks import write_lmeval_tasks
+from minimind.eval.lmeval_tasks import write_lmeval_ppl_task, write_lmeval_tasks
 from minimind.interop import export_hf
 from minimind.model import MiniMindLM
 from minimind.tokenizer import default_tokenizer_dir
@@ -48,6 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--shots", default="0,5", help="comma-separated few-shot counts (default 0,5)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--no-ppl", dest="ppl", action="store_false", help="skip the perplexity comparison")
     return p.parse_args(argv)
 
 
@@ -90,6 +93,17 @@ def run_lm_eval(hf: Path, tasks: dict[str, str], task_dir: Path, shots: int, bat
     return preds
 
 
+def run_lm_eval_ppl(hf: Path, name: str, task_dir: Path, eos: int, batch: int) -> float:
+    """lm-eval's bits per byte of the rolling task `name`."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    out = lm_eval.simple_evaluate(model="hf", tasks=[name], batch_size=batch,
+                                  model_args=f"pretrained={hf},device=cpu,dtype=float32,prefix_token_id={eos}",
+                                  task_manager=TaskManager(include_path=str(task_dir)))
+    return out["results"][name]["bits_per_byte,none"]
+
+
 def run_ours(hf: Path, root: Path, shots: int, batch: int) -> dict[tuple, str]:
     """`minimind eval` on the folder: {(subject, row): predicted letter} (rows in file order)."""
     report = evaluate(hf, "ceval", root, Settings(shots=shots, batch_size=batch))
@@ -99,6 +113,21 @@ def run_ours(hf: Path, root: Path, shots: int, batch: int) -> dict[tuple, str]:
         row = rows[p["subject"]] = rows.get(p["subject"], -1) + 1
         preds[p["subject"], row] = p["pred"]
     return preds
+
+
+def compare_ppl(hf: Path, docs: Path, task_dir: Path, eos: int, batch: int, repeats: int) -> None:
+    """Time `--task ppl` and lm-eval's rolling log-likelihood on `docs`; print a table row."""
+    name = write_lmeval_ppl_task(docs, task_dir)
+    ours_t, theirs_t = [], []
+    for _ in range(repeats):
+        t, mine = timed(lambda: evaluate(hf, "ppl", docs, Settings(batch_size=batch))["bits_per_byte"])
+        ours_t.append(t)
+        t, theirs = timed(lambda: run_lm_eval_ppl(hf, name, task_dir, eos, batch))
+        theirs_t.append(t)
+    ratios = [b / a for a, b in zip(ours_t, theirs_t)]
+    print(f"| perplexity, 97 documents | {statistics.median(ours_t):.1f} | {statistics.median(theirs_t):.1f} | "
+          f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) | - | "
+          f"{'yes' if abs(mine - theirs) <= 1e-5 * abs(theirs) else 'NO'} (bits per byte {mine:.6f} vs {theirs:.6f}) |")
 
 
 def timed(fn):
@@ -120,7 +149,7 @@ def main(argv=None) -> int:
         tasks = write_lmeval_tasks("ceval", root, list(OFFICIAL.values()), work / "tasks")
         print(f"# multiple-choice scoring, {args.ckpt or 'random ' + args.preset}, 320 demo questions, CPU float32, "
               f"batch {args.batch_size}, torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}")
-        print("\n| shots | minimind eval (s) | lm-eval hf (s) | lm-eval / minimind, median (range) | questions/s: ours, lm-eval | same answers |")
+        print("\n| task | minimind eval (s) | lm-eval hf (s) | lm-eval / minimind, median (range) | questions/s: ours, lm-eval | same result |")
         print("|---|---|---|---|---|---|")
         for shots in (int(k) for k in args.shots.split(",")):
             ours_t, theirs_t, same = [], [], True
@@ -132,10 +161,13 @@ def main(argv=None) -> int:
                 same = same and mine == theirs
             ratios = [b / a for a, b in zip(ours_t, theirs_t)]
             n = len(mine)
-            print(f"| {shots} | {statistics.median(ours_t):.1f} | {statistics.median(theirs_t):.1f} | "
+            print(f"| multiple choice, {shots}-shot | {statistics.median(ours_t):.1f} | {statistics.median(theirs_t):.1f} | "
                   f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) | "
                   f"{n / statistics.median(ours_t):.1f}, {n / statistics.median(theirs_t):.1f} | "
                   f"{'yes' if same else 'NO'} ({n} questions, {len(set(mine.values()))} distinct answers) |")
+        if args.ppl:
+            compare_ppl(hf, work / "demo" / "ppl.jsonl", work / "ppl_task", model.config.eos_token_id,
+                        args.batch_size, args.repeats)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
