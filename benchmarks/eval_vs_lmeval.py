@@ -147,7 +147,7 @@ def main(argv=None) -> int:
         export_hf(model, hf, tokenizer_dir=default_tokenizer_dir())
         root = demo_questions_as_ceval(work)
         tasks = write_lmeval_tasks("ceval", root, list(OFFICIAL.values()), work / "tasks")
-        print(f"# multiple-choice scoring, {args.ckpt or 'random ' + args.preset}, 320 demo questions, CPU float32, "
+        print(f"# scoring side by side with lm-eval, {args.ckpt or 'random ' + args.preset}, 320 demo questions, 97 demo documents, CPU float32, "
               f"batch {args.batch_size}, torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}")
         print("\n| task | minimind eval (s) | lm-eval hf (s) | lm-eval / minimind, median (range) | questions/s: ours, lm-eval | same result |")
         print("|---|---|---|---|---|---|")
