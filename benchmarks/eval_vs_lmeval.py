@@ -6,14 +6,15 @@
 Questions: the embedded demo multiple-choice suite (320 questions, C-Eval layout), its four subjects
 filed under official C-Eval subject names so that lm-eval's own task files apply unchanged (prompt
 template, description, first-n few-shot sampler); `minimind.eval.lmeval_tasks` points them at the
-local CSVs. Model: `--ckpt`, or a randomly initialised `--preset` (speed does not depend on the
-weights; scaled so that answers vary), exported once with `export_hf`; lm-eval runs its `hf` model on that folder, we run
-`minimind.eval.evaluate` on the same folder, both on the CPU in float32 with the same batch size.
-Perplexity: the demo's 97 held-out documents (`--task ppl`) against lm-eval's `loglikelihood_rolling`
-task on the same texts (`write_lmeval_ppl_task`), lm-eval's prefix token set to our EOS so that both
-score the same tokens; every document fits one window. Each run is timed whole (loading the model and the questions included), the two tools interleaved
-repeat by repeat; the table gives the median and the ratio, and whether both picked the same answer
-for every question. Needs the `eval` extra and `accelerate` (lm-eval's `hf` model).
+local files. Perplexity: the demo's 97 held-out documents (`--task ppl`) against lm-eval's
+`loglikelihood_rolling` task on the same texts (`write_lmeval_ppl_task`), lm-eval's prefix token set
+to our EOS so that both score the same tokens (every document fits one window).
+Model: `--ckpt`, or a randomly initialised `--preset` (speed does not depend on the weights; they are
+scaled so that answers vary), exported once with `export_hf`; lm-eval runs its `hf` model on that
+folder, we run `minimind.eval.evaluate` on the same folder, both on the CPU in float32 with the same
+batch size. Each run is timed whole (loading the model and the data included), the two tools
+interleaved repeat by repeat; the table gives the medians, the ratio and whether both gave the same
+result (every answer; the bits per byte to 1e-5). Needs the `eval` extra and `accelerate`.
 """
 
 from __future__ import annotations
@@ -115,6 +116,24 @@ def run_ours(hf: Path, root: Path, shots: int, batch: int) -> dict[tuple, str]:
     return preds
 
 
+def compare_mcq(hf: Path, root: Path, tasks: dict[str, str], task_dir: Path, shots: int, batch: int,
+                repeats: int) -> None:
+    """Time `--task ceval` and lm-eval's tasks on the same questions; print a table row."""
+    ours_t, theirs_t, same = [], [], True
+    for _ in range(repeats):
+        t, mine = timed(lambda: run_ours(hf, root, shots, batch))
+        ours_t.append(t)
+        t, theirs = timed(lambda: run_lm_eval(hf, tasks, task_dir, shots, batch))
+        theirs_t.append(t)
+        same = same and mine == theirs
+    ratios = [b / a for a, b in zip(ours_t, theirs_t)]
+    n = len(mine)
+    print(f"| multiple choice, {shots}-shot | {statistics.median(ours_t):.1f} | {statistics.median(theirs_t):.1f} | "
+          f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) | "
+          f"{n / statistics.median(ours_t):.1f}, {n / statistics.median(theirs_t):.1f} | "
+          f"{'yes' if same else 'NO'} ({n} questions, {len(set(mine.values()))} distinct answers) |")
+
+
 def compare_ppl(hf: Path, docs: Path, task_dir: Path, eos: int, batch: int, repeats: int) -> None:
     """Time `--task ppl` and lm-eval's rolling log-likelihood on `docs`; print a table row."""
     name = write_lmeval_ppl_task(docs, task_dir)
@@ -147,24 +166,14 @@ def main(argv=None) -> int:
         export_hf(model, hf, tokenizer_dir=default_tokenizer_dir())
         root = demo_questions_as_ceval(work)
         tasks = write_lmeval_tasks("ceval", root, list(OFFICIAL.values()), work / "tasks")
-        print(f"# scoring side by side with lm-eval, {args.ckpt or 'random ' + args.preset}, 320 demo questions, 97 demo documents, CPU float32, "
-              f"batch {args.batch_size}, torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}")
-        print("\n| task | minimind eval (s) | lm-eval hf (s) | lm-eval / minimind, median (range) | questions/s: ours, lm-eval | same result |")
+        print(f"# scoring side by side with lm-eval, {args.ckpt or 'random ' + args.preset}, 320 demo questions, "
+              f"97 demo documents, CPU float32, batch {args.batch_size}, torch threads {torch.get_num_threads()}, "
+              f"load average {os.getloadavg()[0]:.1f}")
+        print("\n| task | minimind eval (s) | lm-eval hf (s) | lm-eval / minimind, median (range) "
+              "| questions/s: ours, lm-eval | same result |")
         print("|---|---|---|---|---|---|")
         for shots in (int(k) for k in args.shots.split(",")):
-            ours_t, theirs_t, same = [], [], True
-            for _ in range(args.repeats):
-                t, mine = timed(lambda: run_ours(hf, root, shots, args.batch_size))
-                ours_t.append(t)
-                t, theirs = timed(lambda: run_lm_eval(hf, tasks, work / "tasks", shots, args.batch_size))
-                theirs_t.append(t)
-                same = same and mine == theirs
-            ratios = [b / a for a, b in zip(ours_t, theirs_t)]
-            n = len(mine)
-            print(f"| multiple choice, {shots}-shot | {statistics.median(ours_t):.1f} | {statistics.median(theirs_t):.1f} | "
-                  f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) | "
-                  f"{n / statistics.median(ours_t):.1f}, {n / statistics.median(theirs_t):.1f} | "
-                  f"{'yes' if same else 'NO'} ({n} questions, {len(set(mine.values()))} distinct answers) |")
+            compare_mcq(hf, root, tasks, work / "tasks", shots, args.batch_size, args.repeats)
         if args.ppl:
             compare_ppl(hf, work / "demo" / "ppl.jsonl", work / "ppl_task", model.config.eos_token_id,
                         args.batch_size, args.repeats)

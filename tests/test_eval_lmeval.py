@@ -16,7 +16,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 lm_eval = pytest.importorskip("lm_eval")
 
-from test_eval_support import CEVAL_HEADER, shipped_tokenizer, tiny_lm, write_ceval, write_cmmlu, write_csv  # noqa: E402
+from test_eval_support import (  # noqa: E402
+    CEVAL_HEADER, shipped_tokenizer, tiny_lm, write_ceval, write_cmmlu, write_csv,
+)
 
 from minimind.eval import Settings, evaluate  # noqa: E402
 from minimind.eval.lmeval_tasks import write_lmeval_ppl_task, write_lmeval_tasks  # noqa: E402
