@@ -131,7 +131,8 @@ def test_numeric_choices_reach_lm_eval_as_written(tmp_path):
     task = _build_requests(TaskManager(include_path=str(tmp_path / "tasks")), names["logic"], 1)
     prompts = {inst.args[0] for inst in task.instances}
     assert len(prompts) == 3
-    assert all(p.count("A. 15\nB. 2.50\nC. 007\nD. -3\n答案：") == 2 for p in prompts)  # the example and the question
+    # Each prompt shows the choices twice: the 1-shot example and the question.
+    assert all(p.count("A. 15\nB. 2.50\nC. 007\nD. -3\n答案：") == 2 for p in prompts)
 
 
 def test_bits_per_byte_equal_lm_eval_rolling_loglikelihood(tmp_path):
