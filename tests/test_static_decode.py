@@ -114,3 +114,20 @@ def test_compiled_engine_matches_eager_when_a_full_context_shifts_rows(engines):
     got = generate(compiled, prompts, budgets)
     assert got == generate(eager, prompts, budgets)
     assert len(got[0]) == 10 and len(got[1]) == 30  # the first row stopped at the context's end
+
+
+def test_a_new_cache_size_does_not_trace_again():
+    """Engines size their cache to the longest request, so consecutive calls see other capacities.
+    The per-layer cache tensors are views of the whole cache, and torch also guards their bases'
+    strides: with the capacity left a constant there, the second call traced again (mid-benchmark)."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=96, hidden_size=48, num_layers=2, num_heads=4, num_kv_heads=2, max_seq_len=128)
+    model = MiniMindLM(cfg).eval()  # a shape no other test compiles: the traces counted are its own
+    engine = Engine(model, max_batch_size=3, compile=True)
+    prompts = [[5, 6, 7, 8], [9, 10, 11, 12], [1, 2, 3, 4]]
+    generate(engine, prompts[:1], [2])  # one row (a trace of its own), capacity 6
+    generate(engine, prompts, [2, 2, 2])  # several rows, capacity 6, the attended slots short of it
+    before = _compiles()
+    # Capacity 24 now; the slots attended stop at 23, short of the capacity step's own trace.
+    assert generate(engine, prompts, [20, 20, 20]) == generate(Engine(model), prompts, [20, 20, 20])
+    assert _compiles() - before == 0

@@ -124,6 +124,11 @@ class CompiledDecode:
         for k, v in zip(keys_t, values):
             torch._dynamo.maybe_mark_dynamic(k, [0, 3])
             torch._dynamo.maybe_mark_dynamic(v, [0, 2])
+        # They are views of the whole cache, and torch guards the bases' strides too: keys
+        # [layers, rows, Hkv, D, capacity], values [layers, rows, Hkv, capacity, D] (kv_cache.py).
+        # Unmarked, the capacity in those strides became a constant and the next cache size traced again.
+        torch._dynamo.maybe_mark_dynamic(keys_t[0]._base, [1, 4])
+        torch._dynamo.maybe_mark_dynamic(values[0]._base, [1, 3])
         # No "duck sizing" (two sizes that happen to be equal at the first trace, such as the row
         # count and the cache's rows, would become one symbol, and the next step, when they
         # differ, would trace again).
