@@ -11,9 +11,9 @@ says "15" (found by benchmarks/eval_vs_lmeval.py; the hub's C-Eval is all string
 `lm_eval.tasks.TaskManager(include_path=...)`. Subjects must be ones lm-eval knows (the official
 C-Eval / CMMLU names); an unknown one raises `UserError`. Needs lm-eval (the `eval` extra).
 
-`write_lmeval_ppl_task(path, out_dir, limit=None) -> task name`: a `loglikelihood_rolling` task over
-the documents of a pretrain-format file (read by the reader `--task ppl` uses, in order, the first
-`limit`), with lm-eval's word/byte perplexity and bits per byte. lm-eval prefixes each document
+`write_lmeval_ppl_task(path, out_dir) -> task name`: a `loglikelihood_rolling` task over the documents
+of a pretrain-format file (JSONL {"text"}, .jsonl.gz, Parquet: the reader `--task ppl` uses, in
+order), with lm-eval's word/byte perplexity and bits per byte. lm-eval prefixes each document
 with its model's `prefix_token_id`: pass our EOS there (`prefix_token_id=2` in `--model_args`) to
 score what `--task ppl` scores, and `--stride` = the context for the same windows.
 
@@ -79,16 +79,11 @@ def write_lmeval_tasks(family: str, root: Path, subjects: list[str], out_dir: Pa
     return names
 
 
-def write_lmeval_ppl_task(path: Path, out_dir: Path, limit: int | None = None) -> str:
+def write_lmeval_ppl_task(path: Path, out_dir: Path) -> str:
     """A rolling log-likelihood task over the documents of `path`; returns its task name."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     data = out_dir / "data" / "local_ppl.jsonl"
     data.parent.mkdir(parents=True, exist_ok=True)
-    texts = []
-    for text in iter_examples("pretrain", [Path(path)]):
-        texts.append(json.dumps({"text": text}, ensure_ascii=False) + "\n")
-        if limit is not None and len(texts) >= limit:
-            break
+    texts = [json.dumps({"text": text}, ensure_ascii=False) + "\n" for text in iter_examples("pretrain", [Path(path)])]
     data.write_text("".join(texts), encoding="utf-8")
     metrics = "".join(f"  - metric: {m}\n" for m in ("word_perplexity", "byte_perplexity", "bits_per_byte"))
     (out_dir / "local_ppl.yaml").write_text(
