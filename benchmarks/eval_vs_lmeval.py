@@ -78,31 +78,25 @@ def demo_questions_as_ceval(out: Path) -> Path:
     return out / "ceval"
 
 
-def run_lm_eval(hf: Path, tasks: dict[str, str], task_dir: Path, shots: int, batch: int) -> dict[tuple, str]:
-    """lm-eval's `hf` model on `tasks`: {(subject, row): predicted letter}."""
+def lm_eval_hf(hf: Path, names: list[str], task_dir: Path, batch: int, model_args: str = "", **kwargs) -> dict:
+    """lm-eval's `simple_evaluate` with its `hf` model on the folder `hf` (CPU, float32)."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    out = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={hf},device=cpu,dtype=float32",
-                                  tasks=list(tasks.values()), task_manager=TaskManager(include_path=str(task_dir)),
-                                  num_fewshot=shots, log_samples=True, batch_size=batch)
+    return lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={hf},device=cpu,dtype=float32{model_args}",
+                                   tasks=names, task_manager=TaskManager(include_path=str(task_dir)),
+                                   batch_size=batch, **kwargs)
+
+
+def run_lm_eval(hf: Path, tasks: dict[str, str], task_dir: Path, shots: int, batch: int) -> dict[tuple, str]:
+    """lm-eval's `hf` model on `tasks`: {(subject, row): predicted letter}."""
+    out = lm_eval_hf(hf, list(tasks.values()), task_dir, batch, num_fewshot=shots, log_samples=True)
     preds = {}
     for subject, name in tasks.items():
         for s in out["samples"][name]:
             lls = [r[0] for r in s["filtered_resps"]]
             preds[subject, s["doc_id"]] = "ABCD"[max(range(4), key=lambda i: (lls[i], -i))]  # first of equal maxima
     return preds
-
-
-def run_lm_eval_ppl(hf: Path, name: str, task_dir: Path, eos: int, batch: int) -> float:
-    """lm-eval's bits per byte of the rolling task `name`."""
-    import lm_eval
-    from lm_eval.tasks import TaskManager
-
-    out = lm_eval.simple_evaluate(model="hf", tasks=[name], batch_size=batch,
-                                  model_args=f"pretrained={hf},device=cpu,dtype=float32,prefix_token_id={eos}",
-                                  task_manager=TaskManager(include_path=str(task_dir)))
-    return out["results"][name]["bits_per_byte,none"]
 
 
 def run_ours(hf: Path, root: Path, shots: int, batch: int) -> dict[tuple, str]:
@@ -116,37 +110,48 @@ def run_ours(hf: Path, root: Path, shots: int, batch: int) -> dict[tuple, str]:
     return preds
 
 
+def side_by_side(ours, theirs, repeats: int) -> tuple:
+    """Run `ours()` and `theirs()` in turn `repeats` times. Returns [(our result, theirs)] per repeat,
+    the table's timing cells (median seconds of each, median (range) of theirs / ours per repeat) and
+    the two medians."""
+    ours_t, theirs_t, results = [], [], []
+    for _ in range(repeats):
+        t, mine = timed(ours)
+        ours_t.append(t)
+        t, other = timed(theirs)
+        theirs_t.append(t)
+        results.append((mine, other))
+    ratios = [b / a for a, b in zip(ours_t, theirs_t)]
+    cells = (f"{statistics.median(ours_t):.1f} | {statistics.median(theirs_t):.1f} | "
+             f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})")
+    return results, cells, (statistics.median(ours_t), statistics.median(theirs_t))
+
+
 def compare_mcq(hf: Path, root: Path, tasks: dict[str, str], task_dir: Path, shots: int, batch: int,
                 repeats: int) -> None:
     """Time `--task ceval` and lm-eval's tasks on the same questions; print a table row."""
-    ours_t, theirs_t, same = [], [], True
-    for _ in range(repeats):
-        t, mine = timed(lambda: run_ours(hf, root, shots, batch))
-        ours_t.append(t)
-        t, theirs = timed(lambda: run_lm_eval(hf, tasks, task_dir, shots, batch))
-        theirs_t.append(t)
-        same = same and mine == theirs
-    ratios = [b / a for a, b in zip(ours_t, theirs_t)]
+    results, cells, (ours_s, theirs_s) = side_by_side(lambda: run_ours(hf, root, shots, batch),
+                                                      lambda: run_lm_eval(hf, tasks, task_dir, shots, batch), repeats)
+    same = all(mine == theirs for mine, theirs in results)
+    mine = results[-1][0]
     n = len(mine)
-    print(f"| multiple choice, {shots}-shot | {statistics.median(ours_t):.1f} | {statistics.median(theirs_t):.1f} | "
-          f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) | "
-          f"{n / statistics.median(ours_t):.1f}, {n / statistics.median(theirs_t):.1f} | "
+    print(f"| multiple choice, {shots}-shot | {cells} | {n / ours_s:.1f}, {n / theirs_s:.1f} | "
           f"{'yes' if same else 'NO'} ({n} questions, {len(set(mine.values()))} distinct answers) |")
 
 
 def compare_ppl(hf: Path, docs: Path, task_dir: Path, eos: int, batch: int, repeats: int) -> None:
     """Time `--task ppl` and lm-eval's rolling log-likelihood on `docs`; print a table row."""
     name = write_lmeval_ppl_task(docs, task_dir)
-    ours_t, theirs_t = [], []
-    for _ in range(repeats):
-        t, mine = timed(lambda: evaluate(hf, "ppl", docs, Settings(batch_size=batch))["bits_per_byte"])
-        ours_t.append(t)
-        t, theirs = timed(lambda: run_lm_eval_ppl(hf, name, task_dir, eos, batch))
-        theirs_t.append(t)
-    ratios = [b / a for a, b in zip(ours_t, theirs_t)]
-    print(f"| perplexity, 97 documents | {statistics.median(ours_t):.1f} | {statistics.median(theirs_t):.1f} | "
-          f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) | - | "
-          f"{'yes' if abs(mine - theirs) <= 1e-5 * abs(theirs) else 'NO'} (bits per byte {mine:.6f} vs {theirs:.6f}) |")
+
+    def lm_eval_bpb() -> float:
+        return lm_eval_hf(hf, [name], task_dir, batch, f",prefix_token_id={eos}")["results"][name]["bits_per_byte,none"]
+
+    results, cells, _ = side_by_side(lambda: evaluate(hf, "ppl", docs, Settings(batch_size=batch))["bits_per_byte"],
+                                     lm_eval_bpb, repeats)
+    same = all(abs(a - b) <= 1e-5 * abs(b) for a, b in results)
+    mine, theirs = results[-1]
+    print(f"| perplexity, 97 documents | {cells} | - | "
+          f"{'yes' if same else 'NO'} (bits per byte {mine:.6f} vs {theirs:.6f}) |")
 
 
 def timed(fn):
